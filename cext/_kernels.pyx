@@ -1,0 +1,3 @@
+# placeholder, replaced by the kernels work
+def ping():
+    return 1
