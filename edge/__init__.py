@@ -1,0 +1,2 @@
+"""gridedge: the grid-edge gateway agent."""
+__version__ = "0.1.0"

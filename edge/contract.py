@@ -1,0 +1,188 @@
+"""The MQTT contract between a gateway and the DSO head-end (docs/mqtt-api.md, schemas/).
+
+Topics under the prefix (default gridedge/v1/{gateway_id}/): telemetry, state (retained, last will
+"offline"), cmd (DSO -> gateway) and result (gateway -> DSO). Every payload is JSON with a `schema`
+field "gridedge.<kind>/<major>"; a consumer rejects majors it does not know.
+"""
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+SCHEMA_TELEMETRY = "gridedge.telemetry/1"
+SCHEMA_STATE = "gridedge.state/1"
+SCHEMA_COMMAND = "gridedge.command/1"
+SCHEMA_RESULT = "gridedge.result/1"
+
+TOPIC_TELEMETRY = "telemetry"
+TOPIC_STATE = "state"
+TOPIC_CMD = "cmd"
+TOPIC_RESULT = "result"
+
+ISSUERS = ("tso", "dso", "aggregator")
+COMMAND_TYPES = ("limit_active_power", "terminate")
+RESULT_STATUSES = ("accepted", "rejected", "active", "completed", "failed", "terminated")
+MAX_COMMAND_BYTES = 16384
+
+
+def iso_utc(ts_ns: int) -> str:
+    return datetime.fromtimestamp(ts_ns / 1e9, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def parse_iso_utc(text: str) -> int:
+    """ISO 8601 with an explicit UTC offset -> ns. Naive times are refused: the gateway cannot guess a zone."""
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        raise ValueError("time has no UTC offset")
+    return int(dt.timestamp() * 1e9)
+
+
+def dumps(obj: dict) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+
+
+class Streams:
+    """Per-stream sequence numbers and message ids, so a consumer can find gaps and duplicates."""
+
+    def __init__(self, gateway_id: str, start: dict[str, int] | None = None) -> None:
+        self.gateway_id = gateway_id
+        self.next_seq: dict[str, int] = dict(start or {})
+
+    def envelope(self, schema: str, stream: str, ts_ns: int) -> dict:
+        seq = self.next_seq.get(stream, 0)
+        self.next_seq[stream] = seq + 1
+        return {"schema": schema, "gateway": self.gateway_id, "stream": stream, "seq": seq,
+                "msg_id": uuid.uuid4().hex, "ts": iso_utc(ts_ns)}
+
+
+def telemetry(streams: Streams, ts_ns: int, samples: list) -> dict:
+    msg = streams.envelope(SCHEMA_TELEMETRY, "telemetry", ts_ns)
+    msg["samples"] = [s.to_json() for s in samples]
+    return msg
+
+
+def state(gateway_id: str, status: str, ts_ns: int, **info) -> dict:
+    return {"schema": SCHEMA_STATE, "gateway": gateway_id, "status": status, "ts": iso_utc(ts_ns), **info}
+
+
+def result(streams: Streams, ts_ns: int, cmd_id: str | None, status: str, reason: str | None = None, **detail) -> dict:
+    msg = streams.envelope(SCHEMA_RESULT, "result", ts_ns)
+    msg.update(cmd_id=cmd_id, status=status, reason=reason)
+    if detail:
+        msg["detail"] = detail
+    return msg
+
+
+class CommandRejected(Exception):
+    """A command that must be answered with status "rejected"; cmd_id is None when it could not be read."""
+
+    def __init__(self, cmd_id: str | None, reason: str) -> None:
+        super().__init__(reason)
+        self.cmd_id = cmd_id
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Command:
+    cmd_id: str
+    type: str
+    issuer: str
+    device: str | None
+    valid_from_ns: int | None
+    valid_until_ns: int | None
+    params: dict = field(default_factory=dict)
+
+
+_COMMAND_KEYS = {"schema", "cmd_id", "type", "issuer", "device", "valid_from", "valid_until", "params"}
+
+
+def parse_command(payload: bytes, now_ns: int, *, max_activation_s: int, clock_skew_s: float = 5.0) -> Command:
+    """Bytes from the cmd topic -> Command, or CommandRejected naming the fault."""
+    if len(payload) > MAX_COMMAND_BYTES:
+        raise CommandRejected(None, f"command too large: {len(payload)} bytes > {MAX_COMMAND_BYTES}")
+    try:
+        doc = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CommandRejected(None, f"malformed JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise CommandRejected(None, f"command must be a JSON object, got {type(doc).__name__}")
+    cmd_id = doc.get("cmd_id")
+    if not isinstance(cmd_id, str) or not 1 <= len(cmd_id) <= 128:
+        raise CommandRejected(None, "cmd_id: must be a string of 1 to 128 characters")
+
+    def reject(reason: str) -> CommandRejected:
+        return CommandRejected(cmd_id, reason)
+
+    if doc.get("schema") != SCHEMA_COMMAND:
+        raise reject(f"schema: must be {SCHEMA_COMMAND!r}, got {doc.get('schema')!r}")
+    unknown = sorted(set(doc) - _COMMAND_KEYS)
+    if unknown:
+        raise reject(f"unknown key {unknown[0]!r}")
+    ctype = doc.get("type")
+    if ctype not in COMMAND_TYPES:
+        raise reject(f"type: unknown command {ctype!r}; known: {', '.join(COMMAND_TYPES)}")
+    issuer = doc.get("issuer", "dso")
+    if issuer not in ISSUERS:
+        raise reject(f"issuer: must be one of {', '.join(ISSUERS)}, got {issuer!r}")
+    device = doc.get("device")
+    if device is not None and not isinstance(device, str):
+        raise reject("device: must be a device id string")
+
+    window = []
+    for key in ("valid_from", "valid_until"):
+        raw = doc.get(key)
+        if raw is None:
+            window.append(None)
+            continue
+        try:
+            window.append(parse_iso_utc(raw) if isinstance(raw, str) else _raise(ValueError("not a string")))
+        except (ValueError, OverflowError) as exc:
+            raise reject(f"{key}: must be an ISO 8601 UTC time like 2026-01-31T12:00:00Z ({exc})") from None
+    valid_from, valid_until = window
+    skew = int(clock_skew_s * 1e9)
+    if valid_until is not None and now_ns > valid_until:
+        raise reject(f"expired: valid_until {doc['valid_until']} is in the past")
+    if valid_from is not None and valid_from > now_ns + skew:
+        raise reject(f"not yet valid: valid_from {doc['valid_from']} is in the future")
+    if valid_from is not None and valid_until is not None and valid_until <= valid_from:
+        raise reject("valid_until must be after valid_from")
+
+    params = doc.get("params", {})
+    if not isinstance(params, dict):
+        raise reject("params: must be an object")
+    if ctype == "limit_active_power":
+        params = _limit_params(params, max_activation_s, reject)
+    else:
+        params = _terminate_params(params, reject)
+    return Command(cmd_id, ctype, issuer, device, valid_from, valid_until, params)
+
+
+def _number(params: dict, key: str, lo: float, hi: float, reject) -> float:
+    v = params.get(key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise reject(f"params.{key}: must be a number, got {v!r}")
+    if not lo <= v <= hi:
+        raise reject(f"params.{key}: out of range: must be within [{lo:g}, {hi:g}], got {v:g}")
+    return float(v)
+
+
+def _limit_params(params: dict, max_activation_s: int, reject) -> dict:
+    extra = sorted(set(params) - {"limit_pct", "duration_s"})
+    if extra:
+        raise reject(f"params: unknown key {extra[0]!r}")
+    return {"limit_pct": _number(params, "limit_pct", 0.0, 100.0, reject),
+            "duration_s": _number(params, "duration_s", 1.0, float(max_activation_s), reject)}
+
+
+def _terminate_params(params: dict, reject) -> dict:
+    target = params.get("activation_id")
+    if set(params) != {"activation_id"} or not isinstance(target, str) or not target:
+        raise reject("params: terminate takes exactly {'activation_id': <cmd_id of the activation>}")
+    return {"activation_id": target}
+
+
+def _raise(exc: Exception):
+    raise exc

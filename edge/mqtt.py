@@ -1,0 +1,225 @@
+"""An asyncio face on paho-mqtt 2.x (MQTT 5, TLS 1.2+ with client certificates).
+
+paho runs its network loop in its own thread; every callback is handed to the asyncio loop with
+call_soon_threadsafe, so the rest of gridedge never sees a thread. Both the agent's uplink and the
+rig's DSO simulator use this class.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+
+log = logging.getLogger(__name__)
+
+
+class MqttError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> "Endpoint":
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise MqttError(f"broker URL must look like mqtts://host:port, got {url!r}")
+        tls = parts.scheme == "mqtts"
+        return cls(parts.hostname, parts.port or (8883 if tls else 1883), tls)
+
+
+def tls_context(ca_file: Path, cert_file: Path, key_file: Path) -> ssl.SSLContext:
+    """Verify the broker against our CA and its host name; authenticate ourselves with a certificate."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_cert_chain(str(cert_file), str(key_file))
+    return ctx
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+class MqttClient:
+    """One MQTT 5 session. publish() resolves on PUBACK (QoS 1); messages arrive on `messages`."""
+
+    def __init__(
+        self,
+        url: str,
+        client_id: str,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        allow_plaintext: bool = False,
+        keepalive_s: int = 30,
+        will: tuple[str, bytes] | None = None,
+        session_expiry_s: int = 0,
+    ) -> None:
+        self.endpoint = Endpoint.parse(url)
+        if self.endpoint.tls and ssl_context is None:
+            raise MqttError("mqtts:// needs a TLS context")
+        if not self.endpoint.tls and not allow_plaintext:
+            raise MqttError("plaintext mqtt:// refused: set allow_plaintext to use it")
+        self.allow_plaintext = allow_plaintext
+        self.keepalive_s = keepalive_s
+        self.session_expiry_s = session_expiry_s
+        self.messages: asyncio.Queue[Message] = asyncio.Queue()
+        self.connected = asyncio.Event()
+        self.on_connect_hooks: list = []  # async callables run after every (re)connect
+        self._loop = asyncio.get_running_loop()
+        self._subscriptions: dict[str, int] = {}
+        self._pending: dict[int, asyncio.Future] = {}
+        self._early_acks: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._first_connect: asyncio.Future = self._loop.create_future()
+        self._first_connect.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no GC warning
+
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+        if ssl_context is not None:
+            c.tls_set_context(ssl_context)
+        if will is not None:
+            c.will_set(will[0], will[1], qos=1, retain=True)
+        c.reconnect_delay_set(min_delay=1, max_delay=30)
+        c.enable_logger(logging.getLogger("gridedge.paho"))
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        c.on_publish = self._on_publish
+        self._client = c
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Connect in the background; paho retries with back-off until it gets through."""
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.session_expiry_s
+        self._client.connect_async(
+            self.endpoint.host, self.endpoint.port, keepalive=self.keepalive_s,
+            clean_start=self.session_expiry_s == 0, properties=props,
+        )
+        self._client.loop_start()
+
+    async def connect(self, timeout_s: float = 10.0) -> None:
+        """start(), then wait for the first CONNACK; on failure the client is closed."""
+        self.start()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._first_connect), timeout_s)
+        except asyncio.TimeoutError:
+            await self.close()
+            raise MqttError(f"no CONNACK from {self.endpoint.host}:{self.endpoint.port} within {timeout_s} s") from None
+        except MqttError:
+            await self.close()
+            raise
+
+    async def close(self, final: tuple[str, bytes] | None = None) -> None:
+        """Disconnect cleanly, publishing `final` (topic, payload) first as a retained message."""
+        if final is not None and self.connected.is_set():
+            try:
+                await asyncio.wait_for(self.publish(final[0], final[1], retain=True), 5)
+            except (asyncio.TimeoutError, MqttError) as exc:
+                log.warning("final message not acknowledged: %s", exc)
+        self._client.disconnect()
+        await asyncio.to_thread(self._client.loop_stop)
+        self._fail_pending(MqttError("client closed"))
+
+    # -- API ---------------------------------------------------------------------------------
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        if not self.connected.is_set():
+            raise MqttError("not connected")
+        fut = self._loop.create_future()
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise MqttError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
+        if qos == 0:
+            return
+        with self._lock:
+            if self._early_acks.pop(info.mid, None) is None:
+                self._pending[info.mid] = fut
+            else:
+                fut.set_result(None)
+        await fut
+
+    async def subscribe(self, topic: str, qos: int = 1) -> None:
+        self._subscriptions[topic] = qos
+        if self.connected.is_set():
+            self._client.subscribe(topic, qos)
+
+    # -- paho thread callbacks ---------------------------------------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            err = MqttError(f"broker refused the connection: {reason_code}")
+            self._loop.call_soon_threadsafe(self._resolve_first, err)
+            return
+        for topic, qos in self._subscriptions.items():
+            client.subscribe(topic, qos)
+        self._loop.call_soon_threadsafe(self._connected)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._loop.call_soon_threadsafe(self._disconnected, str(reason_code))
+
+    def _on_message(self, client, userdata, msg) -> None:
+        self._loop.call_soon_threadsafe(self.messages.put_nowait, Message(msg.topic, msg.payload, msg.retain))
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        with self._lock:
+            fut = self._pending.pop(mid, None)
+            if fut is None:
+                self._early_acks[mid] = 1
+                return
+        err = MqttError(f"broker rejected publish: {reason_code}") if reason_code.is_failure else None
+        self._loop.call_soon_threadsafe(_settle, fut, err)
+
+    # -- loop-side handlers ------------------------------------------------------------------
+    def _resolve_first(self, err: Exception | None) -> None:
+        if not self._first_connect.done():
+            if err is None:
+                self._first_connect.set_result(None)
+            else:
+                self._first_connect.set_exception(err)
+
+    def _connected(self) -> None:
+        self.connected.set()
+        log.info("MQTT connected to %s:%s", self.endpoint.host, self.endpoint.port)
+        if self.endpoint.tls is False:
+            log.warning("MQTT connected WITHOUT TLS to %s:%s (allow_plaintext is set)", self.endpoint.host, self.endpoint.port)
+        self._resolve_first(None)
+        for hook in self.on_connect_hooks:
+            self._loop.create_task(hook())
+
+    def _disconnected(self, reason: str) -> None:
+        if self.connected.is_set():
+            log.warning("MQTT connection lost: %s", reason)
+        self.connected.clear()
+        self._fail_pending(MqttError(f"connection lost: {reason}"))
+
+    def _fail_pending(self, err: Exception) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            self._early_acks.clear()
+        for fut in pending.values():
+            _settle(fut, err)
+
+
+def _settle(fut: asyncio.Future, err: Exception | None) -> None:
+    if fut.done():
+        return
+    if err is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(err)

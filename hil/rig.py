@@ -1,0 +1,151 @@
+"""The bench: a TLS broker, a simulated inverter and a gateway agent as real processes, plus the DSO simulator.
+
+The demo and the end-to-end tests both use it, so what the demo shows is what the tests check.
+Every process it starts is stopped by stop(), whatever happened before.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+from gridedge.mqtt import tls_context
+
+from .broker import Mosquitto
+from .dso_sim import DsoSimulator
+from .pki import make_pki
+
+CONFIG_TEMPLATE = """\
+# Written by the gridedge rig for this run.
+[gateway]
+id = "{gateway_id}"
+description = "HIL rig gateway"
+
+[uplink]
+broker = "{broker_url}"
+ca_file = "{ca}"
+cert_file = "{cert}"
+key_file = "{key}"
+keepalive_s = 10
+telemetry_interval_ms = {telemetry_ms}
+
+[storage]
+dir = "{storage}"
+
+[control]
+cycle_ms = 200
+max_activation_s = 3600
+revert_s = 60
+
+[[devices]]
+id = "inv1"
+driver = "sunspec_tcp"
+role = "inverter"
+host = "127.0.0.1"
+port = {sim_port}
+unit_id = 1
+poll_ms = {poll_ms}
+timeout_ms = 1000
+writable = {writable}
+"""
+
+
+class Rig:
+    def __init__(self, workdir: Path, *, gateway_id: str = "gw-rig-001", w_max: float = 10000.0,
+                 pv_w: float = 8000.0, ramp_pct_per_s: float = 20.0, poll_ms: int = 250,
+                 telemetry_ms: int = 250, writable: bool = True) -> None:
+        self.workdir = Path(workdir)
+        self.gateway_id = gateway_id
+        self.prefix = f"gridedge/v1/{gateway_id}/"
+        self.w_max, self.pv_w, self.ramp_pct_per_s = w_max, pv_w, ramp_pct_per_s
+        self.poll_ms, self.telemetry_ms, self.writable = poll_ms, telemetry_ms, writable
+        self.broker: Mosquitto | None = None
+        self.sim: asyncio.subprocess.Process | None = None
+        self.agent: asyncio.subprocess.Process | None = None
+        self.dso: DsoSimulator | None = None
+        self.config_path = self.workdir / "gateway.toml"
+        self.agent_log = self.workdir / "agent.log"
+        self.sim_log = self.workdir / "inverter-sim.log"
+
+    async def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.pki = await asyncio.to_thread(make_pki, self.workdir / "pki")
+        self.gw_cert, self.gw_key = self.pki.client(self.gateway_id)
+        self.dso_cert, self.dso_key = self.pki.client("dso-headend")
+        self.broker = Mosquitto(self.workdir / "broker", self.pki)
+        await asyncio.to_thread(self.broker.start)
+        self.sim_port = await self._start_sim()
+        self.write_config()
+        await self.start_agent()
+        self.dso = DsoSimulator(self.broker.url, tls_context(self.pki.ca_cert, self.dso_cert, self.dso_key), self.prefix)
+        await self.dso.start()
+        await self.dso.wait_online(30)
+
+    def write_config(self, **overrides) -> Path:
+        values = dict(gateway_id=self.gateway_id, broker_url=self.broker.url, ca=self.pki.ca_cert,
+                      cert=self.gw_cert, key=self.gw_key, telemetry_ms=self.telemetry_ms,
+                      storage=self.workdir / "var", sim_port=self.sim_port, poll_ms=self.poll_ms,
+                      writable=str(self.writable).lower())
+        values.update(overrides)
+        self.config_path.write_text(CONFIG_TEMPLATE.format(**values))
+        return self.config_path
+
+    async def _start_sim(self) -> int:
+        self.sim = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gridedge.hil.inverter_sim", "--host", "127.0.0.1", "--port", "0",
+            "--w-max", str(self.w_max), "--pv-w", str(self.pv_w), "--ramp-pct-per-s", str(self.ramp_pct_per_s),
+            stdout=asyncio.subprocess.PIPE, stderr=open(self.sim_log, "ab"),
+        )
+        try:
+            line = await asyncio.wait_for(self.sim.stdout.readline(), 20)
+        except asyncio.TimeoutError:
+            line = b""
+        if not line.startswith(b"READY "):
+            raise RuntimeError(f"inverter simulator did not start: {self.sim_log.read_text()[-2000:]}")
+        return int(line.split()[1])
+
+    async def start_agent(self) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.agent = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gridedge", "run", "-c", str(self.config_path),
+            stdout=asyncio.subprocess.DEVNULL, stderr=open(self.agent_log, "ab"), env=env,
+        )
+
+    async def stop_agent(self, sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> int | None:
+        proc, self.agent = self.agent, None
+        return await _stop(proc, sig, timeout_s)
+
+    async def stop(self) -> None:
+        if self.dso:
+            await self.dso.stop()
+        await self.stop_agent()
+        sim, self.sim = self.sim, None
+        await _stop(sim, signal.SIGTERM, 5)
+        if self.broker:
+            await asyncio.to_thread(self.broker.stop)
+
+    async def __aenter__(self) -> "Rig":
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+
+async def _stop(proc: asyncio.subprocess.Process | None, sig: int, timeout_s: float) -> int | None:
+    if proc is None or proc.returncode is not None:
+        return None if proc is None else proc.returncode
+    try:
+        proc.send_signal(sig)
+        return await asyncio.wait_for(proc.wait(), timeout_s)
+    except asyncio.TimeoutError:
+        proc.kill()
+        return await proc.wait()
+    except ProcessLookupError:
+        return await proc.wait()
