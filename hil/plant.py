@@ -1,0 +1,193 @@
+"""A PV inverter as a plant: what the HIL simulator's registers show, stepped in simulated time (no I/O).
+
+The controls follow SunSpec model 704 (IEEE 1547-2018 "limit active power", active/reactive power set-points),
+including the device-side reversion: when the controller goes silent for WMaxLimPctRvrtTms seconds, the inverter
+itself falls back to WMaxLimPctRvrt / WMaxLimPctEnaRvrt, which is the failsafe a gateway must be able to rely on.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+PvProfile = Callable[[float], float]
+
+
+def constant_pv(w: float) -> PvProfile:
+    """PV availability that never changes."""
+    w = float(w)
+    return lambda t_s: w
+
+
+def clear_sky_pv(peak_w: float, sunrise_s: float = 6 * 3600, sunset_s: float = 20 * 3600,
+                 day_s: float = 86400.0) -> PvProfile:
+    """A clear-sky day: sin^1.5 between sunrise and sunset (seconds since midnight, repeating daily), 0 at night."""
+    if not sunset_s > sunrise_s:
+        raise ValueError("sunset must be after sunrise")
+
+    def pv(t_s: float) -> float:
+        tod = t_s % day_s
+        if not sunrise_s < tod < sunset_s:
+            return 0.0
+        x = math.sin(math.pi * (tod - sunrise_s) / (sunset_s - sunrise_s))
+        return peak_w * x ** 1.5
+
+    return pv
+
+
+class PVInverterPlant:
+    """Active power follows min(PV available, limit, set-point) with a ramp; reactive power follows VArSet.
+
+    Sign convention: W and VAr > 0 means injection into the grid (export). Units: W, var, VA, V, Hz, A, Wh, %, s.
+    """
+
+    #: Controls a write may set, with their valid range (validation is the device's, as a real inverter does).
+    CONTROL_RANGES: dict[str, tuple[float, float]] = {
+        "WMaxLimPct": (0.0, 100.0),
+        "WMaxLimPctEna": (0, 1),
+        "WMaxLimPctRvrt": (0.0, 100.0),
+        "WMaxLimPctEnaRvrt": (0, 1),
+        "WMaxLimPctRvrtTms": (0, 86400 * 365),
+        "WSet": (0.0, math.inf),           # upper bound: w_max, checked in write()
+        "WSetEna": (0, 1),
+        "VArSet": (-math.inf, math.inf),   # bounds: +/- var_max, checked in write()
+        "VArSetEna": (0, 1),
+    }
+
+    def __init__(self, w_max: float = 10000.0, pv: PvProfile | float = 8000.0, ramp_pct_per_s: float = 10.0,
+                 var_max: float | None = None, n_phases: int = 3, t0_s: float = 0.0):
+        if not w_max > 0:
+            raise ValueError("w_max must be > 0")
+        if not ramp_pct_per_s > 0:
+            raise ValueError("ramp_pct_per_s must be > 0")
+        if n_phases not in (1, 3):
+            raise ValueError("n_phases must be 1 or 3")
+        self.w_max = float(w_max)
+        self.pv: PvProfile = constant_pv(pv) if isinstance(pv, (int, float)) else pv
+        self.ramp_pct_per_s = float(ramp_pct_per_s)
+        self.var_max = float(var_max) if var_max is not None else 0.44 * self.w_max  # IEEE 1547 Cat B capability
+        self.n_phases = n_phases
+        self.t_s = float(t0_s)
+        # grid inputs (settable)
+        self.v = 230.0
+        self.hz = 50.0
+        # controls
+        self.WMaxLimPct = 100.0
+        self.WMaxLimPctEna = 0
+        self.WMaxLimPctRvrt = 100.0
+        self.WMaxLimPctEnaRvrt = 0
+        self.WMaxLimPctRvrtTms = 0
+        self.WSet = self.w_max
+        self.WSetEna = 0
+        self.VArSet = 0.0
+        self.VArSetEna = 0
+        self._last_write_t: float | None = None   # reversion timer start; None = not armed
+        # outputs
+        self.W = self.target_w()
+        self.VAr = self.target_var()
+        self.TotWhExp = 0.0
+        self.TotWhImp = 0.0
+        self.TotVArhInj = 0.0
+        self.TotVArhAbs = 0.0
+        self.reversions = 0
+
+    # ------------------------------------------------------------------ controls
+
+    def validate(self, name: str, value: float) -> float:
+        """Check one control value; raises ValueError (the simulator maps it to ILLEGAL_DATA_VALUE)."""
+        if name not in self.CONTROL_RANGES:
+            raise KeyError(f"{name} is not a control of this plant")
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} needs a number, got {value!r}") from None
+        lo, hi = self.CONTROL_RANGES[name]
+        if name == "WSet":
+            hi = self.w_max
+        elif name == "VArSet":
+            lo, hi = -self.var_max, self.var_max
+        if not (lo <= v <= hi) or math.isnan(v):
+            raise ValueError(f"{name}={value} outside {lo}..{hi}")
+        if name.endswith("Ena") or name.endswith("EnaRvrt"):
+            if v not in (0.0, 1.0):
+                raise ValueError(f"{name} must be 0 or 1, got {value}")
+            return int(v)
+        if name == "WMaxLimPctRvrtTms":
+            if not v.is_integer():
+                raise ValueError(f"{name} must be whole seconds, got {value}")
+            return int(v)
+        return v
+
+    def write(self, **values: float) -> None:
+        """Apply a control write atomically (all values valid, or nothing changes) and restart the reversion timer."""
+        checked = {n: self.validate(n, v) for n, v in values.items()}
+        for n, v in checked.items():
+            setattr(self, n, v)
+        self._last_write_t = self.t_s
+
+    @property
+    def WMaxLimPctRvrtRem(self) -> float:
+        """Seconds until the limit reverts; 0 when no reversion is pending."""
+        if self.WMaxLimPctRvrtTms <= 0 or self._last_write_t is None:
+            return 0.0
+        return max(0.0, self.WMaxLimPctRvrtTms - (self.t_s - self._last_write_t))
+
+    def _check_reversion(self) -> None:
+        if self.WMaxLimPctRvrtTms > 0 and self._last_write_t is not None \
+                and self.t_s - self._last_write_t >= self.WMaxLimPctRvrtTms:
+            self.WMaxLimPct = self.WMaxLimPctRvrt
+            self.WMaxLimPctEna = self.WMaxLimPctEnaRvrt
+            self._last_write_t = None     # disarmed until the next control write
+            self.reversions += 1
+
+    # ------------------------------------------------------------------ dynamics
+
+    def available_w(self) -> float:
+        return min(self.w_max, max(0.0, float(self.pv(self.t_s))))
+
+    def limit_w(self) -> float:
+        lim = self.w_max
+        if self.WMaxLimPctEna:
+            lim = min(lim, self.WMaxLimPct / 100.0 * self.w_max)
+        if self.WSetEna:
+            lim = min(lim, self.WSet)
+        return lim
+
+    def target_w(self) -> float:
+        return max(0.0, min(self.available_w(), self.limit_w()))
+
+    def target_var(self) -> float:
+        return max(-self.var_max, min(self.var_max, self.VArSet)) if self.VArSetEna else 0.0
+
+    def step(self, dt_s: float) -> None:
+        """Advance by dt_s seconds: reversion timer, ramped active power, reactive power, energy counters."""
+        if not dt_s >= 0:
+            raise ValueError("dt_s must be >= 0")
+        self.t_s += dt_s
+        self._check_reversion()
+        target = self.target_w()
+        max_dw = self.ramp_pct_per_s / 100.0 * self.w_max * dt_s
+        # Never above what the PV gives, even mid-ramp (the sun does not wait for the ramp).
+        self.W = min(self.available_w(), self.W + max(-max_dw, min(max_dw, target - self.W)))
+        self.W = max(0.0, self.W)
+        self.VAr = self.target_var()
+        h = dt_s / 3600.0
+        self.TotWhExp += max(self.W, 0.0) * h
+        self.TotWhImp += max(-self.W, 0.0) * h
+        self.TotVArhInj += max(self.VAr, 0.0) * h
+        self.TotVArhAbs += max(-self.VAr, 0.0) * h
+
+    # ------------------------------------------------------------------ derived measurements
+
+    @property
+    def VA(self) -> float:
+        return math.hypot(self.W, self.VAr)
+
+    @property
+    def PF(self) -> float:
+        """cos phi, 1.0 at no load."""
+        return 1.0 if self.VA < 1e-9 else self.W / self.VA
+
+    @property
+    def A(self) -> float:
+        """Line (per-phase) current, balanced phases assumed."""
+        return self.VA / (self.n_phases * self.v) if self.v > 0 else 0.0
