@@ -67,9 +67,12 @@ class ActivationManager:
             if cmd.device not in self.writable:
                 raise ValueError(f"device: {cmd.device!r} is read-only (writable = false in the configuration)")
             return (cmd.device,)
-        targets = tuple(d for d, dev in self.devices.items() if dev.capability == "inverter" and d in self.writable)
+        inverters = [d for d, dev in self.devices.items() if dev.capability == "inverter"]
+        targets = tuple(d for d in inverters if d in self.writable)
         if not targets:
-            raise ValueError("no writable inverter on this gateway")
+            read_only = ", ".join(inverters)
+            raise ValueError("no writable inverter on this gateway"
+                             + (f" ({read_only}: read-only, writable = false in the configuration)" if read_only else ""))
         return targets
 
     async def handle(self, cmd: Command) -> None:

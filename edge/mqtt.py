@@ -88,6 +88,7 @@ class MqttClient:
         self._pending: dict[int, asyncio.Future] = {}
         self._early_acks: dict[int, int] = {}
         self._lock = threading.Lock()
+        self._closing = False
         self._first_connect: asyncio.Future = self._loop.create_future()
         self._first_connect.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no GC warning
 
@@ -134,7 +135,9 @@ class MqttClient:
                 await asyncio.wait_for(self.publish(final[0], final[1], retain=True), 5)
             except (asyncio.TimeoutError, MqttError) as exc:
                 log.warning("final message not acknowledged: %s", exc)
-        self._client.disconnect()
+        self._closing = True
+        if self.connected.is_set():
+            self._client.disconnect()
         await asyncio.to_thread(self._client.loop_stop)
         self._fail_pending(MqttError("client closed"))
 
@@ -203,7 +206,7 @@ class MqttClient:
             self._loop.create_task(hook())
 
     def _disconnected(self, reason: str) -> None:
-        if self.connected.is_set():
+        if self.connected.is_set() and not self._closing:
             log.warning("MQTT connection lost: %s", reason)
         self.connected.clear()
         self._fail_pending(MqttError(f"connection lost: {reason}"))
