@@ -1,0 +1,396 @@
+"""The gateway config: a TOML file checked up front, so a bad config stops the agent with a list of
+every problem (file, key path, what is wrong) rather than a traceback an hour later.
+
+See docs/configuration.md for every key and examples/gateway.toml for an annotated example.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+import tomllib
+from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from gridedge import schema as s
+
+__all__ = [
+    "ConfigError", "Config", "GatewayConfig", "UplinkConfig", "DeviceConfig", "ControlConfig", "StorageConfig",
+    "DriverSpec", "DRIVERS", "register_driver", "load_config", "parse_config", "check_main", "SCHEMA",
+]
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(Exception):
+    """All problems found in one config; `.errors` holds one rendered message per problem."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = list(errors)
+        super().__init__(self.errors)  # args round-trip through pickle
+
+    def __str__(self) -> str:
+        return "\n".join(self.errors)
+
+
+# ---------------------------------------------------------------- driver registry
+
+@dataclass(frozen=True)
+class DriverSpec:
+    """What the config needs to know about a driver: its name and transport ("tcp" needs host/port)."""
+
+    name: str
+    transport: str = "tcp"
+    description: str = ""
+
+
+DRIVERS: dict[str, DriverSpec] = {}
+
+
+def register_driver(name: str, *, transport: str = "tcp", description: str = "") -> DriverSpec:
+    """Make `driver = "<name>"` valid in configs. Drivers call this at import; a re-register replaces."""
+    spec = DriverSpec(name, transport, description)
+    DRIVERS[name] = spec
+    return spec
+
+
+register_driver("sunspec_tcp", transport="tcp", description="SunSpec Modbus over TCP (inverters, batteries, meters)")
+
+
+# ---------------------------------------------------------------- result types
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    id: str
+    description: str
+
+
+@dataclass(frozen=True)
+class UplinkConfig:
+    broker: str
+    host: str
+    port: int
+    tls: bool
+    topic_prefix: str  # {gateway_id} substituted, ends with "/"
+    client_id: str
+    ca_file: Path | None
+    cert_file: Path | None
+    key_file: Path | None
+    keepalive_s: int
+    telemetry_interval_ms: int
+    allow_plaintext: bool
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    id: str
+    driver: str
+    role: str
+    host: str
+    port: int
+    unit_id: int
+    poll_ms: int
+    timeout_ms: int
+    points: tuple[str, ...] | None
+    writable: bool
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    cycle_ms: int
+    max_activation_s: int
+    revert_s: int
+    priorities: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    dir: Path
+
+
+@dataclass(frozen=True)
+class Config:
+    gateway: GatewayConfig
+    uplink: UplinkConfig
+    devices: tuple[DeviceConfig, ...]
+    control: ControlConfig
+    storage: StorageConfig
+    source: Path | None
+    sha256: str  # of the file bytes; "" when parsed from a dict
+
+    def device(self, device_id: str) -> DeviceConfig:
+        for d in self.devices:
+            if d.id == device_id:
+                return d
+        raise KeyError(device_id)
+
+
+# ---------------------------------------------------------------- schema
+
+ACTORS = ("tso", "dso", "aggregator")
+ROLES = ("inverter", "battery", "meter", "load")
+DEFAULT_TOPIC_PREFIX = "gridedge/v1/{gateway_id}/"
+_PORTS = {"mqtts": 8883, "mqtt": 1883}
+
+
+@dataclass(frozen=True)
+class _Broker:
+    url: str
+    scheme: str
+    host: str
+    port: int
+
+
+def _parse_broker(url: str) -> _Broker:
+    """mqtts://host[:port] or mqtt://host[:port]; nothing else (no credentials, path or query)."""
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+        raise s.Invalid(f"must not contain spaces or control characters, got {s.describe(url)}")
+    if "://" not in url:
+        raise s.Invalid(f"must be a URL like mqtts://host:8883, got {s.describe(url)}")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+        host = parts.hostname
+    except ValueError as e:
+        raise s.Invalid(f"is not a valid URL ({e}), got {s.describe(url)}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in _PORTS:
+        raise s.Invalid(f"scheme must be mqtts (TLS) or mqtt (plaintext), got {parts.scheme!r}")
+    if parts.username is not None or parts.password is not None:
+        raise s.Invalid("must not contain credentials (the gateway authenticates with its client certificate)")
+    if not host:
+        raise s.Invalid(f"has no host, got {s.describe(url)}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise s.Invalid(f"must be scheme://host[:port] with nothing after, got {s.describe(url)}")
+    if port is not None and not 1 <= port <= 65535:
+        raise s.Invalid(f"port must be 1..65535, got {port}")
+    return _Broker(url, scheme, host, port if port is not None else _PORTS[scheme])
+
+
+def _check_topic_prefix(prefix: str) -> str:
+    if "+" in prefix or "#" in prefix:
+        raise s.Invalid(f"must not contain MQTT wildcards + or #, got {s.describe(prefix)}")
+    if "\x00" in prefix:
+        raise s.Invalid("must not contain NUL characters")
+    if prefix.startswith("$"):
+        raise s.Invalid(f"must not start with '$' (reserved for broker topics), got {s.describe(prefix)}")
+    if not prefix.endswith("/"):
+        raise s.Invalid(f"must end with '/', got {s.describe(prefix)}")
+    rest = prefix.replace("{gateway_id}", "")
+    if "{" in rest or "}" in rest:
+        raise s.Invalid(f"only the placeholder {{gateway_id}} is supported, got {s.describe(prefix)}")
+    return prefix
+
+
+def _driver_choice(name: str) -> str:
+    """Checked against the registry at validation time, so drivers registered later are accepted."""
+    if name not in DRIVERS:
+        msg = f"unknown driver; must be one of: {', '.join(sorted(DRIVERS))}; got {name!r}"
+        guess = s.suggest(name, DRIVERS)
+        if guess is not None:
+            msg += f" (did you mean {guess!r}?)"
+        raise s.Invalid(msg)
+    return name
+
+
+_ID = "[A-Za-z0-9_-]"
+_PATH = s.Str(regex=r"[^\x00]+", regex_hint="be a file path (no NUL characters)", min_len=1, max_len=4096)
+
+SCHEMA = s.Dict({
+    "gateway": s.Required(s.Dict({
+        "id": s.Required(s.Str(regex=f"{_ID}{{1,64}}", regex_hint="be 1-64 characters of A-Z a-z 0-9 _ -"),
+                         "gateway identity; appears in MQTT topics"),
+        "description": s.Optional(s.Str(max_len=1024), default="", doc="free text for operators"),
+    })),
+    "uplink": s.Required(s.Dict({
+        "broker": s.Required(s.All(s.Str(min_len=1, max_len=1024), s.Custom(_parse_broker)),
+                             "MQTT broker URL, mqtts://host[:port] or mqtt://host[:port]"),
+        "topic_prefix": s.Optional(s.All(s.Str(min_len=1, max_len=1024), s.Custom(_check_topic_prefix)),
+                                   default=DEFAULT_TOPIC_PREFIX, doc="prefix of every topic"),
+        "client_id": s.Optional(s.Str(regex=r"[\x21-\x7e]*", regex_hint="be printable ASCII without spaces",
+                                      max_len=256), default="", doc="MQTT client id; empty = gateway id"),
+        "ca_file": s.Optional(_PATH, doc="CA certificate(s) that signed the broker's certificate (PEM)"),
+        "cert_file": s.Optional(_PATH, doc="the gateway's client certificate (PEM)"),
+        "key_file": s.Optional(_PATH, doc="the gateway's private key (PEM)"),
+        "keepalive_s": s.Optional(s.Int(ge=5, le=3600), default=30, doc="MQTT keepalive, s"),
+        "telemetry_interval_ms": s.Optional(s.Int(gt=0), default=1000,
+                                            doc="samples are batched into one telemetry message this often, ms"),
+        "allow_plaintext": s.Optional(s.Bool(), default=False, doc="must be true to use mqtt://"),
+    })),
+    "storage": s.Optional(s.Dict({
+        "dir": s.Optional(_PATH, default="var", doc="durable state directory"),
+    }), default={}),
+    "control": s.Optional(s.Dict({
+        "cycle_ms": s.Optional(s.Int(ge=10, le=60000), default=200, doc="control loop period, ms"),
+        "max_activation_s": s.Optional(s.Int(gt=0), default=86400, doc="longest activation accepted, s"),
+        "revert_s": s.Optional(s.Int(ge=1, le=65535), default=60,
+                               doc="remote set-points revert after this long without uplink, s"),
+        "priorities": s.Optional(s.List(s.Str(choices=ACTORS), min_len=1, unique=True),
+                                 default=list(ACTORS), doc="which actor wins a conflict, first wins"),
+    }), default={}),
+    "devices": s.Optional(s.List(s.Dict({
+        "id": s.Required(s.Str(regex=f"{_ID}{{1,32}}", regex_hint="be 1-32 characters of A-Z a-z 0-9 _ -"),
+                         "device id, unique; first part of point names"),
+        "driver": s.Required(s.All(s.Str(), s.Custom(_driver_choice)), "driver name"),
+        "role": s.Optional(s.Str(choices=ROLES), default="inverter", doc="what the device is"),
+        "host": s.Optional(s.Str(regex=r"[A-Za-z0-9._:%\[\]-]{1,253}",
+                                 regex_hint="be a host name or IP address"), doc="device address (TCP drivers)"),
+        "port": s.Optional(s.Int(ge=1, le=65535), default=502, doc="TCP port"),
+        "unit_id": s.Optional(s.Int(ge=0, le=255), default=1, doc="Modbus unit id"),
+        "poll_ms": s.Optional(s.Int(gt=0), default=1000, doc="poll period, ms"),
+        "timeout_ms": s.Optional(s.Int(gt=0), default=1000, doc="request timeout, ms"),
+        "points": s.Optional(s.List(s.Str(regex=r"[A-Za-z][A-Za-z0-9_.:-]{0,63}",
+                                          regex_hint="be a point name like WMaxLimPct (letters, digits, _ . : -)"),
+                                    min_len=1, unique=True), doc="points to poll; default all"),
+        "writable": s.Optional(s.Bool(), default=False, doc="control writes reach this device only if true"),
+    }), unique_key="id"), default=[]),
+})
+
+
+# ---------------------------------------------------------------- loading
+
+def load_config(path: str | Path, *, check_files: bool = True) -> Config:
+    """Read and check a TOML config. Raises ConfigError (never anything else) for any bad input."""
+    source = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except (OSError, ValueError) as e:
+        raise ConfigError([f"{source}: cannot read: {_reason(e)}"]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{source}: invalid TOML: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{source}: invalid TOML: {e}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{source}: invalid TOML: nested too deeply"]) from None
+    p = Path(path)
+    base = Path(os.path.abspath(p)).parent
+    cfg = parse_config(data, source, base, check_files=check_files)
+    return _with_source(cfg, Path(os.path.abspath(p)), hashlib.sha256(raw).hexdigest())
+
+
+def _with_source(cfg: Config, source: Path, digest: str) -> Config:
+    return replace(cfg, source=source, sha256=digest)
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e) or type(e).__name__
+
+
+def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = None, *,
+                 check_files: bool = True) -> Config:
+    """Check an already-parsed config (a dict as from tomllib). Relative paths resolve against
+    base_dir (default: the current directory). With check_files, TLS files must be readable."""
+    clean, issues = s.validate(SCHEMA, data, partial=True)
+    base = Path(os.path.abspath(base_dir if base_dir is not None else Path.cwd()))
+    if isinstance(clean, dict):
+        issues += _cross_checks(data, clean, base, check_files)
+    if issues:
+        raise ConfigError(s.format_issues(issues, source))
+    return _build(clean, base)
+
+
+def _resolve(base: Path, text: str) -> Path:
+    p = Path(text)
+    return Path(os.path.normpath(p if p.is_absolute() else base / p))
+
+
+def _cross_checks(raw: Any, clean: dict, base: Path, check_files: bool) -> list[s.Issue]:
+    """Checks that span keys; run on the partial result so they add to (not hide behind) type errors."""
+    issues: list[s.Issue] = []
+    up = clean.get("uplink")
+    raw_up = raw.get("uplink") if isinstance(raw, Mapping) else None
+    if isinstance(up, dict) and isinstance(raw_up, Mapping) and isinstance(up.get("broker"), _Broker):
+        broker: _Broker = up["broker"]
+        if broker.scheme == "mqtt" and up.get("allow_plaintext") is False:
+            issues.append(s.Issue(("uplink", "broker"),
+                                  "plaintext mqtt:// needs allow_plaintext = true (or use mqtts://)"))
+        if broker.scheme == "mqtts":
+            for key in ("ca_file", "cert_file", "key_file"):
+                if key not in raw_up:
+                    issues.append(s.Issue(("uplink", key), "required key missing (needed for mqtts://)"))
+                elif key in up and check_files:
+                    msg = _file_problem(_resolve(base, up[key]))
+                    if msg:
+                        issues.append(s.Issue(("uplink", key), msg))
+    storage = clean.get("storage")
+    if check_files and isinstance(storage, dict) and "dir" in storage:
+        d = _resolve(base, storage["dir"])
+        if os.path.exists(d) and not os.path.isdir(d):  # os.path swallows ENAMETOOLONG and friends
+            issues.append(s.Issue(("storage", "dir"), f"not a directory: {d}"))
+    devices = clean.get("devices")
+    raw_devices = raw.get("devices") if isinstance(raw, Mapping) else None
+    if isinstance(devices, list) and isinstance(raw_devices, (list, tuple)):
+        for i, dev in enumerate(devices):
+            if not isinstance(dev, dict) or "driver" not in dev or not isinstance(raw_devices[i], Mapping):
+                continue
+            spec = DRIVERS.get(dev["driver"])
+            if spec is not None and spec.transport == "tcp" and "host" not in raw_devices[i]:
+                issues.append(s.Issue(("devices", i, "host"),
+                                      f"required key missing (driver {spec.name!r} connects over TCP)"))
+    return issues
+
+
+def _file_problem(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except FileNotFoundError:
+        return f"file not found: {path}"
+    except (OSError, ValueError) as e:
+        return f"cannot read {path}: {_reason(e)}"
+    return None
+
+
+def _build(c: dict, base: Path) -> Config:
+    gw = GatewayConfig(c["gateway"]["id"], c["gateway"]["description"])
+    up = c["uplink"]
+    broker: _Broker = up["broker"]
+
+    def opt_path(key: str) -> Path | None:
+        return _resolve(base, up[key]) if key in up else None
+
+    uplink = UplinkConfig(
+        broker=broker.url, host=broker.host, port=broker.port, tls=broker.scheme == "mqtts",
+        topic_prefix=up["topic_prefix"].replace("{gateway_id}", gw.id),
+        client_id=up["client_id"] or gw.id,
+        ca_file=opt_path("ca_file"), cert_file=opt_path("cert_file"), key_file=opt_path("key_file"),
+        keepalive_s=up["keepalive_s"], telemetry_interval_ms=up["telemetry_interval_ms"],
+        allow_plaintext=up["allow_plaintext"],
+    )
+    if not uplink.tls:
+        log.warning("uplink %s is plaintext MQTT: telemetry and commands travel unencrypted", uplink.broker)
+    devices = tuple(
+        DeviceConfig(
+            id=d["id"], driver=d["driver"], role=d["role"], host=d.get("host", ""), port=d["port"],
+            unit_id=d["unit_id"], poll_ms=d["poll_ms"], timeout_ms=d["timeout_ms"],
+            points=tuple(d["points"]) if "points" in d else None, writable=d["writable"],
+        )
+        for d in c["devices"]
+    )
+    ctl = c["control"]
+    control = ControlConfig(ctl["cycle_ms"], ctl["max_activation_s"], ctl["revert_s"], tuple(ctl["priorities"]))
+    storage = StorageConfig(_resolve(base, c["storage"]["dir"]))
+    return Config(gw, uplink, devices, control, storage, source=None, sha256="")
+
+
+def check_main(path: str | Path, *, check_files: bool = True) -> int:
+    """`gridedge check -c FILE`: print OK and a summary, or every error on stderr. 0 = OK, 1 = errors."""
+    try:
+        cfg = load_config(path, check_files=check_files)
+    except ConfigError as e:
+        for line in e.errors:
+            print(line, file=sys.stderr)
+        return 1
+    n = len(cfg.devices)
+    print(f"OK {path}: {n} device{'' if n == 1 else 's'}, gateway {cfg.gateway.id}")
+    return 0
