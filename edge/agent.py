@@ -10,15 +10,18 @@ import uuid
 from . import __version__, contract
 from .activation import ActivationManager
 from .config import Config, DeviceConfig
-from .contract import CommandRejected, Streams
+from .contract import CommandRejected
 from .devices import make_device
 from .model import Detail, Sample, Validity
 from .mqtt import MqttClient, MqttError, tls_context
+from .outbox import Outbox
+from .uplink import Publisher
 
 log = logging.getLogger("gridedge.agent")
 
-MAX_BUFFERED_SAMPLES = 200_000  # bounds memory while the uplink is down
-MAX_REMEMBERED_COMMANDS = 1000
+MAX_BUFFERED_SAMPLES = 200_000  # bounds memory between two telemetry appends, whatever the devices produce
+STATE_INTERVAL_S = 60.0
+FINAL_DRAIN_S = 3.0  # on a clean stop, try this long to publish what is stored; the rest waits in the outbox  # the retained state (drop counters, next seq) is refreshed this often
 
 
 class Agent:
@@ -27,13 +30,15 @@ class Agent:
         self.gateway_id = config.gateway.id
         self.prefix = config.uplink.topic_prefix
         self.boot_id = uuid.uuid4().hex
-        self.streams = Streams(self.gateway_id)
         self.image: dict[str, Sample] = {}
         self.buffer: collections.deque[Sample] = collections.deque()
         self.dropped_samples = 0
         self.devices = {d.id: make_device(d) for d in config.devices}
-        self.results: collections.OrderedDict[str, list[bytes]] = collections.OrderedDict()
-        self.unsent_results: list[bytes] = []
+        st = config.storage
+        st.dir.mkdir(parents=True, exist_ok=True)
+        self.outbox = Outbox(st.dir / "outbox.sqlite", gateway_id=self.gateway_id,
+                             quota_bytes=int(st.quota_mb * 2**20), max_age_s=st.max_age_h * 3600,
+                             durability=st.durability)
         self.activations = ActivationManager(
             self.devices, {d.id for d in config.devices if d.writable}, self._latest_value, self._report,
             priorities=config.control.priorities,
@@ -87,48 +92,61 @@ class Agent:
 
     # -- uplink ----------------------------------------------------------------------------
     def _state(self, status: str) -> bytes:
+        stats = self.outbox.stats()
         return contract.dumps(contract.state(
             self.gateway_id, status, time.time_ns(), version=__version__, boot_id=self.boot_id,
-            config_sha256=self.config.sha256, next_seq=dict(self.streams.next_seq),
-            dropped_samples=self.dropped_samples, devices=sorted(self.devices),
+            config_sha256=self.config.sha256, next_seq=stats["next_seq"],
+            dropped_samples=self.dropped_samples, dropped=stats["dropped"],
+            outbox={"count": stats["count"], "bytes": stats["bytes"], "oldest_age_s": stats["oldest_age_s"],
+                    "store_resets": stats["store_resets"]},
+            devices=sorted(self.devices),
         ))
+
+    async def _publish_state(self) -> None:
+        try:
+            await self.mqtt.publish(self.topic(contract.TOPIC_STATE), self._state("online"), retain=True)
+        except MqttError as exc:
+            log.warning("state not sent: %s", exc)
 
     async def _on_connect(self) -> None:
         await self.mqtt.subscribe(self.topic(contract.TOPIC_CMD), qos=1)
-        try:
-            await self.mqtt.publish(self.topic(contract.TOPIC_STATE), self._state("online"), retain=True)
-            pending, self.unsent_results = self.unsent_results, []
-            for payload in pending:
-                await self.mqtt.publish(self.topic(contract.TOPIC_RESULT), payload)
-        except MqttError as exc:
-            log.warning("birth message not sent: %s", exc)
+        await self._publish_state()
+
+    async def _state_loop(self) -> None:
+        last = None
+        while True:
+            await asyncio.sleep(STATE_INTERVAL_S)
+            dropped = self.outbox.stats()["dropped"]
+            if self.mqtt.connected.is_set():
+                await self._publish_state()
+                if dropped != last:
+                    log.warning("outbox drops so far: %s", dropped) if any(dropped.values()) else None
+                    last = dropped
+
+    def _append(self, stream: str, kind: str, body: dict, data_class: str):
+        rec = self.outbox.append(stream, self.topic(kind), body, data_class)
+        self.publisher.notify()
+        return rec
 
     async def _telemetry_loop(self) -> None:
         interval = self.config.uplink.telemetry_interval_ms / 1000
         while True:
             await asyncio.sleep(interval)
-            if not self.buffer or not self.mqtt.connected.is_set():
-                continue
-            batch = list(self.buffer)
-            self.buffer.clear()
-            payload = contract.dumps(contract.telemetry(self.streams, time.time_ns(), batch))
-            try:
-                await self.mqtt.publish(self.topic(contract.TOPIC_TELEMETRY), payload)
-            except MqttError as exc:
-                log.warning("telemetry not acknowledged, kept for retry: %s", exc)
-                self.buffer.extendleft(reversed(batch))
+            self._flush_telemetry()
+
+    def _flush_telemetry(self) -> None:
+        if not self.buffer:
+            return
+        batch = list(self.buffer)
+        self.buffer.clear()
+        self._append("telemetry", contract.TOPIC_TELEMETRY, contract.telemetry(time.time_ns(), batch), "telemetry")
 
     async def _report(self, cmd_id: str | None, status: str, reason: str | None = None, **detail) -> None:
-        payload = contract.dumps(contract.result(self.streams, time.time_ns(), cmd_id, status, reason, **detail))
+        body = contract.result(time.time_ns(), cmd_id, status, reason, **detail)
         log.info("command %s: %s%s", cmd_id, status, f" ({reason})" if reason else "")
+        rec = self._append("result", contract.TOPIC_RESULT, body, "result")
         if cmd_id is not None:
-            self.results.setdefault(cmd_id, []).append(payload)
-            while len(self.results) > MAX_REMEMBERED_COMMANDS:
-                self.results.popitem(last=False)
-        try:
-            await self.mqtt.publish(self.topic(contract.TOPIC_RESULT), payload)
-        except MqttError:
-            self.unsent_results.append(payload)
+            self.outbox.remember_result(cmd_id, rec.payload)
 
     async def _command_loop(self) -> None:
         cmd_topic = self.topic(contract.TOPIC_CMD)
@@ -145,23 +163,26 @@ class Agent:
         try:
             cmd = contract.parse_command(payload, time.time_ns(), max_activation_s=self.config.control.max_activation_s)
         except CommandRejected as rej:
-            if rej.cmd_id is not None and rej.cmd_id in self.results:
-                await self._resend(rej.cmd_id)
+            if rej.cmd_id is not None and await self._resend(rej.cmd_id):
                 return
             await self._report(rej.cmd_id, "rejected", rej.reason)
             return
-        if cmd.cmd_id in self.results:
-            log.info("command %s seen before: re-sending its results, not executing it again", cmd.cmd_id)
-            await self._resend(cmd.cmd_id)
+        if await self._resend(cmd.cmd_id):
             return
         await self.activations.handle(cmd)
 
-    async def _resend(self, cmd_id: str) -> None:
-        for payload in self.results[cmd_id]:
+    async def _resend(self, cmd_id: str) -> bool:
+        """A command seen before is never executed again: its stored results go out once more instead."""
+        stored = self.outbox.results_for(cmd_id)
+        if stored is None:
+            return False
+        log.info("command %s seen before: re-sending its %d results, not executing it again", cmd_id, len(stored))
+        for payload in stored:
             try:
                 await self.mqtt.publish(self.topic(contract.TOPIC_RESULT), payload)
-            except MqttError:
-                self.unsent_results.append(payload)
+            except MqttError as exc:  # the head-end will re-send the command; the originals stay in the outbox
+                log.warning("re-sent result not acknowledged: %s", exc)
+        return True
 
     # -- lifecycle -------------------------------------------------------------------------
     def _make_client(self) -> MqttClient:
@@ -177,9 +198,17 @@ class Agent:
                  self.config.source, self.config.sha256[:12], describe())
         self.mqtt = self._make_client()
         self.mqtt.on_connect_hooks.append(self._on_connect)
+        up = self.config.uplink
+        self.publisher = Publisher(self.mqtt, self.outbox, self.prefix, backfill_rate=up.backfill_rate,
+                                   backfill_jitter_s=up.backfill_jitter_s)
+        stats = self.outbox.stats()
+        if stats["count"]:
+            log.info("outbox holds %d messages (%d bytes) from before this start", stats["count"], stats["bytes"])
         tasks = [asyncio.create_task(self._poll_loop(d), name=f"poll:{d.id}") for d in self.config.devices]
         tasks.append(asyncio.create_task(self._telemetry_loop(), name="telemetry"))
         tasks.append(asyncio.create_task(self._command_loop(), name="commands"))
+        tasks.append(asyncio.create_task(self._state_loop(), name="state"))
+        publishing = asyncio.create_task(self.publisher.run(), name="publisher")
         self.mqtt.start()
         try:
             await stop.wait()
@@ -189,7 +218,18 @@ class Agent:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            self._flush_telemetry()
+            await self._drain(FINAL_DRAIN_S)
+            publishing.cancel()
+            await asyncio.gather(publishing, return_exceptions=True)
             await self.mqtt.close(final=(self.topic(contract.TOPIC_STATE), self._state("offline")))
+            self.outbox.close()
             for dev in self.devices.values():
                 await dev.close()
             log.info("stopped")
+
+    async def _drain(self, timeout_s: float) -> None:
+        """On a clean stop, give the publisher up to timeout_s to empty the outbox; what remains stays stored."""
+        deadline = time.monotonic() + timeout_s
+        while self.outbox.stats()["count"] and self.mqtt.connected.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # bounded by the deadline: there is no event for "outbox empty"

@@ -21,6 +21,7 @@ from gridedge import schema as s
 __all__ = [
     "ConfigError", "Config", "GatewayConfig", "UplinkConfig", "DeviceConfig", "ControlConfig", "StorageConfig",
     "DriverSpec", "DRIVERS", "register_driver", "load_config", "parse_config", "check_main", "SCHEMA",
+    "PollGroupConfig",
 ]
 
 log = logging.getLogger(__name__)
@@ -46,19 +47,27 @@ class DriverSpec:
     name: str
     transport: str = "tcp"
     description: str = ""
+    needs_map: bool = False  # reads a register map (`map` key required)
 
 
 DRIVERS: dict[str, DriverSpec] = {}
 
 
-def register_driver(name: str, *, transport: str = "tcp", description: str = "") -> DriverSpec:
-    """Make `driver = "<name>"` valid in configs. Drivers call this at import; a re-register replaces."""
-    spec = DriverSpec(name, transport, description)
+def register_driver(name: str, *, transport: str = "tcp", description: str = "", needs_map: bool = False) -> DriverSpec:
+    """Make `driver = "<name>"` valid in configs. Drivers call this at import; a re-register replaces.
+    transport "tcp" needs `host`; "serial" needs `serial_port` and takes the serial line keys."""
+    spec = DriverSpec(name, transport, description, needs_map)
     DRIVERS[name] = spec
     return spec
 
 
 register_driver("sunspec_tcp", transport="tcp", description="SunSpec Modbus over TCP (inverters, batteries, meters)")
+register_driver("modbus_tcp", transport="tcp", needs_map=True,
+                description="any register-map device (map = file) over Modbus TCP")
+register_driver("modbus_rtu", transport="serial", needs_map=True,
+                description="any register-map device (map = file) over Modbus RTU on a serial line")
+register_driver("modbus_rtu_tcp", transport="tcp", needs_map=True,
+                description="any register-map device (map = file), RTU frames over TCP (serial device server)")
 
 
 # ---------------------------------------------------------------- result types
@@ -83,6 +92,15 @@ class UplinkConfig:
     keepalive_s: int
     telemetry_interval_ms: int
     allow_plaintext: bool
+    backfill_rate: float = 20.0
+    backfill_jitter_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class PollGroupConfig:
+    name: str
+    period_ms: int
+    points: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -97,6 +115,17 @@ class DeviceConfig:
     timeout_ms: int
     points: tuple[str, ...] | None
     writable: bool
+    # register-map drivers (modbus_tcp, modbus_rtu, modbus_rtu_tcp)
+    map: Path | None = None
+    poll_groups: tuple[PollGroupConfig, ...] = ()
+    max_outstanding: int = 1
+    # serial line (modbus_rtu)
+    serial_port: str = ""
+    baudrate: int = 19200
+    parity: str = "E"
+    stopbits: int = 1
+    bytesize: int = 8
+    inter_frame_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +139,9 @@ class ControlConfig:
 @dataclass(frozen=True)
 class StorageConfig:
     dir: Path
+    quota_mb: float = 256.0
+    max_age_h: float = 720.0
+    durability: str = "full"
 
 
 @dataclass(frozen=True)
@@ -220,9 +252,18 @@ SCHEMA = s.Dict({
         "telemetry_interval_ms": s.Optional(s.Int(gt=0), default=1000,
                                             doc="samples are batched into one telemetry message this often, ms"),
         "allow_plaintext": s.Optional(s.Bool(), default=False, doc="must be true to use mqtt://"),
+        "backfill_rate": s.Optional(s.Float(gt=0, le=100000), default=20.0,
+                                    doc="stored messages replayed per second after a reconnect"),
+        "backfill_jitter_s": s.Optional(s.Float(ge=0, le=3600), default=30.0,
+                                        doc="replay starts after a random delay up to this, s (fleet jitter)"),
     })),
     "storage": s.Optional(s.Dict({
         "dir": s.Optional(_PATH, default="var", doc="durable state directory"),
+        "quota_mb": s.Optional(s.Float(gt=0, le=1024 * 1024), default=256.0,
+                               doc="outbox disk quota (stored payload bytes), MiB"),
+        "max_age_h": s.Optional(s.Float(gt=0), default=720.0, doc="stored messages older than this are dropped, h"),
+        "durability": s.Optional(s.Str(choices=("full", "normal")), default="full",
+                                 doc="full: survives power loss; normal: survives a crash (docs/durability.md)"),
     }), default={}),
     "control": s.Optional(s.Dict({
         "cycle_ms": s.Optional(s.Int(ge=10, le=60000), default=200, doc="control loop period, ms"),
@@ -247,6 +288,24 @@ SCHEMA = s.Dict({
                                           regex_hint="be a point name like WMaxLimPct (letters, digits, _ . : -)"),
                                     min_len=1, unique=True), doc="points to poll; default all"),
         "writable": s.Optional(s.Bool(), default=False, doc="control writes reach this device only if true"),
+        "map": s.Optional(_PATH, doc="register map file (register-map drivers); a shipped map by name also works"),
+        "poll_groups": s.Optional(s.List(s.Dict({
+            "name": s.Required(s.Str(regex=f"{_ID}{{1,32}}", regex_hint="be 1-32 characters of A-Z a-z 0-9 _ -"),
+                               "group name, for logs"),
+            "period_ms": s.Required(s.Int(gt=0), "poll period of this group, ms"),
+            "points": s.Required(s.List(s.Str(regex=r"[A-Za-z][A-Za-z0-9_.:-]{0,63}",
+                                              regex_hint="be a point name (letters, digits, _ . : -)"),
+                                        min_len=1, unique=True), "points of the map polled in this group"),
+        }), min_len=1, unique_key="name"), doc="points polled at their own period; the rest at poll_ms"),
+        "max_outstanding": s.Optional(s.Int(ge=1, le=8), default=1,
+                                      doc="requests in flight at once (modbus_tcp only; one connection each)"),
+        "serial_port": s.Optional(_PATH, doc="serial device, e.g. /dev/ttyUSB0 (modbus_rtu)"),
+        "baudrate": s.Optional(s.Int(ge=300, le=4_000_000), default=19200, doc="serial line speed, bit/s"),
+        "parity": s.Optional(s.Str(choices=("N", "E", "O")), default="E", doc="serial parity (Modbus default E)"),
+        "stopbits": s.Optional(s.Int(ge=1, le=2), default=1, doc="serial stop bits"),
+        "bytesize": s.Optional(s.Int(ge=7, le=8), default=8, doc="serial data bits"),
+        "inter_frame_ms": s.Optional(s.Float(ge=0, le=1000),
+                                     doc="silence between frames, ms; default 3.5 characters (1.75 ms above 19200)"),
     }), unique_key="id"), default=[]),
 })
 
@@ -337,6 +396,102 @@ def _cross_checks(raw: Any, clean: dict, base: Path, check_files: bool) -> list[
             if spec is not None and spec.transport == "tcp" and "host" not in raw_devices[i]:
                 issues.append(s.Issue(("devices", i, "host"),
                                       f"required key missing (driver {spec.name!r} connects over TCP)"))
+            if spec is not None:
+                issues += _device_checks(i, dev, raw_devices[i], spec, base, check_files)
+        issues += _line_checks(devices)
+    return issues
+
+
+_SERIAL_KEYS = ("serial_port", "baudrate", "parity", "stopbits", "bytesize", "inter_frame_ms")
+_LINE_KEYS = ("baudrate", "parity", "stopbits", "bytesize", "inter_frame_ms", "timeout_ms")
+
+
+def _find_map(base: Path, text: str) -> Path:
+    """A map path relative to the config file, or the name of a map shipped in drivers/maps/."""
+    p = _resolve(base, text)
+    if not os.path.exists(p) and "/" not in text and os.sep not in text:
+        from gridedge.drivers.regmap import shipped_maps
+
+        shipped = shipped_maps().get(text.removesuffix(".toml"))
+        if shipped is not None:
+            return shipped
+    return p
+
+
+def _device_checks(i: int, dev: dict, raw: Mapping, spec: DriverSpec, base: Path, check_files: bool) -> list[s.Issue]:
+    """Keys that belong to some drivers only; the register map and the points it must have."""
+    issues: list[s.Issue] = []
+    if spec.transport == "serial" and "serial_port" not in raw:
+        issues.append(s.Issue(("devices", i, "serial_port"),
+                              f"required key missing (driver {spec.name!r} uses a serial line)"))
+    if spec.transport != "serial":
+        for key in _SERIAL_KEYS:
+            if key in raw:
+                issues.append(s.Issue(("devices", i, key), f"only for serial drivers, not {spec.name!r}"))
+    if "max_outstanding" in raw and spec.name != "modbus_tcp" and dev.get("max_outstanding", 1) != 1:
+        issues.append(s.Issue(("devices", i, "max_outstanding"),
+                              f"only modbus_tcp may have more than 1 request in flight, not {spec.name!r}"))
+    if not spec.needs_map:
+        for key in ("map", "poll_groups"):
+            if key in raw:
+                issues.append(s.Issue(("devices", i, key), f"only for register-map drivers, not {spec.name!r}"))
+        return issues
+    if "map" not in raw:
+        issues.append(s.Issue(("devices", i, "map"), f"required key missing (driver {spec.name!r} reads a register map)"))
+        return issues
+    if "map" not in dev or not check_files:
+        return issues
+    from gridedge.drivers.regmap import MapError, load_map
+
+    try:
+        rmap = load_map(_find_map(base, dev["map"]))
+    except MapError as e:
+        first, more = e.errors[0], len(e.errors) - 1
+        issues.append(s.Issue(("devices", i, "map"), f"bad register map: {first}"
+                              + (f" (and {more} more problem(s); run the map through gridedge.drivers.regmap)"
+                                 if more else "")))
+        return issues
+    for j, name in enumerate(dev.get("points") or ()):
+        if name not in rmap:
+            issues.append(s.Issue(("devices", i, "points", j), _no_point(name, rmap)))
+    for g, group in enumerate(dev.get("poll_groups") or ()):
+        if not isinstance(group, dict):
+            continue
+        for j, name in enumerate(group.get("points") or ()):
+            if name not in rmap:
+                issues.append(s.Issue(("devices", i, "poll_groups", g, "points", j), _no_point(name, rmap)))
+    return issues
+
+
+def _no_point(name: str, rmap) -> str:
+    msg = f"no point {name!r} in map {rmap.origin}"
+    guess = s.suggest(name, rmap.names)
+    return msg + (f" (did you mean {guess!r}?)" if guess else "")
+
+
+def _line_checks(devices: list) -> list[s.Issue]:
+    """Devices on one serial port share the line: same settings, distinct unit ids."""
+    issues: list[s.Issue] = []
+    first: dict[str, int] = {}
+    units: dict[tuple[str, int], int] = {}
+    for i, dev in enumerate(devices):
+        if not isinstance(dev, dict) or not isinstance(dev.get("serial_port"), str):
+            continue
+        spec = DRIVERS.get(dev.get("driver", ""))
+        if spec is None or spec.transport != "serial":
+            continue
+        port = dev["serial_port"]
+        j = first.setdefault(port, i)
+        if j != i:
+            for key in _LINE_KEYS:
+                if dev.get(key) != devices[j].get(key):
+                    issues.append(s.Issue(("devices", i, key), f"differs from devices[{j}] on the same serial port "
+                                                               f"{port!r} ({dev.get(key)!r} vs {devices[j].get(key)!r})"))
+        unit = dev.get("unit_id")
+        k = units.setdefault((port, unit), i)
+        if k != i:
+            issues.append(s.Issue(("devices", i, "unit_id"), f"unit {unit} is already used by devices[{k}] on "
+                                                             f"serial port {port!r}"))
     return issues
 
 
@@ -365,7 +520,8 @@ def _build(c: dict, base: Path) -> Config:
         client_id=up["client_id"] or gw.id,
         ca_file=opt_path("ca_file"), cert_file=opt_path("cert_file"), key_file=opt_path("key_file"),
         keepalive_s=up["keepalive_s"], telemetry_interval_ms=up["telemetry_interval_ms"],
-        allow_plaintext=up["allow_plaintext"],
+        allow_plaintext=up["allow_plaintext"], backfill_rate=up["backfill_rate"],
+        backfill_jitter_s=up["backfill_jitter_s"],
     )
     if not uplink.tls:
         log.warning("uplink %s is plaintext MQTT: telemetry and commands travel unencrypted", uplink.broker)
@@ -374,12 +530,19 @@ def _build(c: dict, base: Path) -> Config:
             id=d["id"], driver=d["driver"], role=d["role"], host=d.get("host", ""), port=d["port"],
             unit_id=d["unit_id"], poll_ms=d["poll_ms"], timeout_ms=d["timeout_ms"],
             points=tuple(d["points"]) if "points" in d else None, writable=d["writable"],
+            map=_find_map(base, d["map"]) if "map" in d else None,
+            poll_groups=tuple(PollGroupConfig(g["name"], g["period_ms"], tuple(g["points"]))
+                              for g in d.get("poll_groups", ())),
+            max_outstanding=d["max_outstanding"], serial_port=d.get("serial_port", ""), baudrate=d["baudrate"],
+            parity=d["parity"], stopbits=d["stopbits"], bytesize=d["bytesize"],
+            inter_frame_ms=d.get("inter_frame_ms"),
         )
         for d in c["devices"]
     )
     ctl = c["control"]
     control = ControlConfig(ctl["cycle_ms"], ctl["max_activation_s"], ctl["revert_s"], tuple(ctl["priorities"]))
-    storage = StorageConfig(_resolve(base, c["storage"]["dir"]))
+    st = c["storage"]
+    storage = StorageConfig(_resolve(base, st["dir"]), st["quota_mb"], st["max_age_h"], st["durability"])
     return Config(gw, uplink, devices, control, storage, source=None, sha256="")
 
 

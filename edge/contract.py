@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -44,33 +43,18 @@ def dumps(obj: dict) -> bytes:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
 
 
-class Streams:
-    """Per-stream sequence numbers and message ids, so a consumer can find gaps and duplicates."""
-
-    def __init__(self, gateway_id: str, start: dict[str, int] | None = None) -> None:
-        self.gateway_id = gateway_id
-        self.next_seq: dict[str, int] = dict(start or {})
-
-    def envelope(self, schema: str, stream: str, ts_ns: int) -> dict:
-        seq = self.next_seq.get(stream, 0)
-        self.next_seq[stream] = seq + 1
-        return {"schema": schema, "gateway": self.gateway_id, "stream": stream, "seq": seq,
-                "msg_id": uuid.uuid4().hex, "ts": iso_utc(ts_ns)}
-
-
-def telemetry(streams: Streams, ts_ns: int, samples: list) -> dict:
-    msg = streams.envelope(SCHEMA_TELEMETRY, "telemetry", ts_ns)
-    msg["samples"] = [s.to_json() for s in samples]
-    return msg
+def telemetry(ts_ns: int, samples: list) -> dict:
+    """The body of a telemetry message; the outbox adds gateway, stream, seq and msg_id."""
+    return {"schema": SCHEMA_TELEMETRY, "ts": iso_utc(ts_ns), "samples": [s.to_json() for s in samples]}
 
 
 def state(gateway_id: str, status: str, ts_ns: int, **info) -> dict:
     return {"schema": SCHEMA_STATE, "gateway": gateway_id, "status": status, "ts": iso_utc(ts_ns), **info}
 
 
-def result(streams: Streams, ts_ns: int, cmd_id: str | None, status: str, reason: str | None = None, **detail) -> dict:
-    msg = streams.envelope(SCHEMA_RESULT, "result", ts_ns)
-    msg.update(cmd_id=cmd_id, status=status, reason=reason)
+def result(ts_ns: int, cmd_id: str | None, status: str, reason: str | None = None, **detail) -> dict:
+    """The body of a command result; the outbox adds gateway, stream, seq and msg_id."""
+    msg = {"schema": SCHEMA_RESULT, "ts": iso_utc(ts_ns), "cmd_id": cmd_id, "status": status, "reason": reason}
     if detail:
         msg["detail"] = detail
     return msg

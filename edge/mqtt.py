@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import ssl
 import threading
 from dataclasses import dataclass
@@ -97,7 +98,9 @@ class MqttClient:
             c.tls_set_context(ssl_context)
         if will is not None:
             c.will_set(will[0], will[1], qos=1, retain=True)
-        c.reconnect_delay_set(min_delay=1, max_delay=30)
+        self.backoff = Backoff()
+        c.reconnect_delay_set(*self.backoff.next())
+        c.on_connect_fail = self._on_connect_fail
         c.enable_logger(logging.getLogger("gridedge.paho"))
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
@@ -142,7 +145,11 @@ class MqttClient:
         self._fail_pending(MqttError("client closed"))
 
     # -- API ---------------------------------------------------------------------------------
-    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+    def publish_nowait(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> asyncio.Future:
+        """Hand a message to the broker now; the future resolves on its PUBACK (at once for QoS 0).
+
+        Calls go out in call order, so a publisher can keep a window of messages in flight and stay ordered.
+        """
         if not self.connected.is_set():
             raise MqttError("not connected")
         fut = self._loop.create_future()
@@ -150,13 +157,22 @@ class MqttClient:
         if info.rc != paho.MQTT_ERR_SUCCESS:
             raise MqttError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
         if qos == 0:
-            return
+            fut.set_result(None)
+            return fut
         with self._lock:
-            if self._early_acks.pop(info.mid, None) is None:
-                self._pending[info.mid] = fut
-            else:
+            # Only the message just handed over can have been acknowledged before we got here; anything else in
+            # _early_acks is a PUBACK for a message paho re-sent on its own after a reconnect, and must not
+            # resolve a later message that happens to reuse its mid.
+            early = self._early_acks.pop(info.mid, None) is not None
+            self._early_acks.clear()
+            if early:
                 fut.set_result(None)
-        await fut
+            else:
+                self._pending[info.mid] = fut
+        return fut
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        await self.publish_nowait(topic, payload, qos=qos, retain=retain)
 
     async def subscribe(self, topic: str, qos: int = 1) -> None:
         self._subscriptions[topic] = qos
@@ -169,12 +185,17 @@ class MqttClient:
             err = MqttError(f"broker refused the connection: {reason_code}")
             self._loop.call_soon_threadsafe(self._resolve_first, err)
             return
+        self.backoff.reset()
         for topic, qos in self._subscriptions.items():
             client.subscribe(topic, qos)
         self._loop.call_soon_threadsafe(self._connected)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        client.reconnect_delay_set(*self.backoff.next())
         self._loop.call_soon_threadsafe(self._disconnected, str(reason_code))
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        client.reconnect_delay_set(*self.backoff.next())
 
     def _on_message(self, client, userdata, msg) -> None:
         self._loop.call_soon_threadsafe(self.messages.put_nowait, Message(msg.topic, msg.payload, msg.retain))
@@ -217,6 +238,26 @@ class MqttClient:
             self._early_acks.clear()
         for fut in pending.values():
             _settle(fut, err)
+
+
+class Backoff:
+    """Exponential reconnect delay with jitter: a fleet that lost its broker together does not return together.
+
+    Attempt n waits uniformly in [d/2, d] with d = min(max_s, base_s * 2**n) ("equal jitter").
+    """
+
+    def __init__(self, base_s: float = 1.0, max_s: float = 60.0, rng: random.Random | None = None) -> None:
+        self.base_s, self.max_s, self.attempt = base_s, max_s, 0
+        self.rng = rng or random.Random()
+
+    def next(self) -> tuple[float, float]:
+        d = min(self.max_s, self.base_s * 2 ** self.attempt)
+        self.attempt = min(self.attempt + 1, 30)
+        delay = self.rng.uniform(d / 2, d)
+        return delay, delay  # paho's (min, max): we do the doubling ourselves
+
+    def reset(self) -> None:
+        self.attempt = 0
 
 
 def _settle(fut: asyncio.Future, err: Exception | None) -> None:

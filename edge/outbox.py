@@ -538,9 +538,9 @@ class Replay:
     def backlog_done(self) -> bool:
         return self._backlog_done
 
-    def take(self, limit: int = 100) -> list[tuple[Record, bool]]:
+    def take(self, limit: int = 100, *, backlog: bool = True) -> list[tuple[Record, bool]]:
         """Up to `limit` records to publish next, each with True if it is backfill. Each record is handed out
-        once per Replay; ack it after its PUBACK."""
+        once per Replay; ack it after its PUBACK. backlog=False holds the backlog back (fleet jitter)."""
         now = self._clock()
         self._tokens = min(float(self.burst), self._tokens + (now - self._t) * self.backlog_rate)
         self._t = now
@@ -548,7 +548,7 @@ class Replay:
         if out:
             self._live_after = out[-1][0].id
         room = min(limit - len(out), int(self._tokens))
-        if room > 0 and not self._backlog_done:
+        if room > 0 and backlog and not self._backlog_done:
             backlog = self.outbox.pending(room, after_id=self._backlog_after, upto=self.mark)
             if len(backlog) < room:
                 self._backlog_done = True

@@ -98,14 +98,17 @@ def test_fuzz_structured(doc):
         assert c.type in contract.COMMAND_TYPES
 
 
-def test_payloads_match_schemas():
-    streams = contract.Streams("gw-1")
+def test_payloads_match_schemas(tmp_path):
+    from gridedge.outbox import Outbox
+
     samples = [Sample("inv1/W", NOW, 1234.5, "W"), Sample("inv1/Hz", NOW, None, "Hz", Validity.INVALID, Detail.TIMEOUT)]
-    t = contract.telemetry(streams, NOW, samples)
-    validate_message("p/telemetry", t)
-    r = contract.result(streams, NOW, "c1", "rejected", "because")
-    validate_message("p/result", r)
+    with Outbox(tmp_path / "o.sqlite", gateway_id="gw-1") as box:
+        t = box.append("telemetry", "p/telemetry", contract.telemetry(NOW, samples), "telemetry")
+        r = box.append("result", "p/result", contract.result(NOW, "c1", "rejected", "because"), "result")
+        assert box.next_seq() == {"telemetry": 1, "result": 1}
+    validate_message("p/telemetry", json.loads(t.payload))
+    validate_message("p/result", json.loads(r.payload))
     validate_message("p/state", contract.state("gw-1", "online", NOW, version="0", boot_id="b", config_sha256="x",
                                                next_seq={"telemetry": 1}, dropped_samples=0, devices=["inv1"]))
-    assert (t["seq"], r["seq"], streams.next_seq) == (0, 0, {"telemetry": 1, "result": 1})
+    assert (t.seq, r.seq) == (0, 0)
     assert set(SCHEMAS) == {"telemetry", "state", "command", "result"}
