@@ -19,6 +19,8 @@ from typing import Callable
 from gridedge import contract
 from gridedge.mqtt import MqttClient, tls_context
 
+from .stream_audit import StreamAudit
+
 
 @dataclass
 class Seen:
@@ -46,8 +48,10 @@ class CurtailmentReport:
 
 class DsoSimulator:
     def __init__(self, url: str, ssl_context: ssl.SSLContext | None, prefix: str, *,
-                 client_id: str = "dso-sim", allow_plaintext: bool = False) -> None:
+                 client_id: str = "dso-sim", allow_plaintext: bool = False, session_expiry_s: int = 0) -> None:
         self.url, self.ssl_context, self.prefix = url, ssl_context, prefix
+        self.session_expiry_s = session_expiry_s
+        self.audit = StreamAudit()
         self.client_id, self.allow_plaintext = client_id, allow_plaintext
         self.seen: list[Seen] = []
         self.latest: dict[str, float | None] = {}  # point name (without device) -> value, last telemetry
@@ -58,7 +62,7 @@ class DsoSimulator:
 
     async def start(self, timeout_s: float = 10.0) -> None:
         self._mqtt = MqttClient(self.url, self.client_id, ssl_context=self.ssl_context,
-                                allow_plaintext=self.allow_plaintext)
+                                allow_plaintext=self.allow_plaintext, session_expiry_s=self.session_expiry_s)
         await self._mqtt.subscribe(self.prefix + "#", qos=1)
         await self._mqtt.connect(timeout_s)
         self._reader = asyncio.create_task(self._read())
@@ -77,6 +81,7 @@ class DsoSimulator:
             except ValueError:
                 doc = None
             self.seen.append(Seen(msg.topic, doc, msg.payload, time.monotonic()))
+            self.audit.add(msg.topic, doc)
             if msg.topic == self.prefix + contract.TOPIC_TELEMETRY and isinstance(doc, dict):
                 for s in doc.get("samples", []):
                     self.latest[s["p"].split("/", 1)[-1]] = s["v"]
@@ -116,7 +121,8 @@ class DsoSimulator:
         return doc
 
     def results(self, cmd_id: str | None) -> list[dict]:
-        return [s.doc for s in self.seen if s.topic == self.prefix + contract.TOPIC_RESULT
+        topics = (self.prefix + contract.TOPIC_RESULT, self.prefix + "backfill/" + contract.TOPIC_RESULT)
+        return [s.doc for s in self.seen if s.topic in topics
                 and isinstance(s.doc, dict) and s.doc.get("cmd_id") == cmd_id]
 
     def statuses(self, cmd_id: str | None) -> list[str]:

@@ -15,6 +15,7 @@ from gridedge.mqtt import tls_context
 
 from .broker import Mosquitto
 from .dso_sim import DsoSimulator
+from .faultproxy import FaultProxy
 from .pki import make_pki
 
 CONFIG_TEMPLATE = """\
@@ -28,11 +29,15 @@ broker = "{broker_url}"
 ca_file = "{ca}"
 cert_file = "{cert}"
 key_file = "{key}"
-keepalive_s = 10
+keepalive_s = {keepalive_s}
 telemetry_interval_ms = {telemetry_ms}
+backfill_rate = {backfill_rate}
+backfill_jitter_s = {backfill_jitter_s}
 
 [storage]
 dir = "{storage}"
+quota_mb = {quota_mb}
+durability = "{durability}"
 
 [control]
 cycle_ms = 200
@@ -55,8 +60,14 @@ writable = {writable}
 class Rig:
     def __init__(self, workdir: Path, *, gateway_id: str = "gw-rig-001", w_max: float = 10000.0,
                  pv_w: float = 8000.0, ramp_pct_per_s: float = 20.0, poll_ms: int = 250,
-                 telemetry_ms: int = 250, writable: bool = True) -> None:
+                 telemetry_ms: int = 250, writable: bool = True, proxy: bool = False, keepalive_s: int = 10,
+                 backfill_rate: float = 200.0, backfill_jitter_s: float = 0.5, quota_mb: float = 64.0,
+                 durability: str = "full", dso_session_expiry_s: int = 0) -> None:
         self.workdir = Path(workdir)
+        self.use_proxy, self.proxy = proxy, None
+        self.uplink = dict(keepalive_s=keepalive_s, backfill_rate=backfill_rate, backfill_jitter_s=backfill_jitter_s,
+                           quota_mb=quota_mb, durability=durability)
+        self.dso_session_expiry_s = dso_session_expiry_s
         self.gateway_id = gateway_id
         self.prefix = f"gridedge/v1/{gateway_id}/"
         self.w_max, self.pv_w, self.ramp_pct_per_s = w_max, pv_w, ramp_pct_per_s
@@ -76,15 +87,20 @@ class Rig:
         self.dso_cert, self.dso_key = self.pki.client("dso-headend")
         self.broker = Mosquitto(self.workdir / "broker", self.pki)
         await asyncio.to_thread(self.broker.start)
+        if self.use_proxy:
+            self.proxy = FaultProxy("127.0.0.1", self.broker.port)
+            await self.proxy.start()
         self.sim_port = await self._start_sim()
         self.write_config()
         await self.start_agent()
-        self.dso = DsoSimulator(self.broker.url, tls_context(self.pki.ca_cert, self.dso_cert, self.dso_key), self.prefix)
+        self.dso = DsoSimulator(self.broker.url, tls_context(self.pki.ca_cert, self.dso_cert, self.dso_key), self.prefix,
+                                session_expiry_s=self.dso_session_expiry_s)
         await self.dso.start()
         await self.dso.wait_online(30)
 
     def write_config(self, **overrides) -> Path:
-        values = dict(gateway_id=self.gateway_id, broker_url=self.broker.url, ca=self.pki.ca_cert,
+        broker_url = f"mqtts://127.0.0.1:{self.proxy.port}" if self.proxy else self.broker.url
+        values = dict(self.uplink, gateway_id=self.gateway_id, broker_url=broker_url, ca=self.pki.ca_cert,
                       cert=self.gw_cert, key=self.gw_key, telemetry_ms=self.telemetry_ms,
                       storage=self.workdir / "var", sim_port=self.sim_port, poll_ms=self.poll_ms,
                       writable=str(self.writable).lower())
@@ -123,6 +139,8 @@ class Rig:
         await self.stop_agent()
         sim, self.sim = self.sim, None
         await _stop(sim, signal.SIGTERM, 5)
+        if self.proxy:
+            await self.proxy.stop()
         if self.broker:
             await asyncio.to_thread(self.broker.stop)
 
