@@ -416,9 +416,10 @@ class OpcUaDevice:
                     self.connect_failures += 1
                     log.warning("%s (retry in %.1f s)", exc, backoff)
                     self._report_down(exc.detail)
-                    try:
-                        await asyncio.wait_for(self._closing.wait(), backoff)
-                    except asyncio.TimeoutError:
+                    try:  # not wait_for: on 3.11 it can swallow a cancel racing the event
+                        async with asyncio.timeout(backoff):
+                            await self._closing.wait()
+                    except TimeoutError:
                         pass
                     backoff = min(backoff * 2, self.backoff_s[1])
                     continue

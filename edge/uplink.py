@@ -97,7 +97,8 @@ class Publisher:
         if not replay.backlog_done:
             waits.append(max(hold_until - now, replay.wait_s() or 0.0))
         timeout = min(waits) if waits else 1.0
-        try:
-            await asyncio.wait_for(self._wake.wait(), max(timeout, 0.001))
-        except asyncio.TimeoutError:
+        try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that races the wake-up
+            async with asyncio.timeout(max(timeout, 0.001)):
+                await self._wake.wait()
+        except TimeoutError:
             pass

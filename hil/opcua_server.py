@@ -248,11 +248,17 @@ class OpcUaSubstationSim:
     async def _loop(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), self.period_s)
-                self._wake.clear()
-                await self._update(force=False, breakers_only=True)
-            except asyncio.TimeoutError:
-                await self._update(force=False)
+                woken = True
+                try:  # not wait_for: on 3.11 it can swallow a cancel racing the event, and stop() would hang
+                    async with asyncio.timeout(self.period_s):
+                        await self._wake.wait()
+                except TimeoutError:
+                    woken = False
+                if woken:
+                    self._wake.clear()
+                    await self._update(force=False, breakers_only=True)
+                else:
+                    await self._update(force=False)
             except asyncio.CancelledError:
                 raise
             except Exception:   # a failed tick must not end the simulation
