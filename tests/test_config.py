@@ -573,3 +573,94 @@ def test_fuzz_toml_lines(tmp_path, lines):
     p = tmp_path / "fuzz.toml"
     p.write_text("\n".join(lines), encoding="utf-8", errors="surrogatepass")
     _outcome(load_config, p, check_files=False)
+
+
+# ---------------------------------------------------------------- register-map drivers and serial lines
+
+def _rtu(**kw) -> dict:
+    d = {"id": "m1", "driver": "modbus_rtu", "map": "eastron_sdm630", "serial_port": "/dev/ttyUSB0"}
+    d.update(kw)
+    return d
+
+
+def errors_checked(data) -> list[str]:
+    with pytest.raises(ConfigError) as ei:
+        parse_config(data, "gateway.toml", check_files=True)
+    return ei.value.errors
+
+
+def test_commented_rtu_meter_in_the_example_is_valid():
+    text = EXAMPLE.read_text()
+    block = text[text.index("# [[devices]]\n# id = \"meter1\""):]
+    uncommented = "\n".join(line[2:] if line.startswith("# ") else line.lstrip("#") for line in block.splitlines())
+    data = minimal()
+    data.update(tomllib.loads(uncommented))
+    cfg = parse_config(data, "gateway.toml", base_dir=EXAMPLE.parent, check_files=True)
+    (dev,) = cfg.devices
+    assert (dev.driver, dev.serial_port, dev.baudrate, dev.parity, dev.inter_frame_ms) == (
+        "modbus_rtu", "/dev/ttyUSB0", 9600, "N", 4.0)
+    assert dev.map.name == "eastron_sdm630.toml" and dev.map.exists()
+    assert dev.poll_groups[0].name == "fast" and dev.poll_groups[0].points == ("W", "Hz")
+
+
+def test_register_map_device_defaults_and_relative_map(tmp_path: Path):
+    shutil.copy(ROOT / "drivers" / "maps" / "eastron_sdm630.toml", tmp_path / "m.toml")
+    data = minimal()
+    data["devices"] = [_rtu(map="m.toml"), {"id": "t1", "driver": "modbus_tcp", "host": "10.0.0.9",
+                                             "map": "m.toml", "max_outstanding": 2}]
+    rtu, tcp = parse_config(data, base_dir=tmp_path).devices
+    assert rtu.map == tmp_path / "m.toml" and tcp.map == tmp_path / "m.toml"
+    assert (rtu.baudrate, rtu.parity, rtu.stopbits, rtu.bytesize, rtu.inter_frame_ms, rtu.poll_groups) == (
+        19200, "E", 1, 8, None, ())
+    assert tcp.max_outstanding == 2 and tcp.serial_port == ""
+
+
+def test_register_map_driver_key_errors():
+    data = minimal()
+    data["devices"] = [
+        {"id": "a", "driver": "modbus_rtu"},
+        {"id": "b", "driver": "modbus_tcp", "host": "h", "map": "x", "baudrate": 9600},
+        {"id": "c", "driver": "sunspec_tcp", "host": "h", "map": "x"},
+        {"id": "d", "driver": "modbus_rtu_tcp", "host": "h", "map": "x", "max_outstanding": 2},
+        _rtu(id="e", parity="X"),
+    ]
+    assert errors_of(data) == [
+        "gateway.toml: devices[4].parity: must be one of: N, E, O; got 'X'",   # type errors first, then the rest
+        "gateway.toml: devices[0].serial_port: required key missing (driver 'modbus_rtu' uses a serial line)",
+        "gateway.toml: devices[0].map: required key missing (driver 'modbus_rtu' reads a register map)",
+        "gateway.toml: devices[1].baudrate: only for serial drivers, not 'modbus_tcp'",
+        "gateway.toml: devices[2].map: only for register-map drivers, not 'sunspec_tcp'",
+        "gateway.toml: devices[3].max_outstanding: only modbus_tcp may have more than 1 request in flight, "
+        "not 'modbus_rtu_tcp'",
+    ]
+
+
+def test_map_and_points_are_checked_against_the_map(tmp_path: Path):
+    (tmp_path / "bad.toml").write_text('manufacturer = "x"\n')
+    data = minimal()
+    data["devices"] = [_rtu(points=["PhVphA", "PhVpA"]),
+                       _rtu(id="m2", unit_id=2, poll_groups=[{"name": "f", "period_ms": 100, "points": ["Hzz"]}]),
+                       _rtu(id="m3", unit_id=3, map="missing.toml"),
+                       _rtu(id="m4", unit_id=4, map="bad.toml")]
+    with pytest.raises(ConfigError) as ei:
+        parse_config(data, "gateway.toml", base_dir=tmp_path, check_files=True)
+    errs = ei.value.errors
+    assert errs[0] == ("gateway.toml: devices[0].points[1]: no point 'PhVpA' in map "
+                       f"{ROOT / 'drivers' / 'maps' / 'eastron_sdm630.toml'} (did you mean 'PhVphA'?)")
+    assert errs[1].startswith("gateway.toml: devices[1].poll_groups[0].points[0]: no point 'Hzz' in map")
+    assert errs[2] == f"gateway.toml: devices[2].map: bad register map: {tmp_path / 'missing.toml'}: cannot read: " \
+                      "No such file or directory"
+    assert errs[3].startswith(f"gateway.toml: devices[3].map: bad register map: {tmp_path / 'bad.toml'}: ")
+    assert len(errs) == 4
+
+
+def test_devices_on_one_serial_port_must_agree():
+    data = minimal()
+    data["devices"] = [_rtu(), _rtu(id="m2", baudrate=9600), _rtu(id="m3", unit_id=1),
+                       _rtu(id="m4", unit_id=4, serial_port="/dev/ttyUSB1", baudrate=9600)]
+    assert errors_of(data) == [
+        "gateway.toml: devices[1].baudrate: differs from devices[0] on the same serial port '/dev/ttyUSB0' "
+        "(9600 vs 19200)",
+        "gateway.toml: devices[1].unit_id: unit 1 is already used by devices[0] on serial port '/dev/ttyUSB0'",
+        "gateway.toml: devices[2].unit_id: unit 1 is already used by devices[0] on serial port '/dev/ttyUSB0'",
+    ]

@@ -1,0 +1,399 @@
+"""Modbus links for the bus scheduler: RTU over a serial line, RTU framing over a TCP gateway, and plain Modbus TCP.
+
+A link is one physical path (a serial port, or one TCP connection) shared by every unit id behind it, so unit id is a
+per-request argument. One request at a time per link: Modbus has no pipelining, and on RS-485 a second request
+before the answer would collide on the wire. The scheduler (drivers/scheduler.py) decides the order; the lock here
+only guards against misuse.
+
+Every failure becomes a DeviceError (drivers/modbus_tcp.py) whose `detail` is a gridedge.model.Detail, so callers
+turn it into sample quality without knowing pymodbus. On RTU, pymodbus silently drops a frame with a bad CRC or
+from another unit and then times out; we keep the bytes that arrived (trace_packet) and tell a silent device
+(TIMEOUT) from a broken or foreign answer (MALFORMED) in the error and the log.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.framer import FramerType
+
+from gridedge.model import Detail
+
+from .modbus_tcp import EXCEPTION_NAMES, MAX_READ, MAX_WRITE, DeviceError
+
+__all__ = [
+    "SerialSettings", "ModbusLink", "RtuSerialLink", "RtuTcpLink", "TcpLink", "crc16", "with_crc", "crc_ok",
+    "classify_rtu_answer",
+    "char_time_s", "frame_gap_s", "read_wire_time_s", "TABLES", "PARITIES", "BITS_PER_CHAR",
+]
+
+log = logging.getLogger(__name__)
+
+TABLES = ("holding", "input")
+PARITIES = ("N", "E", "O")
+BITS_PER_CHAR = 11          # start + 8 data + parity (or 2nd stop) + stop: the Modbus RTU character
+_READ_FC = {"holding": 3, "input": 4}
+
+
+# ---------------------------------------------------------------- RTU arithmetic (sans-IO)
+
+def _crc_table() -> tuple[int, ...]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+        table.append(crc)
+    return tuple(table)
+
+
+_CRC_TABLE = _crc_table()
+
+
+def crc16(data: bytes) -> int:
+    """Modbus CRC-16 (poly 0xA001 reflected, init 0xFFFF) of `data`; sent low byte first."""
+    crc = 0xFFFF
+    table = _CRC_TABLE
+    for b in data:
+        crc = (crc >> 8) ^ table[(crc ^ b) & 0xFF]
+    return crc
+
+
+def with_crc(frame: bytes) -> bytes:
+    """`frame` followed by its CRC (low byte first), ready for the wire."""
+    return frame + crc16(frame).to_bytes(2, "little")
+
+
+def crc_ok(frame: bytes) -> bool:
+    return len(frame) >= 4 and crc16(frame[:-2]) == int.from_bytes(frame[-2:], "little")
+
+
+def char_time_s(baudrate: int, bits_per_char: int = BITS_PER_CHAR) -> float:
+    return bits_per_char / baudrate
+
+
+def frame_gap_s(baudrate: int) -> float:
+    """The RTU inter-frame silence: 3.5 character times, fixed at 1.75 ms above 19200 baud (Modbus over serial
+    line v1.02, 2.5.1.1)."""
+    return 3.5 * char_time_s(baudrate) if baudrate <= 19200 else 0.00175
+
+
+def read_wire_time_s(count: int, baudrate: int, bits_per_char: int = BITS_PER_CHAR) -> float:
+    """Time on the wire for one read of `count` registers: request (8 bytes) + answer (5 + 2*count bytes), plus the
+    two 3.5-character gaps that frame them."""
+    chars = 8 + 5 + 2 * count
+    return chars * char_time_s(baudrate, bits_per_char) + 2 * frame_gap_s(baudrate)
+
+
+def classify_rtu_answer(raw: bytes, unit_id: int) -> str | None:
+    """Why bytes that arrived for a request to `unit_id` were not accepted; None if nothing arrived.
+
+    Used after a timeout: pymodbus discards frames with a bad CRC or from another unit without telling us."""
+    if not raw:
+        return None
+    if len(raw) < 4:
+        return f"{len(raw)} stray byte(s) ({raw[:8].hex()}), no complete frame"
+    if crc_ok(raw):
+        if raw[0] != unit_id:
+            return f"answer from unit {raw[0]} instead of {unit_id}"
+        return f"unexpected frame ({raw[:16].hex()})"
+    # A good frame preceded or followed by line noise: try every suffix and prefix (linear in the length).
+    raw = raw[:300]
+    for frame in [raw[i:] for i in range(1, len(raw) - 3)] + [raw[:j] for j in range(len(raw) - 1, 3, -1)]:
+        if crc_ok(frame):
+            noise = len(raw) - len(frame)
+            if frame[0] != unit_id:
+                return f"answer from unit {frame[0]} instead of {unit_id} (and {noise} noise byte(s))"
+            return f"answer mixed with {noise} noise byte(s)"
+    return f"CRC error in {len(raw)}-byte answer ({raw[:16].hex()})"
+
+
+# ---------------------------------------------------------------- settings
+
+@dataclass(frozen=True)
+class SerialSettings:
+    """Serial line settings. `inter_frame_s` None = 3.5 character times (1.75 ms above 19200 baud)."""
+
+    port: str
+    baudrate: int = 19200
+    parity: str = "N"
+    stopbits: int = 1
+    bytesize: int = 8
+    timeout_s: float = 1.0
+    inter_frame_s: float | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not isinstance(self.port, str) or not self.port or "\x00" in self.port:
+            problems.append(f"port must be a device path, got {self.port!r}")
+        if not isinstance(self.baudrate, int) or not 50 <= self.baudrate <= 4_000_000:
+            problems.append(f"baudrate must be 50..4000000, got {self.baudrate!r}")
+        if self.parity not in PARITIES:
+            problems.append(f"parity must be one of {PARITIES}, got {self.parity!r}")
+        if self.stopbits not in (1, 2):
+            problems.append(f"stopbits must be 1 or 2, got {self.stopbits!r}")
+        if self.bytesize not in (7, 8):
+            problems.append(f"bytesize must be 7 or 8, got {self.bytesize!r}")
+        if not isinstance(self.timeout_s, (int, float)) or not self.timeout_s > 0:
+            problems.append(f"timeout_s must be > 0, got {self.timeout_s!r}")
+        if self.inter_frame_s is not None and not (isinstance(self.inter_frame_s, (int, float))
+                                                   and 0 <= self.inter_frame_s <= 1):
+            problems.append(f"inter_frame_s must be 0..1 s, got {self.inter_frame_s!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def gap_s(self) -> float:
+        return frame_gap_s(self.baudrate) if self.inter_frame_s is None else float(self.inter_frame_s)
+
+
+# ---------------------------------------------------------------- links
+
+def _check_read(table: str, address: int, count: int) -> None:
+    if table not in TABLES:
+        raise ValueError(f"table must be one of {TABLES}, got {table!r}")
+    if not (isinstance(address, int) and isinstance(count, int) and 0 <= address and 1 <= count <= MAX_READ
+            and address + count <= 0x10000):
+        raise ValueError(f"bad read: address={address!r} count={count!r} (count 1..{MAX_READ}, within 0..65535)")
+
+
+def _check_write(address: int, values: list[int]) -> None:
+    if not (isinstance(address, int) and 0 <= address and 1 <= len(values) <= MAX_WRITE
+            and address + len(values) <= 0x10000
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 0xFFFF for v in values)):
+        raise ValueError(f"bad write: address={address!r} values={values!r} (1..{MAX_WRITE} uint16 values)")
+
+
+def quiet_pymodbus_log() -> None:
+    """pymodbus logs every timeout at ERROR with frame dumps; our links log one line per failure themselves. Only
+    applied when nobody has set a level for the "pymodbus" logger."""
+    lg = logging.getLogger("pymodbus")
+    if lg.level == logging.NOTSET:
+        lg.setLevel(logging.CRITICAL)
+
+
+def _check_unit(unit_id: int) -> None:
+    if not isinstance(unit_id, int) or isinstance(unit_id, bool) or not 0 <= unit_id <= 255:
+        raise ValueError(f"unit_id must be 0..255, got {unit_id!r}")
+
+
+class ModbusLink:
+    """One physical path to one or more units; never more than one request outstanding.
+
+    Subclasses make the pymodbus client. No automatic reconnect or retry inside pymodbus: the scheduler's circuit
+    breaker decides when to try again, so a dead link costs one attempt per back-off, not a retry storm."""
+
+    rtu = False                 # RTU framing: no transaction id, bad frames are only visible as bytes
+
+    def __init__(self, name: str, timeout_s: float):
+        if not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
+        self.name = name
+        self.timeout_s = float(timeout_s)
+        self._lock = asyncio.Lock()
+        self._client = None
+        self._rx = b""                   # bytes seen since the current request was sent
+        self._last_rx = 0.0              # monotonic time of the last byte received
+        self.requests = 0
+        self.failures = 0
+        quiet_pymodbus_log()
+
+    # -- subclass hooks
+    def _make_client(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    async def _before_send(self) -> None:
+        """Wait for the line to be quiet (RTU serial)."""
+
+    def _trace(self, sending: bool, data: bytes) -> bytes:
+        if sending:
+            self._rx = b""
+        else:
+            self._rx = data
+            self._last_rx = time.monotonic()
+        return data
+
+    # -- connection
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.connected
+
+    async def connect(self) -> None:
+        """Open the link; raises DeviceError(COMM_FAILURE / TIMEOUT) with a clear message."""
+        async with self._lock:
+            await self._connect_locked()
+
+    async def _connect_locked(self) -> None:
+        if self.connected:
+            return
+        self._drop()
+        try:
+            client = self._make_client()
+        except (ValueError, TypeError, OSError) as exc:
+            raise DeviceError(f"{self.name}: cannot open: {exc}", Detail.COMM_FAILURE) from None
+        # A dead unit behind a shared link must not make pymodbus close the link for everyone.
+        client.set_max_no_responses(1 << 30)
+        try:
+            ok = await asyncio.wait_for(client.connect(), self.timeout_s * 2 + 0.5)
+        except asyncio.TimeoutError:
+            client.close()
+            raise DeviceError(f"{self.name}: connect timed out after {self.timeout_s} s", Detail.TIMEOUT) from None
+        except (OSError, ModbusException) as exc:
+            client.close()
+            raise DeviceError(f"{self.name}: cannot open: {exc}", Detail.COMM_FAILURE) from None
+        if not ok:
+            client.close()
+            raise DeviceError(f"{self.name}: cannot open (refused, unreachable or no such port)",
+                              Detail.COMM_FAILURE)
+        self._client = client
+
+    def _drop(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.close()
+            except Exception:  # noqa: BLE001 - closing a broken client must not raise
+                pass
+            self._client = None
+
+    async def close(self) -> None:
+        async with self._lock:
+            self._drop()
+
+    # -- requests
+    async def _execute(self, unit_id: int, what: str, call):
+        async with self._lock:
+            await self._connect_locked()
+            await self._before_send()
+            self.requests += 1
+            try:
+                return await self._execute_locked(unit_id, what, call)
+            except DeviceError:
+                self.failures += 1
+                raise
+
+    async def _execute_locked(self, unit_id: int, what: str, call):
+        client = self._client
+        label = f"{self.name}/{unit_id}: {what}"
+        try:
+            rsp = await asyncio.wait_for(call(client), self.timeout_s * 2 + 0.5)
+        except asyncio.TimeoutError:
+            raise self._no_answer(label, unit_id) from None
+        except ConnectionException as exc:
+            self._drop()
+            raise DeviceError(f"{label}: link lost: {exc}", Detail.COMM_FAILURE) from None
+        except ModbusIOException as exc:
+            text = str(exc)
+            if "No response" in text:
+                raise self._no_answer(label, unit_id) from None
+            if not self.rtu:
+                self._drop()     # TCP: a confused stream is cheaper to reopen than to resynchronise
+            raise DeviceError(f"{label}: bad answer: {text}", Detail.MALFORMED) from None
+        except ModbusException as exc:
+            self._drop()
+            raise DeviceError(f"{label}: {exc}", Detail.COMM_FAILURE) from None
+        except OSError as exc:
+            self._drop()
+            raise DeviceError(f"{label}: {exc}", Detail.COMM_FAILURE) from None
+        if rsp is None:
+            raise DeviceError(f"{label}: empty answer", Detail.MALFORMED)
+        if rsp.isError():
+            code = getattr(rsp, "exception_code", None)
+            name = EXCEPTION_NAMES.get(code, "unknown")
+            raise DeviceError(f"{label}: device answered exception {code} ({name})", Detail.DEVICE_EXCEPTION, code)
+        return rsp
+
+    def _no_answer(self, label: str, unit_id: int) -> DeviceError:
+        why = classify_rtu_answer(self._rx, unit_id) if self.rtu else None
+        if why is not None:
+            log.warning("%s: %s", label, why)
+            return DeviceError(f"{label}: {why}", Detail.MALFORMED)
+        if not self.connected:
+            return DeviceError(f"{label}: link lost", Detail.COMM_FAILURE)
+        return DeviceError(f"{label}: no answer within {self.timeout_s} s", Detail.TIMEOUT)
+
+    async def read(self, unit_id: int, table: str, address: int, count: int) -> list[int]:
+        """Read `count` registers of `table` ("holding": function 3, "input": function 4) from `address`."""
+        _check_unit(unit_id)
+        _check_read(table, address, count)
+        what = f"read {table} {count} @ {address}"
+        if table == "holding":
+            rsp = await self._execute(unit_id, what, lambda c: c.read_holding_registers(
+                address, count=count, device_id=unit_id))
+        else:
+            rsp = await self._execute(unit_id, what, lambda c: c.read_input_registers(
+                address, count=count, device_id=unit_id))
+        regs = list(getattr(rsp, "registers", None) or [])
+        if len(regs) != count:
+            raise DeviceError(f"{self.name}/{unit_id}: {what}: got {len(regs)} registers", Detail.MALFORMED)
+        return regs
+
+    async def write(self, unit_id: int, address: int, values: list[int]) -> None:
+        """Write holding registers from `address` (function 16)."""
+        _check_unit(unit_id)
+        values = list(values)
+        _check_write(address, values)
+        await self._execute(unit_id, f"write {len(values)} @ {address}",
+                            lambda c: c.write_registers(address, values, device_id=unit_id))
+
+
+class RtuSerialLink(ModbusLink):
+    """Modbus RTU on a serial line (RS-485/RS-232) through pyserial; keeps the 3.5-character silence between
+    frames that RTU framing relies on."""
+
+    rtu = True
+
+    def __init__(self, settings: SerialSettings):
+        super().__init__(settings.port, settings.timeout_s)
+        self.settings = settings
+        self._quiet_at = 0.0
+
+    def _make_client(self):
+        s = self.settings
+        return AsyncModbusSerialClient(
+            s.port, framer=FramerType.RTU, baudrate=s.baudrate, bytesize=s.bytesize, parity=s.parity,
+            stopbits=s.stopbits, timeout=s.timeout_s, retries=0, reconnect_delay=0, reconnect_delay_max=0,
+            name=f"rtu:{s.port}", trace_packet=self._trace)
+
+    def _trace(self, sending: bool, data: bytes) -> bytes:
+        if sending:
+            # On a real line the frame occupies the wire for len * char time; the next frame may start one gap
+            # after the answer's last byte, which _last_rx tracks.
+            self._quiet_at = time.monotonic() + len(data) * char_time_s(self.settings.baudrate)
+        return super()._trace(sending, data)
+
+    async def _before_send(self) -> None:
+        ready = max(self._quiet_at, self._last_rx) + self.settings.gap_s
+        delay = ready - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class RtuTcpLink(ModbusLink):
+    """Modbus RTU frames over a TCP socket (serial device servers / "RTU over TCP" gateways)."""
+
+    rtu = True
+
+    def __init__(self, host: str, port: int = 502, timeout_s: float = 1.0):
+        super().__init__(f"rtu+tcp://{host}:{port}", timeout_s)
+        self.host, self.port = host, port
+
+    def _make_client(self):
+        return AsyncModbusTcpClient(self.host, port=self.port, framer=FramerType.RTU, timeout=self.timeout_s,
+                                    retries=0, reconnect_delay=0, reconnect_delay_max=0,
+                                    trace_packet=self._trace)
+
+
+class TcpLink(ModbusLink):
+    """Plain Modbus TCP (MBAP framing with transaction ids)."""
+
+    def __init__(self, host: str, port: int = 502, timeout_s: float = 1.0):
+        super().__init__(f"tcp://{host}:{port}", timeout_s)
+        self.host, self.port = host, port
+
+    def _make_client(self):
+        return AsyncModbusTcpClient(self.host, port=self.port, timeout=self.timeout_s, retries=0,
+                                    reconnect_delay=0, reconnect_delay_max=0)
