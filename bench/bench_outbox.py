@@ -17,21 +17,21 @@ import tempfile
 import time
 from pathlib import Path
 
-from gridedge import contract
+from gridedge import contract, telemetry
 from gridedge.model import Sample
 from gridedge.outbox import Outbox
 
 SAMPLES_PER_RECORD = 50
 
 
-def body(t0: int) -> dict:
-    samples = [Sample(f"inv{i // 10}/P{i % 10}", t0 + i, 1234.5 + i, "W").to_json() for i in range(SAMPLES_PER_RECORD)]
-    return {"schema": contract.SCHEMA_TELEMETRY, "ts": contract.iso_utc(t0), "samples": samples}
+def body(t0: int) -> telemetry.Encoded:
+    samples = [Sample(f"inv{i // 10}/P{i % 10}", t0, 1234.5 + i, "W") for i in range(SAMPLES_PER_RECORD)]
+    return telemetry.body(contract.iso_utc(t0), telemetry.encode_samples(samples), SAMPLES_PER_RECORD)
 
 
 def run(directory: Path, durability: str, batch: int, seconds: float) -> dict:
     path = directory / f"bench-{durability}-{batch}.db"
-    item = ("telemetry", "gridedge/v1/gw-bench/telemetry", body(time.time_ns()), "telemetry")
+    item = ("telemetry", "gridedge/v2/gw-bench/telemetry", body(time.time_ns()), "telemetry")
     with Outbox(path, gateway_id="gw-bench", durability=durability) as ob:
         records = 0
         payload = 0

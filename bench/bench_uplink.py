@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gridedge import contract
+from gridedge import contract, telemetry
 from gridedge.hil.broker import Mosquitto
 from gridedge.hil.pki import make_pki
 from gridedge.model import Sample
@@ -29,12 +29,14 @@ from gridedge.mqtt import MqttClient, tls_context
 from gridedge.outbox import Outbox
 from gridedge.uplink import Publisher
 
-PREFIX = "gridedge/v1/gw-bench/"
+PREFIX = "gridedge/v2/gw-bench/"
 
 
-def body(n: int) -> dict:
+def body(n: int) -> telemetry.Encoded:
+    """n values in blocks of 10 (ten points per device), as the agent encodes them."""
     t = time.time_ns()
-    return contract.telemetry(t, [Sample(f"dev{i // 10}/P{i % 10}", t, 1000.0 + i, "W") for i in range(n)])
+    samples = [Sample(f"dev{i // 10}/P{i % 10}", t, 1000.0 + i, "W") for i in range(n)]
+    return telemetry.body(contract.iso_utc(t), telemetry.encode_samples(samples), n)
 
 
 class Counter:
@@ -47,7 +49,7 @@ class Counter:
         while True:
             msg = await client.messages.get()
             self.messages += 1
-            self.samples += len(json.loads(msg.payload).get("samples", ()))
+            self.samples += sum(len(b["v"]) for b in json.loads(msg.payload).get("blocks", ()))
             self.changed.set()
 
     async def wait_messages(self, n: int) -> None:

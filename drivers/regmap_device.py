@@ -6,7 +6,7 @@ they take turns on the wire instead of colliding. Two ways to poll:
 
 - `poll()`: one read of every configured point, queued on the bus like any other tick (the agent's loop);
 - `run(sink)`: the device owns its schedule: each poll group at its own period, results handed to `sink` as
-  Samples, forever. A dead device's samples still arrive at its period (INVALID, from the open circuit breaker).
+  SampleBlocks (one per read; iterate one for its Samples), forever. A dead device's samples still arrive at its period (INVALID, from the open circuit breaker).
 
 poll() and run() never raise on device faults (INVALID samples with the read's detail). write_points() raises
 WriteError: a control that did not land must never pass silently; it only writes points the map marks `rw`, only
@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from gridedge.model import Detail, Sample, invalid
+from gridedge.model import Detail, Reading, SampleBlock
 
 from . import regmap
 from .modbus_rtu import RtuSerialLink, RtuTcpLink, SerialSettings, TcpLink
@@ -120,6 +120,7 @@ class RegmapDevice:
         self.groups: tuple[PollGroupSpec, ...] = tuple(groups) + (
             (PollGroupSpec("default", period_s, rest),) if rest else ())
         self._all_blocks = regmap.plan_reads(rmap, self._poll_names())
+        self._decoders: dict[regmap.ReadBlock, regmap.BlockDecoder] = {}
         self._bus: Bus | None = None
         self._dev: BusDevice | None = None
 
@@ -161,29 +162,36 @@ class RegmapDevice:
 
     # ------------------------------------------------------------------ reading
 
-    def _samples(self, blocks: Sequence[regmap.ReadBlock], results: Sequence[Result]) -> list[Sample]:
-        out: list[Sample] = []
+    def _decoder(self, block: regmap.ReadBlock) -> regmap.BlockDecoder:
+        dec = self._decoders.get(block)
+        if dec is None:
+            dec = self._decoders[block] = regmap.BlockDecoder(self.rmap, block, self.device_id)
+        return dec
+
+    def _samples(self, blocks: Sequence[regmap.ReadBlock], results: Sequence[Result]) -> list[SampleBlock]:
+        """One SampleBlock per read block (its values, or all INVALID with the read's detail)."""
+        out: list[SampleBlock] = []
         for block, (value, ts) in zip(blocks, results):
+            dec = self._decoder(block)
             if isinstance(value, DeviceError):
-                for name in block.points:
-                    out.append(invalid(f"{self.device_id}/{name}", ts, value.detail, self.rmap.point(name).unit))
+                out.append(SampleBlock.invalid(dec.layout, ts, value.detail))
             else:
-                out.extend(regmap.decode(self.rmap, block, value, self.device_id, ts))
+                out.append(dec.decode(value, ts))
         return out
 
     @staticmethod
     def _reads(blocks: Sequence[regmap.ReadBlock]) -> list[Read]:
         return [Read(b.table, b.address, b.count) for b in blocks]
 
-    async def poll(self) -> list[Sample]:
-        """One sample per configured point, read now (in turn with the others on the bus)."""
+    async def poll(self) -> list[Reading]:
+        """One SampleBlock per read of the configured points, read now (in turn with the others on the bus)."""
         dev = self._attach()
         self._bus.start()
         results = await self._bus.read_once(dev, self._reads(self._all_blocks))
         return self._samples(self._all_blocks, results)
 
-    async def run(self, sink: Callable[[list[Sample]], None]) -> None:
-        """Poll every group at its own period and hand each group's samples to `sink`, until cancelled."""
+    async def run(self, sink: Callable[[list[Reading]], None]) -> None:
+        """Poll every group at its own period and hand each group's blocks to `sink`, until cancelled."""
         dev = self._attach()
         bus = self._bus
         bus.start()

@@ -2,26 +2,26 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 import uuid
 
-from . import __version__, contract
+from . import __version__, contract, telemetry
 from .activation import ActivationManager
 from .config import Config, DeviceConfig
 from .contract import CommandRejected
 from .devices import make_device
-from .model import Detail, Sample, Validity
+from .image import ProcessImage
+from .model import Detail, Reading, Sample, SampleBlock, Validity
 from .mqtt import MqttClient, MqttError, tls_context
 from .outbox import Outbox
 from .uplink import Publisher
 
 log = logging.getLogger("gridedge.agent")
 
-MAX_BUFFERED_SAMPLES = 200_000  # bounds memory between two telemetry appends, whatever the devices produce
-STATE_INTERVAL_S = 60.0
-FINAL_DRAIN_S = 3.0  # on a clean stop, try this long to publish what is stored; the rest waits in the outbox  # the retained state (drop counters, next seq) is refreshed this often
+MAX_MESSAGE_BYTES = 256 * 1024  # a telemetry message is stored as soon as it is this big: bounds memory and message size
+STATE_INTERVAL_S = 60.0  # the retained state (drop counters, next seq) is refreshed this often
+FINAL_DRAIN_S = 3.0  # on a clean stop, try this long to publish what is stored; the rest waits in the outbox
 
 
 class Agent:
@@ -30,9 +30,11 @@ class Agent:
         self.gateway_id = config.gateway.id
         self.prefix = config.uplink.topic_prefix
         self.boot_id = uuid.uuid4().hex
-        self.image: dict[str, Sample] = {}
-        self.buffer: collections.deque[Sample] = collections.deque()
-        self.dropped_samples = 0
+        self.image = ProcessImage()
+        self.buffer: list[tuple[list[bytes], int]] = []  # encoded telemetry blocks, and how many values each holds
+        self.buffered_values = self.buffered_bytes = 0
+        self.max_message_bytes = MAX_MESSAGE_BYTES
+        self.dropped_samples = 0  # values lost because the outbox could not store them
         self.devices = {d.id: make_device(d) for d in config.devices}
         st = config.storage
         st.dir.mkdir(parents=True, exist_ok=True)
@@ -53,14 +55,27 @@ class Agent:
         s = self.image.get(point)
         return s.value if s is not None and s.validity is Validity.GOOD else None
 
-    def _take(self, samples: list[Sample]) -> None:
-        for s in samples:
-            self.image[s.point] = s
-        self.buffer.extend(samples)
-        overflow = len(self.buffer) - MAX_BUFFERED_SAMPLES
-        for _ in range(max(0, overflow)):
-            self.buffer.popleft()
-            self.dropped_samples += 1
+    def _take(self, readings: list[Reading]) -> None:
+        """Into the process image, and encoded into the telemetry buffer (bytes, not objects, until the flush)."""
+        self.image.put(readings)
+        loose: list[Sample] = []
+        for r in readings:
+            if isinstance(r, SampleBlock):
+                if loose:
+                    self._buffer(telemetry.encode_samples(loose), len(loose))
+                    loose = []
+                self._buffer([telemetry.encode_block(r)], len(r.values))
+            else:
+                loose.append(r)
+        if loose:
+            self._buffer(telemetry.encode_samples(loose), len(loose))
+
+    def _buffer(self, fragments: list[bytes], values: int) -> None:
+        self.buffer.append((fragments, values))
+        self.buffered_values += values
+        self.buffered_bytes += sum(map(len, fragments))
+        if self.buffered_bytes >= self.max_message_bytes:  # a full message: store it now, memory stays bounded
+            self._flush_telemetry()
 
     async def _poll_loop(self, cfg: DeviceConfig) -> None:
         dev = self.devices[cfg.id]
@@ -135,11 +150,31 @@ class Agent:
             self._flush_telemetry()
 
     def _flush_telemetry(self) -> None:
+        """Everything buffered into telemetry messages of at most max_message_bytes, stored in one transaction."""
         if not self.buffer:
             return
-        batch = list(self.buffer)
+        ts = contract.iso_utc(time.time_ns())
+        bodies, frags, size, values = [], [], 0, 0
+        for fragments, n in self.buffer:
+            for f in fragments:
+                if frags and size + len(f) > self.max_message_bytes:
+                    bodies.append(telemetry.body(ts, frags, values))
+                    frags, size, values = [], 0, 0
+                frags.append(f)
+                size += len(f) + 1
+            values += n
+        bodies.append(telemetry.body(ts, frags, values))
+        dropped = self.buffered_values
         self.buffer.clear()
-        self._append("telemetry", contract.TOPIC_TELEMETRY, contract.telemetry(time.time_ns(), batch), "telemetry")
+        self.buffered_values = self.buffered_bytes = 0
+        topic = self.topic(contract.TOPIC_TELEMETRY)
+        try:
+            self.outbox.append_many([("telemetry", topic, b, "telemetry") for b in bodies])
+        except Exception:  # the store failed (disk full, I/O error): count what is lost, keep running
+            self.dropped_samples += dropped
+            log.exception("telemetry of %d values not stored", dropped)
+            return
+        self.publisher.notify()
 
     async def _report(self, cmd_id: str | None, status: str, reason: str | None = None, **detail) -> None:
         body = contract.result(time.time_ns(), cmd_id, status, reason, **detail)

@@ -165,7 +165,7 @@ class Config:
 
 ACTORS = ("tso", "dso", "aggregator")
 ROLES = ("inverter", "battery", "meter", "load")
-DEFAULT_TOPIC_PREFIX = "gridedge/v1/{gateway_id}/"
+DEFAULT_TOPIC_PREFIX = "gridedge/v2/{gateway_id}/"
 _PORTS = {"mqtts": 8883, "mqtt": 1883}
 
 

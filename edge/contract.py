@@ -1,6 +1,6 @@
 """The MQTT contract between a gateway and the DSO head-end (docs/mqtt-api.md, schemas/).
 
-Topics under the prefix (default gridedge/v1/{gateway_id}/): telemetry, state (retained, last will
+Topics under the prefix (default gridedge/v2/{gateway_id}/): telemetry, state (retained, last will
 "offline"), cmd (DSO -> gateway) and result (gateway -> DSO). Every payload is JSON with a `schema`
 field "gridedge.<kind>/<major>"; a consumer rejects majors it does not know.
 """
@@ -11,7 +11,8 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-SCHEMA_TELEMETRY = "gridedge.telemetry/1"
+from .telemetry import SCHEMA_TELEMETRY  # noqa: F401  (part of the contract; telemetry payloads: edge/telemetry.py)
+
 SCHEMA_STATE = "gridedge.state/1"
 SCHEMA_COMMAND = "gridedge.command/1"
 SCHEMA_RESULT = "gridedge.result/1"
@@ -39,13 +40,11 @@ def parse_iso_utc(text: str) -> int:
     return int(dt.timestamp() * 1e9)
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # one encoder: json.dumps(**kw) builds one per call
+
+
 def dumps(obj: dict) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
-
-
-def telemetry(ts_ns: int, samples: list) -> dict:
-    """The body of a telemetry message; the outbox adds gateway, stream, seq and msg_id."""
-    return {"schema": SCHEMA_TELEMETRY, "ts": iso_utc(ts_ns), "samples": [s.to_json() for s in samples]}
+    return _ENCODER.encode(obj).encode()
 
 
 def state(gateway_id: str, status: str, ts_ns: int, **info) -> dict:

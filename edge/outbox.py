@@ -55,6 +55,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .contract import dumps
+from .telemetry import Encoded
 
 log = logging.getLogger("gridedge.outbox")
 
@@ -267,8 +268,9 @@ class Outbox:
             return fn(*args)
 
     # -- appending --------------------------------------------------------------------------------
-    def append(self, stream: str, topic: str, body: dict, data_class: str) -> Record:
-        """Store one message; body is the message without seq/msg_id (append adds gateway, stream, seq, msg_id)."""
+    def append(self, stream: str, topic: str, body: dict | Encoded, data_class: str) -> Record:
+        """Store one message; body is the message without seq/msg_id (append adds gateway, stream, seq, msg_id).
+        An Encoded body's raw JSON is spliced in after the envelope as it is (telemetry blocks)."""
         return self.append_many([(stream, topic, body, data_class)])[0]
 
     def append_many(self, items: Iterable[tuple[str, str, dict, str]]) -> list[Record]:
@@ -296,11 +298,14 @@ class Outbox:
                 seq = next_seq[stream]
                 next_seq[stream] = seq + 1
                 msg_id = uuid.uuid4().hex
-                doc = {"schema": body["schema"]} if "schema" in body else {}
+                head = body.head if isinstance(body, Encoded) else body
+                doc = {"schema": head["schema"]} if "schema" in head else {}
                 doc.update(gateway=self.gateway_id, stream=stream, seq=seq, msg_id=msg_id)
-                for k, v in body.items():
+                for k, v in head.items():
                     doc.setdefault(k, v)
                 payload = dumps(doc)
+                if isinstance(body, Encoded):  # pre-encoded bulk (telemetry blocks): spliced in, not re-encoded
+                    payload = payload[:-1] + b"," + body.raw + b"}"
                 if len(payload) > self.quota_bytes:
                     raise ValueError(f"message of {len(payload)} bytes exceeds the outbox quota of {self.quota_bytes}")
                 cls = _CLASS_INDEX[data_class]
@@ -592,8 +597,12 @@ def _check_item(stream, topic, body, data_class, gateway_id) -> None:
         raise ValueError(f"topic must be a non-empty string, got {topic!r}")
     if data_class not in _CLASS_INDEX:
         raise ValueError(f"data_class must be one of {', '.join(DATA_CLASSES)}, got {data_class!r}")
+    if isinstance(body, Encoded):
+        if not isinstance(body.raw, bytes) or not body.raw.startswith(b'"'):
+            raise ValueError("Encoded.raw must be JSON object members as bytes, e.g. b'\"blocks\":[]'")
+        body = body.head
     if not isinstance(body, dict):
-        raise TypeError(f"body must be a dict, got {type(body).__name__}")
+        raise TypeError(f"body must be a dict or Encoded, got {type(body).__name__}")
     for key in _RESERVED:
         if key in body:
             raise ValueError(f"body must not contain {key!r}: the outbox assigns it")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import ssl
 import sys
 import time
@@ -16,10 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from gridedge import contract
+from gridedge import contract, telemetry
 from gridedge.mqtt import MqttClient, tls_context
 
 from .stream_audit import StreamAudit
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -83,8 +86,11 @@ class DsoSimulator:
             self.seen.append(Seen(msg.topic, doc, msg.payload, time.monotonic()))
             self.audit.add(msg.topic, doc)
             if msg.topic == self.prefix + contract.TOPIC_TELEMETRY and isinstance(doc, dict):
-                for s in doc.get("samples", []):
-                    self.latest[s["p"].split("/", 1)[-1]] = s["v"]
+                try:
+                    for s in telemetry.samples_of(doc):
+                        self.latest[s.point.split("/", 1)[-1]] = s.value
+                except ValueError as exc:  # the audit keeps the message; a bad one must not stop the simulator
+                    log.warning("telemetry not understood: %s", exc)
                 if self.on_telemetry:
                     self.on_telemetry(self.latest)
             async with self._changed:
@@ -181,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ca", type=Path, required=True)
     ap.add_argument("--cert", type=Path, required=True)
     ap.add_argument("--key", type=Path, required=True)
-    ap.add_argument("--prefix", required=True, help="the gateway's topic prefix, e.g. gridedge/v1/gw-1/")
+    ap.add_argument("--prefix", required=True, help="the gateway's topic prefix, e.g. gridedge/v2/gw-1/")
     ap.add_argument("--limit-pct", type=float, default=50.0)
     ap.add_argument("--duration-s", type=float, default=20.0)
     ap.add_argument("--reach-within-s", type=float, default=15.0)

@@ -69,7 +69,7 @@ class Rig:
                            quota_mb=quota_mb, durability=durability)
         self.dso_session_expiry_s = dso_session_expiry_s
         self.gateway_id = gateway_id
-        self.prefix = f"gridedge/v1/{gateway_id}/"
+        self.prefix = f"gridedge/v2/{gateway_id}/"
         self.w_max, self.pv_w, self.ramp_pct_per_s = w_max, pv_w, ramp_pct_per_s
         self.poll_ms, self.telemetry_ms, self.writable = poll_ms, telemetry_ms, writable
         self.broker: Mosquitto | None = None

@@ -58,7 +58,7 @@ def test_example_loads_without_file_checks():
     assert cfg.gateway.id == "gw-demo-001"
     up = cfg.uplink
     assert (up.host, up.port, up.tls) == ("127.0.0.1", 8883, True)
-    assert up.topic_prefix == "gridedge/v1/gw-demo-001/"
+    assert up.topic_prefix == "gridedge/v2/gw-demo-001/"
     assert up.client_id == "gw-demo-001"
     assert up.ca_file == EXAMPLE.parent / "pki" / "ca.crt"
     assert up.keepalive_s == 30 and up.telemetry_interval_ms == 1000 and up.allow_plaintext is False

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gridedge import contract
+from gridedge import contract, telemetry
 from gridedge.contract import CommandRejected, parse_command
 from gridedge.model import Detail, Sample, Validity
 
@@ -33,7 +33,7 @@ def test_valid_activation_parses():
     c = parse_command(cmd(), NOW, max_activation_s=3600)
     assert (c.cmd_id, c.type, c.issuer, c.params) == ("c1", "limit_active_power", "dso",
                                                       {"limit_pct": 50.0, "duration_s": 30.0})
-    validate_message("gridedge/v1/gw/cmd", json.loads(cmd()))
+    validate_message("gridedge/v2/gw/cmd", json.loads(cmd()))
 
 
 @pytest.mark.parametrize("payload, expected", [
@@ -103,7 +103,8 @@ def test_payloads_match_schemas(tmp_path):
 
     samples = [Sample("inv1/W", NOW, 1234.5, "W"), Sample("inv1/Hz", NOW, None, "Hz", Validity.INVALID, Detail.TIMEOUT)]
     with Outbox(tmp_path / "o.sqlite", gateway_id="gw-1") as box:
-        t = box.append("telemetry", "p/telemetry", contract.telemetry(NOW, samples), "telemetry")
+        body = telemetry.body(contract.iso_utc(NOW), telemetry.encode_samples(samples), len(samples))
+        t = box.append("telemetry", "p/telemetry", body, "telemetry")
         r = box.append("result", "p/result", contract.result(NOW, "c1", "rejected", "because"), "result")
         assert box.next_seq() == {"telemetry": 1, "result": 1}
     validate_message("p/telemetry", json.loads(t.payload))

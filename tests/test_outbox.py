@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from gridedge import contract
+from gridedge import contract, telemetry
 from gridedge.model import Sample
 from gridedge.outbox import DATA_CLASSES, Outbox, OutboxError, Replay
 
@@ -31,8 +31,10 @@ class FakeClock:
 
 
 def tel_body(n: int = 1) -> dict:
-    samples = [Sample(f"inv1/W{i}", 1_800_000_000 * S + i, float(i), "W").to_json() for i in range(n)]
-    return {"schema": contract.SCHEMA_TELEMETRY, "ts": contract.iso_utc(1_800_000_000 * S), "samples": samples}
+    """A telemetry body as the agent builds it (edge/telemetry.py), decoded to a dict: the outbox stores either."""
+    samples = [Sample(f"inv1/W{i}", 1_800_000_000 * S + i, float(i), "W") for i in range(n)]
+    enc = telemetry.body(contract.iso_utc(1_800_000_000 * S), telemetry.encode_samples(samples))
+    return {**enc.head, **json.loads(b"{" + enc.raw + b"}")}
 
 
 def result_body(cmd_id: str = "c1") -> dict:
@@ -42,8 +44,8 @@ def result_body(cmd_id: str = "c1") -> dict:
 
 def test_envelope_is_valid_contract_message(tmp_path):
     with Outbox(tmp_path / "o.db", gateway_id=GW) as ob:
-        t = ob.append("telemetry", "gridedge/v1/gw/telemetry", tel_body(3), "telemetry")
-        r = ob.append("result", "gridedge/v1/gw/result", result_body(), "result")
+        t = ob.append("telemetry", "gridedge/v2/gw/telemetry", tel_body(3), "telemetry")
+        r = ob.append("result", "gridedge/v2/gw/result", result_body(), "result")
     for rec, topic in ((t, "telemetry"), (r, "result")):
         doc = json.loads(rec.payload)
         validate_message(topic, doc)
@@ -283,7 +285,7 @@ def test_bounded_file_and_memory_over_a_long_outage(tmp_path):
             return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
     with Outbox(path, gateway_id=GW, quota_bytes=quota, durability="normal") as ob:
-        item = ("telemetry", "gridedge/v1/gw/telemetry", {"v": 1.0}, "telemetry")
+        item = ("telemetry", "gridedge/v2/gw/telemetry", {"v": 1.0}, "telemetry")
         peak_files = 0
         for i in range(n // 1000):
             ob.append_many([item] * 1000)

@@ -620,6 +620,28 @@ def test_fuzz_decode_never_raises(block, registers):
             assert math.isfinite(x.value)
 
 
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(FUZZ_BLOCKS + rm.plan_reads(FUZZ_MAP, ["b", "e"]) + [rm.ReadBlock("holding", 0, 3, ("a", "zz", "d"))]),
+       st.one_of(st.lists(st.integers(0, 0xFFFF), min_size=13, max_size=13),
+                 st.lists(st.integers(0, 0xFFFF), min_size=1, max_size=13),
+                 st.lists(st.integers(-2**70, 2**70), max_size=20),
+                 st.lists(st.one_of(st.none(), st.floats(), st.text(max_size=2)), max_size=16),
+                 st.none(), st.integers(), st.binary(max_size=30)))
+def test_block_decoder_gives_what_decode_gives(block, registers):
+    """The fast path (one pack per block, points sliced out) against the reference decoder, point for point.
+    Registers are ints or garbage; links never return bools, which the fast path would read as 0/1."""
+    fast = list(rm.BlockDecoder(FUZZ_MAP, block, "fz").decode(registers, T0))
+    assert fast == rm.decode(FUZZ_MAP, block, registers, "fz", T0)
+
+
+def test_block_decoder_on_the_shipped_maps():
+    for path in rm.shipped_maps().values():
+        rmap = rm.load_map(path)
+        for i, b in enumerate(rm.plan_reads(rmap)):
+            regs = [(i * 7919 + k * 104729) & 0xFFFF for k in range(b.count)]
+            assert list(rm.BlockDecoder(rmap, b, "m").decode(regs, T0)) == rm.decode(rmap, b, regs, "m", T0)
+
+
 toml_scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(), st.text(max_size=8))
 toml_values = st.recursive(toml_scalars, lambda inner: st.one_of(
     st.lists(inner, max_size=4),

@@ -14,7 +14,7 @@ from gridedge.drivers.regmap_device import LinkSpec, PollGroupSpec, RegmapDevice
 from gridedge.drivers.scheduler import BusPool
 from gridedge.drivers.sunspec_tcp import WriteError
 from gridedge.hil.modbus_sim import ModbusLineSim, ModbusTcpSim, UnitSim
-from gridedge.model import Detail, Validity
+from gridedge.model import Detail, Validity, flatten
 
 SDM = regmap.load_map(regmap.shipped_maps()["eastron_sdm630"])
 VALUES = {"PhVphA": 230.1, "PhVphB": 231.5, "Hz": 50.02, "W": -1500.0, "TotWhImp": 12345.5}
@@ -35,8 +35,9 @@ def arun(coro, timeout: float = 30.0):
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
-def by_name(samples):
-    return {s.point.split("/", 1)[1]: s for s in samples}
+def by_name(readings):
+    """The device hands blocks (one per read); by point name, as Samples."""
+    return {s.point.split("/", 1)[1]: s for s in flatten(readings)}
 
 
 def rtu(port: str, timeout_s: float = 0.2) -> LinkSpec:
@@ -87,10 +88,10 @@ def test_devices_on_one_port_share_one_bus_and_a_dead_one_gives_invalid_samples(
             with pytest.raises(ValueError):   # same port, other line settings
                 RegmapDevice("m3", SDM, LinkSpec("rtu", serial=SerialSettings(port, baudrate=9600)), 3,
                              pool=pool)._attach()
-            dead = await b.poll()
+            dead = flatten(await b.poll())
             assert [(s.validity, s.detail) for s in dead] == [(Validity.INVALID, Detail.TIMEOUT)] * 2
             n = sim.requests[2]
-            assert [s.detail for s in await b.poll()] == [Detail.TIMEOUT] * 2 and sim.requests[2] == n  # breaker
+            assert [s.detail for s in flatten(await b.poll())] == [Detail.TIMEOUT] * 2 and sim.requests[2] == n  # breaker
             assert by_name(await a.poll())["Hz"].value == 50.02
         finally:
             await a.close()

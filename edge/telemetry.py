@@ -1,0 +1,142 @@
+"""Telemetry payloads (schema gridedge.telemetry/2): values travel in blocks, one per device read.
+
+A block is one device at one instant: its point names and units once, then the values in the same order, and a
+quality list only when some value is not good:
+
+    {"dev": "m1", "t": 1795442401123456789, "n": ["W", "Hz"], "u": ["W", "Hz"], "v": [7998.0, 50.01]}
+    {"dev": "m2", "t": 1795442401123456789, "n": ["W"], "u": ["W"], "v": [null], "q": [["invalid", "timeout"]]}
+
+Why blocks: a per-sample object repeats the point id, the unit, the timestamp and the quality for every value,
+which made JSON encoding, TLS, the outbox's disk writes and the head-end's parsing the bulk of the gateway's CPU.
+A layout's constant part is encoded once and cached on the BlockLayout, so a poll costs one json encode of a list
+of numbers. Blocks are encoded when they arrive (the agent keeps bytes, not objects, until the next telemetry
+message) and the message body is spliced around them without re-encoding (see Encoded and Outbox.append).
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from .model import Detail, Sample, SampleBlock, Validity
+
+SCHEMA_TELEMETRY = "gridedge.telemetry/2"
+
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=True).encode
+_VALIDITY = {v.value: v for v in Validity}
+_DETAIL = {d.value: d for d in Detail}
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A message body whose bulk is already JSON: `head` is encoded with the envelope, `raw` is spliced in after
+    it verbatim. `raw` must be the text of one or more JSON object members, e.g. b'"blocks":[...]'."""
+
+    head: dict
+    raw: bytes
+    values: int = 0  # how many values the body carries, for figures and bounds
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.head
+
+    def get(self, key: str, default=None):
+        return self.head.get(key, default)
+
+
+def _quality_json(quality) -> bytes:
+    return _encode([None if q is None else [q[0].value, q[1].value] for q in quality]).encode()
+
+
+def _sanitised(values: list, quality) -> tuple[list, list]:
+    """Values JSON cannot carry (NaN, inf, odd types) become null with invalid/malformed, never a lost message."""
+    vals, qual = [], list(quality) if quality is not None else [None] * len(values)
+    for i, v in enumerate(values):
+        if v is None or isinstance(v, str) or (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                and (not isinstance(v, float) or math.isfinite(v))):
+            vals.append(v)
+        else:
+            vals.append(None)
+            qual[i] = (Validity.INVALID, Detail.MALFORMED)
+    return vals, qual
+
+
+def encode_block(block: SampleBlock) -> bytes:
+    """One block as a JSON object (bytes)."""
+    lay = block.layout
+    head = lay.json_head
+    if head is None:
+        head = lay.json_head = (b'{"dev":' + _encode(lay.device).encode() + b',"n":' + _encode(lay.names).encode()
+                                + b',"u":' + _encode(lay.units).encode() + b',"t":')
+    try:
+        values = _encode(block.values)
+        quality = block.quality
+    except (ValueError, TypeError):
+        vals, quality = _sanitised(block.values, block.quality)
+        values = _encode(vals)
+    tail = b"}" if quality is None else b',"q":' + _quality_json(quality) + b"}"
+    return head + str(block.ts_ns).encode() + b',"v":' + values.encode() + tail
+
+
+def encode_samples(samples: Iterable[Sample]) -> list[bytes]:
+    """Loose samples as blocks: consecutive samples of the same device and instant share one block."""
+    out: list[bytes] = []
+    group: list[Sample] = []
+    key = None
+    for s in samples:
+        k = (s.point.split("/", 1)[0], s.ts_ns)
+        if k != key and group:
+            out.append(_encode_group(key, group))
+            group = []
+        key = k
+        group.append(s)
+    if group:
+        out.append(_encode_group(key, group))
+    return out
+
+
+def _encode_group(key, group: list[Sample]) -> bytes:
+    device, ts = key
+    names = [s.point.split("/", 1)[1] if "/" in s.point else s.point for s in group]
+    values = [s.value for s in group]
+    quality = None
+    if any(s.validity is not Validity.GOOD or s.detail is not Detail.NONE for s in group):
+        quality = [None if s.validity is Validity.GOOD and s.detail is Detail.NONE else (s.validity, s.detail)
+                   for s in group]
+    try:
+        v = _encode(values)
+    except (ValueError, TypeError):
+        values, quality = _sanitised(values, quality)
+        v = _encode(values)
+    tail = b"}" if quality is None else b',"q":' + _quality_json(quality) + b"}"
+    return (b'{"dev":' + _encode(device).encode() + b',"n":' + _encode(names).encode() + b',"u":'
+            + _encode([s.unit for s in group]).encode() + b',"t":' + str(ts).encode() + b',"v":' + v.encode() + tail)
+
+
+def body(ts_iso: str, blocks: list[bytes], values: int = 0) -> Encoded:
+    """The body of one telemetry message; the outbox adds gateway, stream, seq and msg_id."""
+    return Encoded({"schema": SCHEMA_TELEMETRY, "ts": ts_iso}, b'"blocks":[' + b",".join(blocks) + b"]", values)
+
+
+def samples_of(doc: dict) -> Iterator[Sample]:
+    """A received telemetry message (parsed JSON) as Samples, for head-end consumers and tests.
+    Raises ValueError on a message that does not follow the schema."""
+    if doc.get("schema") != SCHEMA_TELEMETRY:
+        raise ValueError(f"not {SCHEMA_TELEMETRY}: schema {doc.get('schema')!r}")
+    blocks = doc.get("blocks")
+    if not isinstance(blocks, list):
+        raise ValueError("blocks: must be a list")
+    for i, b in enumerate(blocks):
+        try:
+            dev, ts, names, units, values = b["dev"], b["t"], b["n"], b["u"], b["v"]
+            quality = b.get("q")
+            if not (len(names) == len(units) == len(values)) or (quality is not None and len(quality) != len(values)):
+                raise ValueError("n, u, v and q differ in length")
+            for j, name in enumerate(names):
+                q = quality[j] if quality is not None else None
+                if q is None:
+                    yield Sample(f"{dev}/{name}", ts, values[j], units[j])
+                else:
+                    yield Sample(f"{dev}/{name}", ts, values[j], units[j], _VALIDITY[q[0]], _DETAIL[q[1]])
+        except (KeyError, TypeError, IndexError, ValueError) as exc:
+            raise ValueError(f"blocks[{i}]: {exc!r}") from None
