@@ -17,12 +17,9 @@ import logging
 import time
 from dataclasses import dataclass
 
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-from pymodbus.framer import FramerType
-
 from gridedge.model import Detail
 
+from . import mbap
 from .modbus_tcp import EXCEPTION_NAMES, MAX_READ, MAX_WRITE, DeviceError
 
 __all__ = [
@@ -176,6 +173,15 @@ def quiet_pymodbus_log() -> None:
         lg.setLevel(logging.CRITICAL)
 
 
+def _pymodbus():
+    """pymodbus, loaded on first use: only the serial and RTU-over-TCP links need it (Modbus TCP has its own codec),
+    and a TCP-only gateway saves its ~8 MB of RSS."""
+    import pymodbus.client
+    import pymodbus.exceptions
+    import pymodbus.framer
+    return pymodbus
+
+
 def _check_unit(unit_id: int) -> None:
     if not isinstance(unit_id, int) or isinstance(unit_id, bool) or not 0 <= unit_id <= 255:
         raise ValueError(f"unit_id must be 0..255, got {unit_id!r}")
@@ -242,7 +248,7 @@ class ModbusLink:
         except asyncio.TimeoutError:
             client.close()
             raise DeviceError(f"{self.name}: connect timed out after {self.timeout_s} s", Detail.TIMEOUT) from None
-        except (OSError, ModbusException) as exc:
+        except (OSError, _pymodbus().exceptions.ModbusException) as exc:
             client.close()
             raise DeviceError(f"{self.name}: cannot open: {exc}", Detail.COMM_FAILURE) from None
         if not ok:
@@ -278,21 +284,22 @@ class ModbusLink:
     async def _execute_locked(self, unit_id: int, what: str, call):
         client = self._client
         label = f"{self.name}/{unit_id}: {what}"
+        errors = _pymodbus().exceptions
         try:
             rsp = await asyncio.wait_for(call(client), self.timeout_s * 2 + 0.5)
         except asyncio.TimeoutError:
             raise self._no_answer(label, unit_id) from None
-        except ConnectionException as exc:
+        except errors.ConnectionException as exc:
             self._drop()
             raise DeviceError(f"{label}: link lost: {exc}", Detail.COMM_FAILURE) from None
-        except ModbusIOException as exc:
+        except errors.ModbusIOException as exc:
             text = str(exc)
             if "No response" in text:
                 raise self._no_answer(label, unit_id) from None
             if not self.rtu:
                 self._drop()     # TCP: a confused stream is cheaper to reopen than to resynchronise
             raise DeviceError(f"{label}: bad answer: {text}", Detail.MALFORMED) from None
-        except ModbusException as exc:
+        except errors.ModbusException as exc:
             self._drop()
             raise DeviceError(f"{label}: {exc}", Detail.COMM_FAILURE) from None
         except OSError as exc:
@@ -353,8 +360,9 @@ class RtuSerialLink(ModbusLink):
 
     def _make_client(self):
         s = self.settings
-        return AsyncModbusSerialClient(
-            s.port, framer=FramerType.RTU, baudrate=s.baudrate, bytesize=s.bytesize, parity=s.parity,
+        pm = _pymodbus()
+        return pm.client.AsyncModbusSerialClient(
+            s.port, framer=pm.framer.FramerType.RTU, baudrate=s.baudrate, bytesize=s.bytesize, parity=s.parity,
             stopbits=s.stopbits, timeout=s.timeout_s, retries=0, reconnect_delay=0, reconnect_delay_max=0,
             name=f"rtu:{s.port}", trace_packet=self._trace)
 
@@ -382,18 +390,174 @@ class RtuTcpLink(ModbusLink):
         self.host, self.port = host, port
 
     def _make_client(self):
-        return AsyncModbusTcpClient(self.host, port=self.port, framer=FramerType.RTU, timeout=self.timeout_s,
-                                    retries=0, reconnect_delay=0, reconnect_delay_max=0,
-                                    trace_packet=self._trace)
+        pm = _pymodbus()
+        return pm.client.AsyncModbusTcpClient(self.host, port=self.port, framer=pm.framer.FramerType.RTU,
+                                              timeout=self.timeout_s, retries=0, reconnect_delay=0,
+                                              reconnect_delay_max=0, trace_packet=self._trace)
 
 
-class TcpLink(ModbusLink):
-    """Plain Modbus TCP (MBAP framing with transaction ids)."""
+class TcpLink:
+    """Plain Modbus TCP (MBAP framing with transaction ids) on gridedge's own codec (drivers/mbap.py) and an asyncio
+    Protocol: the hot path of a gateway polling many meters, so no pymodbus objects per request.
+
+    Same contract as the other links: one request at a time, every failure a DeviceError with a Detail. A frame
+    that is not Modbus TCP, or an answer to another transaction or unit, resets the connection (TCP: reopening is
+    cheaper than resynchronising); a late answer after a timeout is recognised by its transaction id and dropped."""
+
+    rtu = False
 
     def __init__(self, host: str, port: int = 502, timeout_s: float = 1.0):
-        super().__init__(f"tcp://{host}:{port}", timeout_s)
-        self.host, self.port = host, port
+        if not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
+        self.name = f"tcp://{host}:{port}"
+        self.host, self.port, self.timeout_s = host, port, float(timeout_s)
+        self._lock = asyncio.Lock()
+        self._transport: asyncio.Transport | None = None
+        self._proto: _MbapProtocol | None = None
+        self._tid = 0
+        self.requests = 0
+        self.failures = 0
 
-    def _make_client(self):
-        return AsyncModbusTcpClient(self.host, port=self.port, timeout=self.timeout_s, retries=0,
-                                    reconnect_delay=0, reconnect_delay_max=0)
+    @property
+    def connected(self) -> bool:
+        return self._transport is not None and not self._transport.is_closing()
+
+    async def connect(self) -> None:
+        async with self._lock:
+            await self._connect_locked()
+
+    async def _connect_locked(self) -> None:
+        if self.connected:
+            return
+        self._drop()
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.timeout_s * 2 + 0.5):
+                transport, proto = await loop.create_connection(_MbapProtocol, self.host, self.port)
+        except TimeoutError:
+            raise DeviceError(f"{self.name}: connect timed out after {self.timeout_s} s", Detail.TIMEOUT) from None
+        except (OSError, ValueError, UnicodeError) as exc:
+            raise DeviceError(f"{self.name}: cannot open: {exc}", Detail.COMM_FAILURE) from None
+        self._transport, self._proto = transport, proto
+
+    def _drop(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+        self._transport = self._proto = None
+
+    async def close(self) -> None:
+        async with self._lock:
+            self._drop()
+
+    async def _request(self, unit_id: int, what: str, frame_for) -> mbap.Response:
+        async with self._lock:
+            await self._connect_locked()
+            self.requests += 1
+            self._tid = (self._tid + 1) & 0xFFFF
+            tid = self._tid
+            label = f"{self.name}/{unit_id}: {what}"
+            proto = self._proto
+            fut = proto.expect(tid)
+            self._transport.write(frame_for(tid))
+            loop = asyncio.get_running_loop()
+            timer = loop.call_later(self.timeout_s, _expire, fut)
+            try:
+                rsp = await fut
+            except TimeoutError:
+                self.failures += 1
+                raise DeviceError(f"{label}: no answer within {self.timeout_s} s", Detail.TIMEOUT) from None
+            except (ConnectionError, OSError) as exc:
+                self.failures += 1
+                self._drop()
+                raise DeviceError(f"{label}: link lost: {exc or 'connection closed'}", Detail.COMM_FAILURE) from None
+            except mbap.FrameError as exc:
+                self.failures += 1
+                self._drop()
+                raise DeviceError(f"{label}: bad answer: {exc}", Detail.MALFORMED) from None
+            finally:
+                timer.cancel()
+                proto.forget(tid)
+            if rsp.unit != unit_id:
+                self.failures += 1
+                self._drop()
+                raise DeviceError(f"{label}: answer from unit {rsp.unit}, not {unit_id}", Detail.MALFORMED)
+            if rsp.exception is not None:
+                self.failures += 1
+                name = EXCEPTION_NAMES.get(rsp.exception, "unknown")
+                raise DeviceError(f"{label}: device answered exception {rsp.exception} ({name})",
+                                  Detail.DEVICE_EXCEPTION, rsp.exception)
+            return rsp
+
+    async def read(self, unit_id: int, table: str, address: int, count: int) -> list[int]:
+        """Read `count` registers of `table` ("holding": function 3, "input": function 4) from `address`."""
+        _check_unit(unit_id)
+        _check_read(table, address, count)
+        fc = _READ_FC[table]
+        what = f"read {table} {count} @ {address}"
+        rsp = await self._request(unit_id, what, lambda tid: mbap.encode_read(tid, unit_id, fc, address, count))
+        if rsp.function != fc or rsp.registers is None or len(rsp.registers) != count:
+            self.failures += 1
+            got = "no" if rsp.registers is None else len(rsp.registers)
+            raise DeviceError(f"{self.name}/{unit_id}: {what}: got {got} registers (function {rsp.function})",
+                              Detail.MALFORMED)
+        return list(rsp.registers)
+
+    async def write(self, unit_id: int, address: int, values: list[int]) -> None:
+        """Write holding registers from `address` (function 16)."""
+        _check_unit(unit_id)
+        values = list(values)
+        _check_write(address, values)
+        what = f"write {len(values)} @ {address}"
+        rsp = await self._request(unit_id, what, lambda tid: mbap.encode_write(tid, unit_id, address, values))
+        if rsp.function != mbap.WRITE_MULTIPLE or (rsp.address, rsp.count) != (address, len(values)):
+            self.failures += 1
+            raise DeviceError(f"{self.name}/{unit_id}: {what}: answer echoes {rsp.count} @ {rsp.address}",
+                              Detail.MALFORMED)
+
+
+def _expire(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
+class _MbapProtocol(asyncio.Protocol):
+    """Bytes in, responses out to the one request waiting for that transaction id; anything else is dropped."""
+
+    def __init__(self) -> None:
+        self._decoder = mbap.Decoder()
+        self._waiting: dict[int, asyncio.Future] = {}
+        self._closed: BaseException | None = None
+
+    def expect(self, tid: int) -> asyncio.Future:
+        fut = asyncio.get_running_loop().create_future()
+        if self._closed is not None:
+            fut.set_exception(ConnectionError(str(self._closed)))
+        else:
+            self._waiting[tid] = fut
+        return fut
+
+    def forget(self, tid: int) -> None:
+        self._waiting.pop(tid, None)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            responses = self._decoder.feed(data)
+        except mbap.FrameError as exc:
+            self._fail(exc)
+            return
+        for rsp in responses:
+            fut = self._waiting.pop(rsp.tid, None)
+            if fut is None:
+                log.debug("dropping an answer to transaction %d nobody waits for (late, after a timeout)", rsp.tid)
+            elif not fut.done():
+                fut.set_result(rsp)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exc or ConnectionError("connection closed by the device"))
+
+    def _fail(self, exc: BaseException) -> None:
+        self._closed = exc
+        waiting, self._waiting = self._waiting, {}
+        for fut in waiting.values():
+            if not fut.done():
+                fut.set_exception(exc)

@@ -10,9 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from pymodbus.client import AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-
 from gridedge.model import Detail
 
 log = logging.getLogger(__name__)
@@ -47,7 +44,7 @@ class ModbusTcpClient:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         self.host, self.port, self.unit_id, self.timeout_s = host, port, unit_id, timeout_s
         self._lock = asyncio.Lock()
-        self._client: AsyncModbusTcpClient | None = None
+        self._client = None  # pymodbus AsyncModbusTcpClient
 
     @property
     def name(self) -> str:
@@ -66,6 +63,9 @@ class ModbusTcpClient:
         if self.connected:
             return
         self._drop()
+        from pymodbus.client import AsyncModbusTcpClient  # on first use: DeviceError users need no pymodbus
+        from pymodbus.exceptions import ModbusException
+
         # retries=0 and reconnect_delay=0: timeouts and reconnects are ours to manage, not hidden in pymodbus.
         client = AsyncModbusTcpClient(self.host, port=self.port, timeout=self.timeout_s, retries=0,
                                       reconnect_delay=0, reconnect_delay_max=0)
@@ -95,6 +95,8 @@ class ModbusTcpClient:
             self._drop()
 
     async def _execute(self, what: str, call):
+        from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+
         async with self._lock:
             await self._connect_locked()
             assert self._client is not None
