@@ -444,6 +444,32 @@ CANONICAL: dict[str, Canonical] = {c.name: c for c in (
     Canonical("PFWInj", "", "constant power factor set-point while injecting",
               (Source(704, "PFWInj.PF"),), True),
     Canonical("PFWInjEna", "", "constant power factor (injection) enabled (0/1)", (Source(704, "PFWInjEna"),), True),
+    # ---- drivers (issue 4): storage and legacy read points. Own block, appended: do not interleave. ----
+    Canonical("SoC", "%", "state of charge", (Source(713, "SoC"), Source(124, "ChaState"))),
+    Canonical("SoH", "%", "state of health", (Source(713, "SoH"),)),
+    Canonical("WHRtg", "Wh", "energy rating of the storage", (Source(713, "WHRtg"), Source(120, "WHRtg"))),
+    Canonical("WHAvail", "Wh", "energy available in the storage (WHRtg x SoC x SoH)", (Source(713, "WHAvail"),)),
+    Canonical("StorSt", "", "storage status: 0 ok, 1 warning, 2 error", (Source(713, "Sta"),)),
+    Canonical("WChaRteMaxRtg", "W", "maximum charge rate, rating",
+              (Source(702, "WChaRteMaxRtg"), Source(120, "MaxChaRte"))),
+    Canonical("WDisChaRteMaxRtg", "W", "maximum discharge rate, rating",
+              (Source(702, "WDisChaRteMaxRtg"), Source(120, "MaxDisChaRte"))),
+    Canonical("WChaRteMax", "W", "maximum charge rate, setting", (Source(702, "WChaRteMax"), Source(124, "WChaMax"))),
+    Canonical("WDisChaRteMax", "W", "maximum discharge rate, setting", (Source(702, "WDisChaRteMax"),)),
+    Canonical("VAMax", "VA", "maximum apparent power, rating",
+              (Source(702, "VAMaxRtg"), Source(120, "VARtg"), Source(121, "VAMax"))),
+    Canonical("VArMaxInj", "var", "maximum reactive power injected (over-excited), rating",
+              (Source(702, "VarMaxInjRtg"), Source(120, "VArRtgQ1"), Source(121, "VArMaxQ1"))),
+    Canonical("AMax", "A", "maximum AC current, rating", (Source(702, "AMaxRtg"), Source(120, "ARtg"))),
+    Canonical("VNom", "V", "nominal AC voltage", (Source(702, "VNomRtg"), Source(121, "VRef"))),
+    Canonical("VMax", "V", "maximum AC voltage, rating", (Source(702, "VMaxRtg"), Source(121, "VMax"))),
+    Canonical("VMin", "V", "minimum AC voltage, rating", (Source(702, "VMinRtg"), Source(121, "VMin"))),
+    Canonical("WAval", "W", "active power available (e.g. from the sun)", (Source(122, "WAval"),)),
+    Canonical("VArAval", "var", "reactive power available", (Source(122, "VArAval"),)),
+    Canonical("DCW", "W", "DC power", (Source(714, "DCW"),) + _inv("DCW")),
+    Canonical("DCV", "V", "DC voltage", _inv("DCV")),
+    Canonical("TmpCab", "°C", "cabinet temperature", (Source(701, "TmpCab"),) + _inv("TmpCab")),
+    # ---- end of the drivers block ----
 )}
 
 

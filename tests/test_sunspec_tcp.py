@@ -203,7 +203,9 @@ def test_absent_device_gives_invalid_samples():
             await dev.connect()
         with pytest.raises(WriteError):
             await dev.write_points({"WMaxLimPct": 50})
-        assert all(not s.good for s in await SunSpecTcpDevice("g", "127.0.0.1", _free_port(), 0.5).poll())
+        other = SunSpecTcpDevice("g", "127.0.0.1", _free_port(), timeout_s=0.5)
+        assert all(not s.good for s in await other.poll())
+        await other.close()
         await dev.close()
     arun(main())
 
