@@ -63,7 +63,7 @@ class Rig:
 def test_discovery_and_poll(base):
     async def main():
         async with Rig(base=base, serial="SN-42") as r:
-            assert set(r.dev.models) == {1, 701, 702, 704}
+            assert set(r.dev.models) == {1, 701, 702, 704, 705, 711, 712, 715}
             assert r.dev.discovery.base == base
             assert r.dev.models[1] == (base + 4, 66)
             assert r.dev.models[701] == (base + 72, 153)
