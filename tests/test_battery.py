@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gridedge.drivers.modbus_tcp import WriteError
-from gridedge.drivers.regmap_device import LinkSpec
 from gridedge.drivers.modbus_rtu import SerialSettings
+from gridedge.drivers.regmap_device import LinkSpec
 from gridedge.drivers.scheduler import BusPool
 from gridedge.drivers.sunspec_device import SunSpecDevice
 from gridedge.hil.battery import BatteryPlant

@@ -4,6 +4,10 @@ built from a gateway config like the agent does."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -286,3 +290,30 @@ def test_sunspec_rtu_devices_from_a_config_share_the_line_with_a_meter():
             assert (await inv.write_points({"WMaxLimPct": 70}))["WMaxLimPct"] == 70.0
     arun(main())
 
+
+
+def test_inverter_cli_serves_an_rtu_line():
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "gridedge.hil.inverter_sim", "--rtu", "--w-max", "6000",
+                             "--pv-w", "3000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()          # blocks until the child prints READY (or exits)
+        assert line.startswith("READY /dev/"), (line, proc.stderr.read() if proc.poll() is not None else "")
+
+        async def main():
+            dev = SunSpecDevice("inv1", rtu(line.split()[1]), 1, pool=BusPool(), points=["WMax", "W"])
+            try:
+                s = by_name(await dev.poll())
+                assert s["WMax"].value == 6000 and s["W"].value == pytest.approx(3000, abs=50)
+                rb = await dev.write_curve(705, 2, VV)
+                assert rb["Crv[2].Pt[4].Var"] == -30.0
+            finally:
+                await dev.close()
+        arun(main())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert "model 705: curve 2 adopted" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
