@@ -1,5 +1,6 @@
 """Bus figures: the agent's own CPU time per Modbus request compared with the time the request spends on the wire,
-for RTU at 9600 / 19200 / 115200 baud and for TCP; and points per second per core polling 100 TCP devices.
+for RTU at 9600 / 19200 / 115200 baud and for TCP; points per second per core polling 100 TCP devices; and the CPU
+time of one SunSpec poll (every canonical point of the HIL inverter: 701, 702, 704 decoded) over RTU and TCP.
 
 The simulators run in a separate process (python -m gridedge.hil.modbus_sim), so the agent's CPU time
 (time.process_time of this process) is the gateway's cost alone. A pty has no baud rate: RTU wire time is computed
@@ -26,6 +27,8 @@ from gridedge.drivers import regmap
 from gridedge.drivers.modbus_rtu import SerialSettings, read_wire_time_s
 from gridedge.drivers.regmap_device import LinkSpec, RegmapDevice
 from gridedge.drivers.scheduler import BusPool, Read
+from gridedge.drivers.sunspec import split_reads
+from gridedge.drivers.sunspec_device import SunSpecDevice
 
 ROOT = Path(__file__).resolve().parents[1]
 MAP = ROOT / "drivers" / "maps" / "eastron_sdm630.toml"
@@ -44,9 +47,10 @@ def cpu_model() -> str:
 class Sim:
     """A simulator subprocess; READY line gives the pty path or the TCP ports."""
 
-    def __init__(self, *args: str):
-        self.proc = subprocess.Popen([sys.executable, "-m", "gridedge.hil.modbus_sim", *args, "--map", str(MAP)],
-                                     stdout=subprocess.PIPE, text=True)
+    def __init__(self, *args: str, module: str = "gridedge.hil.modbus_sim"):
+        extra = ["--map", str(MAP)] if module.endswith("modbus_sim") else []
+        self.proc = subprocess.Popen([sys.executable, "-m", module, *args, *extra], stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL if extra == [] else None, text=True)
         line = self.proc.stdout.readline().strip()
         if not line.startswith("READY "):
             self.stop()
@@ -116,6 +120,22 @@ async def many_tcp(ports: list[int], period_s: float, seconds: float) -> tuple[f
     return counted["good"] / wall, cpu / wall, len(devs), counted["bad"]
 
 
+async def sunspec_polls(link: LinkSpec, n: int) -> tuple[float, float, int]:
+    """(agent CPU s per poll, wall s per poll, points per poll) polling every canonical point of the HIL inverter."""
+    dev = SunSpecDevice("inv1", link, 1, pool=BusPool())
+    await dev.connect()
+    for _ in range(5):
+        await dev.poll()
+    c0, w0 = time.process_time(), time.perf_counter()
+    for _ in range(n):
+        samples = await dev.poll()
+    cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+    if not any(s.good for s in samples):
+        raise RuntimeError(f"SunSpec poll failed: {samples[:2]}")
+    await dev.close()
+    return cpu / n, wall / n, len(samples)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer requests, shorter run")
@@ -147,6 +167,26 @@ def main() -> int:
             print(f"{'TCP loopback':<16}{count:>5}{'-':>10}{cpu * 1e3:>14.3f}{'-':>10}{wall * 1e3:>15.2f}")
     finally:
         sim.stop()
+    print()
+    print("SunSpec poll of every canonical point of the HIL inverter (701 + 702 + 704 fixed parts, 268 registers)")
+    print(f"{'link':<16}{'points':>7}{'reads':>6}{'wire ms':>10}{'agent CPU ms':>14}{'CPU/wire':>10}"
+          f"{'round trip ms':>15}")
+    for kind in ("rtu", "tcp"):
+        args = ("--rtu", "--baudrate", "19200") if kind == "rtu" else ("--port", "0")
+        sim = Sim(*args, module="gridedge.hil.inverter_sim")
+        try:
+            if kind == "rtu":
+                link = LinkSpec("rtu", serial=SerialSettings(sim.ready, baudrate=19200, parity="N", timeout_s=1.0))
+            else:
+                link = LinkSpec("tcp", host="127.0.0.1", port=int(sim.ready), timeout_s=1.0)
+            cpu, wall, npts = asyncio.run(sunspec_polls(link, max(20, n // 4)))
+            chunks = [c for length in (153, 50, 65) for _, c in split_reads(0, length)]
+            wire = sum(read_wire_time_s(c, 19200) for c in chunks) if kind == "rtu" else None
+            label = "RTU 19200" if kind == "rtu" else "TCP loopback"
+            print(f"{label:<16}{npts:>7}{len(chunks):>6}{(f'{wire * 1e3:.1f}' if wire else '-'):>10}"
+                  f"{cpu * 1e3:>14.3f}{(f'{cpu / wire:.1%}' if wire else '-'):>10}{wall * 1e3:>15.2f}")
+        finally:
+            sim.stop()
     print()
     sim = Sim("tcp", "--count", "100")
     try:

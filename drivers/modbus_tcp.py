@@ -34,6 +34,10 @@ class DeviceError(Exception):
         self.exception_code = exception_code
 
 
+class WriteError(DeviceError):
+    """A control write was refused (locally or by the device), failed, or did not read back as written."""
+
+
 class ModbusTcpClient:
     """One Modbus TCP connection to one unit; never more than one request outstanding."""
 

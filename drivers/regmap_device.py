@@ -25,9 +25,8 @@ from gridedge.model import Detail, Reading, SampleBlock
 
 from . import regmap
 from .modbus_rtu import RtuSerialLink, RtuTcpLink, SerialSettings, TcpLink
-from .modbus_tcp import MAX_WRITE, DeviceError
+from .modbus_tcp import MAX_WRITE, DeviceError, WriteError
 from .scheduler import POOL, Bus, BusDevice, BusPool, Read, Result
-from .sunspec_tcp import WriteError
 
 __all__ = ["LinkSpec", "PollGroupSpec", "RegmapDevice", "KINDS"]
 

@@ -199,7 +199,13 @@ class Bus:
         self._sleepers: list[asyncio.Future] = []
         self._added = 0
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.requests = 0
+
+    @property
+    def stale(self) -> bool:
+        """Started on an event loop that has since closed (a device was never closed): unusable."""
+        return self._loop is not None and self._loop.is_closed()
 
     # -- set-up
     def device(self, unit_id: int, name: str, *, threshold: int = 3, base_backoff_s: float = 1.0,
@@ -243,6 +249,7 @@ class Bus:
         """Start the workers (idempotent); needs a running event loop."""
         if self._workers or self._closed:
             return
+        self._loop = asyncio.get_running_loop()
         self._workers = [asyncio.create_task(self._worker(link), name=f"bus:{self.name}:{i}")
                          for i, link in enumerate(self.links)]
 
@@ -485,6 +492,9 @@ class BusPool:
 
     def acquire(self, key: tuple, settings: object, make_links: Callable[[], Sequence]) -> Bus:
         entry = self._buses.get(key)
+        if entry is not None and entry[0].stale:
+            log.warning("%s: dropping a bus left over from a closed event loop", entry[0].name)
+            entry = None
         if entry is not None:
             bus, have, refs = entry
             if have != settings:

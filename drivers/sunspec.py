@@ -1,7 +1,7 @@
 """Sans-IO SunSpec codec: discovery steps, block decoding, value encoding, canonical point names.
 
-No sockets here: the transport (drivers/sunspec_tcp.py, later RTU) feeds register lists in and gets values out,
-so every rule (sentinels, scale factors, range checks) is tested without a device.
+No sockets here: the transport (drivers/sunspec_device.py, over TCP, RTU or RTU-over-TCP) feeds register lists in
+and gets values out, so every rule (sentinels, scale factors, range checks) is tested without a device.
 
 Register values are unsigned 16-bit ints, big-endian word order for 32/64-bit types (as SunSpec requires).
 """
@@ -12,7 +12,7 @@ import struct
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 
-from .sunspec_models import ModelDefError, ModelLayout, PointDef, model_layout
+from .sunspec_models import ModelDefError, ModelLayout, PointDef, instance_layout, model_layout
 
 SUNS_MARKER = (0x5375, 0x6E53)          # "SunS"
 END_MODEL_ID = 0xFFFF
@@ -185,6 +185,35 @@ def _layout(model: int | ModelLayout) -> ModelLayout:
         raise DecodeError(str(exc)) from None
 
 
+def block_layout(model: int | ModelLayout, regs: Sequence[int], first_offset: int = 2,
+                 length: int | None = None) -> ModelLayout:
+    """The layout of one device's block: for a model with repeating groups, the groups expanded by the count points
+    read from `regs` (a count that is not implemented or not in the block counts 0) and, for length-counted legacy
+    groups, by `length` (the model's L; default: the block runs to the end of the model).
+
+    A ModelLayout passed in is returned as is (the caller knows the instance)."""
+    if isinstance(model, ModelLayout):
+        return model
+    fixed = _layout(model)
+    if not fixed.repeating_groups:
+        return fixed
+    _check_regs(regs)
+    if length is None:
+        length = max(0, first_offset + len(regs) - 2)
+    counts: dict[str, int] = {}
+    for name in fixed.count_points:
+        pd = fixed.points.get(name)
+        if pd is None or pd.offset < first_offset or pd.offset + pd.size > first_offset + len(regs):
+            continue
+        v = decode_raw(pd.type, regs[pd.offset - first_offset:pd.offset - first_offset + pd.size])
+        if isinstance(v, int):
+            counts[name] = v
+    try:
+        return instance_layout(fixed.model_id, counts, min(length, 0xFFFF))
+    except ModelDefError as exc:
+        raise DecodeError(str(exc)) from None
+
+
 def _check_regs(regs: Sequence[int]) -> None:
     if isinstance(regs, (str, bytes)) or not isinstance(regs, Sequence):
         raise DecodeError(f"registers must be a sequence of ints, got {type(regs).__name__}")
@@ -220,18 +249,22 @@ def apply_sf(raw: int | float, sf: int | None) -> int | float:
 
 
 def decode_model(model: int | ModelLayout, regs: Sequence[int], first_offset: int = 2,
-                 names: Sequence[str] | None = None) -> dict[str, object]:
-    """Decode a model block into {point name: value}.
+                 names: Sequence[str] | None = None, length: int | None = None) -> dict[str, object]:
+    """Decode a model block into {point name: value}, repeating groups included ("Crv[1].Pt[2].V").
 
     `regs[0]` is the register at `first_offset` in the model (2 = first data register, right after ID and L;
-    0 = the ID register). Values are scaled by their *_SF point in the same block; "not implemented" points
-    give NOT_IMPLEMENTED, points whose value cannot be computed give BadValue. Points not entirely inside the
-    block are left out. Raises DecodeError only for registers that are not 16-bit values or an unknown model.
+    0 = the ID register). `length` is the model's L (default: the block runs to the end of the model); with the
+    count points in the block it sizes the repeating groups (see block_layout). Values are scaled by their *_SF
+    point in the same block; "not implemented" points give NOT_IMPLEMENTED, points whose value cannot be
+    computed give BadValue. Points not entirely inside the block are left out. Raises DecodeError only for
+    registers that are not 16-bit values or an unknown model.
     """
-    layout = _layout(model)
     _check_regs(regs)
     if isinstance(first_offset, bool) or not isinstance(first_offset, int) or first_offset < 0:
         raise DecodeError(f"first_offset must be an int >= 0, got {first_offset!r}")
+    if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 0):
+        raise DecodeError(f"length must be an int >= 0, got {length!r}")
+    layout = block_layout(model, regs, first_offset, length)
     end = first_offset + len(regs)
     raw: dict[str, object] = {}
     for pd in layout.points.values():
@@ -251,9 +284,10 @@ def decode_model(model: int | ModelLayout, regs: Sequence[int], first_offset: in
     return out
 
 
-def sf_values(model: int | ModelLayout, regs: Sequence[int], first_offset: int = 2) -> dict[str, int | None]:
+def sf_values(model: int | ModelLayout, regs: Sequence[int], first_offset: int = 2,
+              length: int | None = None) -> dict[str, int | None]:
     """The scale factors present in a block ({sf point name: exponent or None if not implemented})."""
-    layout = _layout(model)
+    layout = block_layout(model, regs, first_offset, length)
     sfs = [n for n, p in layout.points.items() if p.type == "sunssf"]
     dec = decode_model(layout, regs, first_offset, sfs)
     return {n: (None if v is NOT_IMPLEMENTED else v) for n, v in dec.items()}
@@ -410,6 +444,32 @@ CANONICAL: dict[str, Canonical] = {c.name: c for c in (
     Canonical("PFWInj", "", "constant power factor set-point while injecting",
               (Source(704, "PFWInj.PF"),), True),
     Canonical("PFWInjEna", "", "constant power factor (injection) enabled (0/1)", (Source(704, "PFWInjEna"),), True),
+    # ---- drivers (issue 4): storage and legacy read points. Own block, appended: do not interleave. ----
+    Canonical("SoC", "%", "state of charge", (Source(713, "SoC"), Source(124, "ChaState"))),
+    Canonical("SoH", "%", "state of health", (Source(713, "SoH"),)),
+    Canonical("WHRtg", "Wh", "energy rating of the storage", (Source(713, "WHRtg"), Source(120, "WHRtg"))),
+    Canonical("WHAvail", "Wh", "energy available in the storage (WHRtg x SoC x SoH)", (Source(713, "WHAvail"),)),
+    Canonical("StorSt", "", "storage status: 0 ok, 1 warning, 2 error", (Source(713, "Sta"),)),
+    Canonical("WChaRteMaxRtg", "W", "maximum charge rate, rating",
+              (Source(702, "WChaRteMaxRtg"), Source(120, "MaxChaRte"))),
+    Canonical("WDisChaRteMaxRtg", "W", "maximum discharge rate, rating",
+              (Source(702, "WDisChaRteMaxRtg"), Source(120, "MaxDisChaRte"))),
+    Canonical("WChaRteMax", "W", "maximum charge rate, setting", (Source(702, "WChaRteMax"), Source(124, "WChaMax"))),
+    Canonical("WDisChaRteMax", "W", "maximum discharge rate, setting", (Source(702, "WDisChaRteMax"),)),
+    Canonical("VAMax", "VA", "maximum apparent power, rating",
+              (Source(702, "VAMaxRtg"), Source(120, "VARtg"), Source(121, "VAMax"))),
+    Canonical("VArMaxInj", "var", "maximum reactive power injected (over-excited), rating",
+              (Source(702, "VarMaxInjRtg"), Source(120, "VArRtgQ1"), Source(121, "VArMaxQ1"))),
+    Canonical("AMax", "A", "maximum AC current, rating", (Source(702, "AMaxRtg"), Source(120, "ARtg"))),
+    Canonical("VNom", "V", "nominal AC voltage", (Source(702, "VNomRtg"), Source(121, "VRef"))),
+    Canonical("VMax", "V", "maximum AC voltage, rating", (Source(702, "VMaxRtg"), Source(121, "VMax"))),
+    Canonical("VMin", "V", "minimum AC voltage, rating", (Source(702, "VMinRtg"), Source(121, "VMin"))),
+    Canonical("WAval", "W", "active power available (e.g. from the sun)", (Source(122, "WAval"),)),
+    Canonical("VArAval", "var", "reactive power available", (Source(122, "VArAval"),)),
+    Canonical("DCW", "W", "DC power", (Source(714, "DCW"),) + _inv("DCW")),
+    Canonical("DCV", "V", "DC voltage", _inv("DCV")),
+    Canonical("TmpCab", "°C", "cabinet temperature", (Source(701, "TmpCab"),) + _inv("TmpCab")),
+    # ---- end of the drivers block ----
 )}
 
 

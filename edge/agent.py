@@ -80,6 +80,16 @@ class Agent:
     async def _poll_loop(self, cfg: DeviceConfig) -> None:
         dev = self.devices[cfg.id]
         period = cfg.poll_ms / 1000
+        if callable(getattr(dev, "run", None)):
+            # The device keeps its own schedule and connection (poll groups on the bus, an OPC UA subscription)
+            # and hands its samples over as they come; faults arrive as INVALID samples, never as exceptions.
+            while True:
+                try:
+                    await dev.run(self._take)
+                    return
+                except Exception:  # a driver bug must not end this device's acquisition for good
+                    log.exception("device %s: run loop failed; restarting in %.1f s", cfg.id, period)
+                    await asyncio.sleep(period)
         connected = False
         backoff = period
         next_t = time.monotonic()

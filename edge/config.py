@@ -55,7 +55,8 @@ DRIVERS: dict[str, DriverSpec] = {}
 
 def register_driver(name: str, *, transport: str = "tcp", description: str = "", needs_map: bool = False) -> DriverSpec:
     """Make `driver = "<name>"` valid in configs. Drivers call this at import; a re-register replaces.
-    transport "tcp" needs `host`; "serial" needs `serial_port` and takes the serial line keys."""
+    transport "tcp" needs `host`; "serial" needs `serial_port` and takes the serial line keys; "opcua" needs
+    `endpoint` and `nodes`."""
     spec = DriverSpec(name, transport, description, needs_map)
     DRIVERS[name] = spec
     return spec
@@ -68,6 +69,11 @@ register_driver("modbus_rtu", transport="serial", needs_map=True,
                 description="any register-map device (map = file) over Modbus RTU on a serial line")
 register_driver("modbus_rtu_tcp", transport="tcp", needs_map=True,
                 description="any register-map device (map = file), RTU frames over TCP (serial device server)")
+register_driver("sunspec_rtu", transport="serial", description="SunSpec Modbus RTU on a serial line (RS-485)")
+register_driver("sunspec_rtu_tcp", transport="tcp",
+                description="SunSpec, Modbus RTU frames over TCP (serial device server)")
+register_driver("opcua", transport="opcua",
+                description="OPC UA server (substation RTU, PMU concentrator): one subscription, read only")
 
 
 # ---------------------------------------------------------------- result types
@@ -119,13 +125,21 @@ class DeviceConfig:
     map: Path | None = None
     poll_groups: tuple[PollGroupConfig, ...] = ()
     max_outstanding: int = 1
-    # serial line (modbus_rtu)
+    # serial line (modbus_rtu, sunspec_rtu)
     serial_port: str = ""
     baudrate: int = 19200
     parity: str = "E"
     stopbits: int = 1
     bytesize: int = 8
     inter_frame_ms: float | None = None
+    # OPC UA (opcua)
+    endpoint: str = ""
+    nodes: tuple[tuple[str, str], ...] = ()        # (point name, node id)
+    security_policy: str = "None"
+    security_mode: str = "SignAndEncrypt"
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    server_cert: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -218,6 +232,36 @@ def _check_topic_prefix(prefix: str) -> str:
     return prefix
 
 
+def _opcua_endpoint(url: str) -> str:
+    """opc.tcp://host[:port][/path]."""
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+        raise s.Invalid(f"must not contain spaces or control characters, got {s.describe(url)}")
+    try:
+        parts = urlsplit(url)
+        port, host = parts.port, parts.hostname
+    except ValueError as e:
+        raise s.Invalid(f"is not a valid URL ({e}), got {s.describe(url)}") from None
+    if parts.scheme.lower() != "opc.tcp" or not host:
+        raise s.Invalid(f"must be an OPC UA endpoint like opc.tcp://host:4840/path, got {s.describe(url)}")
+    if parts.username is not None or parts.password is not None:
+        raise s.Invalid("must not contain credentials")
+    if port is not None and not 1 <= port <= 65535:
+        raise s.Invalid(f"port must be 1..65535, got {port}")
+    return url
+
+
+def _node_id(text: str) -> str:
+    """An OPC UA node id in its string form (ns=2;s=F1.MMXU1.TotW, i=2258, ns=3;g=..., ns=1;b=...)."""
+    from asyncua import ua
+
+    try:
+        ua.NodeId.from_string(text)
+    except Exception:  # noqa: BLE001 - asyncua raises several types for a bad string
+        raise s.Invalid(f"must be an OPC UA node id like 'ns=2;s=F1.MMXU1.TotW' or 'i=2258', "
+                        f"got {s.describe(text)}") from None
+    return text
+
+
 def _driver_choice(name: str) -> str:
     """Checked against the registry at validation time, so drivers registered later are accepted."""
     if name not in DRIVERS:
@@ -306,6 +350,19 @@ SCHEMA = s.Dict({
         "bytesize": s.Optional(s.Int(ge=7, le=8), default=8, doc="serial data bits"),
         "inter_frame_ms": s.Optional(s.Float(ge=0, le=1000),
                                      doc="silence between frames, ms; default 3.5 characters (1.75 ms above 19200)"),
+        "endpoint": s.Optional(s.All(s.Str(min_len=1, max_len=1024), s.Custom(_opcua_endpoint)),
+                               doc="OPC UA endpoint URL, opc.tcp://host:port/path (opcua)"),
+        "nodes": s.Optional(s.Map(s.Str(regex=r"[A-Za-z][A-Za-z0-9_.:-]{0,63}",
+                                        regex_hint="be a point name like F1.W (letters, digits, _ . : -)"),
+                                  s.All(s.Str(min_len=1, max_len=4096), s.Custom(_node_id)), min_len=1),
+                            doc="point name -> OPC UA node id, all in one subscription (opcua)"),
+        "security_policy": s.Optional(s.Str(choices=("None", "Basic256Sha256")), default="None",
+                                      doc="OPC UA security policy (opcua)"),
+        "security_mode": s.Optional(s.Str(choices=("Sign", "SignAndEncrypt")), default="SignAndEncrypt",
+                                    doc="OPC UA message security mode with Basic256Sha256 (opcua)"),
+        "client_cert": s.Optional(_PATH, doc="the gateway's OPC UA application certificate, PEM or DER (opcua)"),
+        "client_key": s.Optional(_PATH, doc="its RSA private key, PEM or DER (opcua)"),
+        "server_cert": s.Optional(_PATH, doc="the server's certificate, pinned (opcua; recommended)"),
     }), unique_key="id"), default=[]),
 })
 
@@ -404,6 +461,8 @@ def _cross_checks(raw: Any, clean: dict, base: Path, check_files: bool) -> list[
 
 _SERIAL_KEYS = ("serial_port", "baudrate", "parity", "stopbits", "bytesize", "inter_frame_ms")
 _LINE_KEYS = ("baudrate", "parity", "stopbits", "bytesize", "inter_frame_ms", "timeout_ms")
+_OPCUA_KEYS = ("endpoint", "nodes", "security_policy", "security_mode", "client_cert", "client_key", "server_cert")
+_MODBUS_KEYS = ("host", "port", "unit_id", "max_outstanding")
 
 
 def _find_map(base: Path, text: str) -> Path:
@@ -421,6 +480,11 @@ def _find_map(base: Path, text: str) -> Path:
 def _device_checks(i: int, dev: dict, raw: Mapping, spec: DriverSpec, base: Path, check_files: bool) -> list[s.Issue]:
     """Keys that belong to some drivers only; the register map and the points it must have."""
     issues: list[s.Issue] = []
+    if spec.transport == "opcua":
+        return issues + _opcua_checks(i, dev, raw, spec, base, check_files)
+    for key in _OPCUA_KEYS:
+        if key in raw:
+            issues.append(s.Issue(("devices", i, key), f"only for the opcua driver, not {spec.name!r}"))
     if spec.transport == "serial" and "serial_port" not in raw:
         issues.append(s.Issue(("devices", i, "serial_port"),
                               f"required key missing (driver {spec.name!r} uses a serial line)"))
@@ -463,35 +527,82 @@ def _device_checks(i: int, dev: dict, raw: Mapping, spec: DriverSpec, base: Path
     return issues
 
 
+def _opcua_checks(i: int, dev: dict, raw: Mapping, spec: DriverSpec, base: Path, check_files: bool) -> list[s.Issue]:
+    issues: list[s.Issue] = []
+    for key in ("endpoint", "nodes"):
+        if key not in raw:
+            issues.append(s.Issue(("devices", i, key), f"required key missing (driver {spec.name!r})"))
+    for key in _MODBUS_KEYS + _SERIAL_KEYS + ("map", "poll_groups", "points"):
+        if key in raw:
+            hint = " (the endpoint URL holds host and port)" if key in ("host", "port") else ""
+            hint = " (the point names are the keys of nodes)" if key == "points" else hint
+            issues.append(s.Issue(("devices", i, key), f"not for the opcua driver{hint}"))
+    if dev.get("writable") is True:
+        issues.append(s.Issue(("devices", i, "writable"), "the opcua driver is read-only (monitoring); "
+                                                          "set writable = false"))
+    secure = dev.get("security_policy", "None") != "None"
+    if not secure:
+        for key in ("security_mode", "client_cert", "client_key", "server_cert"):
+            if key in raw:
+                issues.append(s.Issue(("devices", i, key), "only with security_policy = \"Basic256Sha256\""))
+        return issues
+    for key in ("client_cert", "client_key"):
+        if key not in raw:
+            issues.append(s.Issue(("devices", i, key), "required key missing (needed with security_policy "
+                                                       f"{dev['security_policy']!r})"))
+    if check_files:
+        for key in ("client_cert", "client_key", "server_cert"):
+            if key in dev:
+                msg = _file_problem(_resolve(base, dev[key]))
+                if msg:
+                    issues.append(s.Issue(("devices", i, key), msg))
+    return issues
+
+
 def _no_point(name: str, rmap) -> str:
     msg = f"no point {name!r} in map {rmap.origin}"
     guess = s.suggest(name, rmap.names)
     return msg + (f" (did you mean {guess!r}?)" if guess else "")
 
 
+#: TCP drivers whose devices at the same host:port share one connection (one bus), by framing.
+_TCP_FRAMING = {"modbus_tcp": "tcp", "sunspec_tcp": "tcp", "modbus_rtu_tcp": "rtu_tcp", "sunspec_rtu_tcp": "rtu_tcp"}
+
+
 def _line_checks(devices: list) -> list[s.Issue]:
-    """Devices on one serial port share the line: same settings, distinct unit ids."""
+    """Devices on one serial port share the line: same settings, distinct unit ids. Devices at one TCP endpoint
+    (a gateway with several unit ids) share one connection: same timeout and requests in flight (the same unit
+    may be read by two drivers, e.g. SunSpec and a register map of vendor registers)."""
     issues: list[s.Issue] = []
-    first: dict[str, int] = {}
-    units: dict[tuple[str, int], int] = {}
+    first: dict[tuple, int] = {}
+    units: dict[tuple, int] = {}
     for i, dev in enumerate(devices):
-        if not isinstance(dev, dict) or not isinstance(dev.get("serial_port"), str):
+        if not isinstance(dev, dict):
             continue
         spec = DRIVERS.get(dev.get("driver", ""))
-        if spec is None or spec.transport != "serial":
+        if spec is None:
             continue
-        port = dev["serial_port"]
-        j = first.setdefault(port, i)
+        if spec.transport == "serial" and isinstance(dev.get("serial_port"), str):
+            link, keys = ("serial", dev["serial_port"]), _LINE_KEYS
+            where = f"serial port {dev['serial_port']!r}"
+        elif spec.name in _TCP_FRAMING and isinstance(dev.get("host"), str):
+            link, keys = (_TCP_FRAMING[spec.name], dev["host"], dev.get("port")), ("timeout_ms", "max_outstanding")
+            where = f"endpoint {dev['host']}:{dev.get('port')}"
+        else:
+            continue
+        j = first.setdefault(link, i)
         if j != i:
-            for key in _LINE_KEYS:
+            for key in keys:
                 if dev.get(key) != devices[j].get(key):
-                    issues.append(s.Issue(("devices", i, key), f"differs from devices[{j}] on the same serial port "
-                                                               f"{port!r} ({dev.get(key)!r} vs {devices[j].get(key)!r})"))
+                    issues.append(s.Issue(("devices", i, key), f"differs from devices[{j}] on the same {where} "
+                                                               f"({dev.get(key)!r} vs {devices[j].get(key)!r})"))
+        if link[0] != "serial":
+            continue
         unit = dev.get("unit_id")
-        k = units.setdefault((port, unit), i)
+        k = units.setdefault(link + (unit,), i)
         if k != i:
             issues.append(s.Issue(("devices", i, "unit_id"), f"unit {unit} is already used by devices[{k}] on "
-                                                             f"serial port {port!r}"))
+                                                             f"{where}"))
     return issues
 
 
@@ -536,6 +647,11 @@ def _build(c: dict, base: Path) -> Config:
             max_outstanding=d["max_outstanding"], serial_port=d.get("serial_port", ""), baudrate=d["baudrate"],
             parity=d["parity"], stopbits=d["stopbits"], bytesize=d["bytesize"],
             inter_frame_ms=d.get("inter_frame_ms"),
+            endpoint=d.get("endpoint", ""), nodes=tuple(d.get("nodes", {}).items()),
+            security_policy=d["security_policy"], security_mode=d["security_mode"],
+            client_cert=_resolve(base, d["client_cert"]) if "client_cert" in d else None,
+            client_key=_resolve(base, d["client_key"]) if "client_key" in d else None,
+            server_cert=_resolve(base, d["server_cert"]) if "server_cert" in d else None,
         )
         for d in c["devices"]
     )

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "INVALID", "MISSING", "Invalid", "Issue", "Schema", "Key", "Required", "Optional", "Dict", "List",
+    "INVALID", "MISSING", "Invalid", "Issue", "Schema", "Key", "Required", "Optional", "Dict", "List", "Map",
     "Str", "Int", "Float", "Bool", "Custom", "All", "validate", "describe", "format_path",
     "format_issue", "format_issues", "walk", "suggest",
 ]
@@ -298,6 +298,41 @@ class List(Schema):
                 where = format_path(path + (first,) + sub)
                 shown = _short(v) if isinstance(v, str) else describe(v)
                 issues.append(Issue(path + (i,) + sub, f"duplicate {shown}, already used by {where}"))
+
+
+class Map(Schema):
+    """A table whose keys are data, not names (e.g. point name -> OPC UA node id): every key is checked by `key`
+    (a Str), every value by `value`; each problem is reported at its own key."""
+
+    def __init__(self, key: Schema, value: Schema, *, min_len: int = 0, max_len: int | None = None,
+                 doc: str = "") -> None:
+        self.key = key
+        self.value = value
+        self.min_len = min_len
+        self.max_len = max_len
+        self.doc = doc
+
+    def _run(self, value: Any, path: PathT, issues: list[Issue]) -> Any:
+        if not isinstance(value, Mapping):
+            return self._fail(path, issues, f"must be a table, got {describe(value)}")
+        n = len(value)
+        if n < self.min_len:
+            issues.append(Issue(path, f"must have at least {self.min_len} entr{'y' if self.min_len == 1 else 'ies'}, "
+                                      f"got {n}"))
+        if self.max_len is not None and n > self.max_len:
+            issues.append(Issue(path, f"must have at most {self.max_len} entries, got {n}"))
+        clean: dict[Any, Any] = {}
+        for k, v in value.items():
+            name = k if isinstance(k, str) else _safe_repr(k)
+            key_issues: list[Issue] = []
+            self.key._run(k, path + (name,), key_issues)
+            if key_issues:
+                issues.extend(Issue(i.path, f"key {i.message}") for i in key_issues)
+                continue
+            result = self.value._run(v, path + (name,), issues)
+            if result is not INVALID:
+                clean[k] = result
+        return clean
 
 
 def _s(n: int) -> str:

@@ -1,4 +1,6 @@
-"""SunSpec PV inverter on Modbus TCP for hardware-in-the-loop tests: models 1, 701, 702, 704 over a PVInverterPlant.
+"""SunSpec PV inverter for hardware-in-the-loop tests: models 1, 701, 702, 704 over a PVInverterPlant, plus stored
+curves 705 (volt-var), 711 (frequency droop controls), 712 (watt-var) with adoption and 715 (heartbeats), on Modbus
+TCP or on a pseudo-terminal RTU line (hil/sunspec_sim.py has the curve and heartbeat models).
 
 Register images are built from the pysunspec2 definitions with gridedge's own encoder, so the driver and the
 simulator share definitions but not code paths for the wire format (a layout bug shows up as a test failure,
@@ -8,7 +10,8 @@ Writes into 704 are validated like a device would: a value outside the plant's r
 ILLEGAL_DATA_VALUE; a write touching a read-only register, or a control this device does not implement, gives
 ILLEGAL_DATA_ADDRESS. Nothing changes on a refused write.
 
-CLI: python -m gridedge.hil.inverter_sim --port 1502   (prints "READY <port>" once serving; SIGTERM/SIGINT stop it)
+CLI: python -m gridedge.hil.inverter_sim --port 1502 [--rtu]
+     (prints "READY <port>" or "READY <pty path>" once serving; SIGTERM/SIGINT stop it)
 """
 from __future__ import annotations
 
@@ -26,10 +29,13 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from gridedge.drivers import sunspec as ss
 from gridedge.drivers.sunspec_models import model_layout
 from gridedge.hil.plant import PvProfile, PVInverterPlant
+from gridedge.hil.sunspec_sim import CURVE_SFS, CurveModel, DerControl715, SunSpecImage, write_to_handler
 
 log = logging.getLogger("gridedge.hil.inverter_sim")
 
-MODELS = (1, 701, 702, 704)
+MODELS = (1, 701, 702, 704, 705, 711, 712, 715)
+#: Stored curves / controls of the curve models (curve 1 is the active one).
+MODEL_COUNTS = {705: {"NCrv": 3, "NPt": 4}, 711: {"NCtl": 2}, 712: {"NCrv": 2, "NPt": 4}}
 
 
 
@@ -66,7 +72,7 @@ class InverterSim:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, unit_id: int = 1, w_max: float = 10000.0,
                  pv: PvProfile | float = 8000.0, ramp_pct_per_s: float = 10.0, serial: str = "SIM0001",
-                 base: int = 40000, step_s: float = 0.1):
+                 base: int = 40000, step_s: float = 0.1, models: tuple[int, ...] = MODELS):
         if base not in ss.BASE_ADDRESSES:
             raise ValueError(f"base must be one of {ss.BASE_ADDRESSES}")
         self.host, self.port, self.unit_id, self.base, self.step_s = host, port, unit_id, base, step_s
@@ -75,43 +81,30 @@ class InverterSim:
         self.sf = scale_factors(self.plant.w_max, self.plant.n_phases)
         self.writes_applied = 0
         self.writes_refused = 0
-        # layout: model id -> address of the ID register
-        self.model_addr: dict[int, int] = {}
-        addr = base + 2
-        for mid in MODELS:
-            self.model_addr[mid] = addr
-            addr += model_layout(mid).fixed_len
-        self.end_addr = addr                       # 0xFFFF end marker here
-        self.image: list[int] = [0] * (addr + 2 - base)
-        self.image[0:2] = list(ss.SUNS_MARKER)
-        self.image[addr - base:addr - base + 2] = [ss.END_MODEL_ID, 0]
+        if not {1, 701, 704} <= set(models):
+            raise ValueError("an inverter needs at least models 1, 701 and 704")
+        # layout (every point "not implemented" first): model id -> address of the ID register
+        self.map = SunSpecImage([(m, MODEL_COUNTS.get(m, {})) for m in models], base, {**CURVE_SFS, **self.sf})
+        self.model_addr: dict[int, int] = self.map.model_addr
+        self.end_addr = self.map.end_addr            # 0xFFFF end marker here
+        self.image: list[int] = self.map.image
         self._render_static()
+        # 705/711/712 stored curves and 715 heartbeats: written by the gateway, adopted at the next step
+        self.handlers: dict[int, object] = {m: CurveModel(self.map, m) for m in (705, 711, 712) if m in models}
+        if 715 in models:
+            self.handlers[715] = DerControl715(self.map)
         self.refresh()
         self._server: ModbusTcpServer | None = None
+        self._line = None
         self._task: asyncio.Task | None = None
 
     # ------------------------------------------------------------------ register image
 
     def _put(self, mid: int, values: dict[str, object]) -> None:
         """Encode engineering values into model `mid` (points not given stay as they are)."""
-        lay = model_layout(mid)
-        start = self.model_addr[mid] - self.base
-        sfs = self.sf.get(mid, {})
-        for name, v in values.items():
-            p = lay.points[name]
-            if p.type == "sunssf":
-                regs = ss.encode_raw("sunssf", v)
-            else:
-                regs = ss.encode_point(p, v, sf=sfs.get(p.sf) if isinstance(p.sf, str) else None)
-            self.image[start + p.offset:start + p.offset + p.size] = regs
+        self.map.put(mid, values)
 
     def _render_static(self) -> None:
-        for mid in MODELS:
-            lay = model_layout(mid)
-            # every point "not implemented" first, then what we implement
-            self._put(mid, {n: None for n in lay.points if n not in ("ID", "L")})
-            self._put(mid, {"ID": mid, "L": lay.fixed_data_len})
-            self._put(mid, dict(self.sf.get(mid, {})))
         p = self.plant
         self._put(1, {"Mn": "gridedge", "Md": "hil-inverter", "Opt": "plant", "Vr": "0.1.0", "SN": self.serial,
                       "DA": self.unit_id, "Pad": 0})
@@ -187,6 +180,16 @@ class InverterSim:
                 self.image[off:off + count]
             return None
         values = [int(v) for v in (set_values if isinstance(set_values, list) else [set_values])]
+        mid = self.map.model_of(address, len(values))
+        if mid in self.handlers:          # 705 / 711 / 712 curves, 715 heartbeat
+            result = write_to_handler(self.map, self.handlers[mid], mid, address, values)
+            if isinstance(result, ExcCodes):
+                self.writes_refused += 1
+                return result
+            self.writes_applied += 1
+            if isinstance(set_values, list):
+                set_values[:] = self.map.read(address, len(values))
+            return None
         a704 = self.model_addr[704]
         l704 = model_layout(704).fixed_len
         if address < a704 + 2 or address + len(values) > a704 + l704:
@@ -214,14 +217,30 @@ class InverterSim:
             set_values[:] = values
         return None
 
+    def sim_device(self) -> SimDevice:
+        """This inverter as a pymodbus SimDevice (a TCP server, or a unit on a ModbusLineSim RTU line)."""
+        return SimDevice(id=self.unit_id, simdata=[SimData(address=self.base, values=list(self.image),
+                                                           datatype=DataType.REGISTERS)], action=self._action)
+
+    def start_plant(self) -> None:
+        """Step the plant in the background (idempotent); start() and start_rtu() do it."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"inverter-sim-{self.unit_id}")
+
+    async def start_rtu(self, baudrate: int = 19200) -> str:
+        """Serve as the only unit of a pseudo-terminal RTU line and step the plant; returns the port to open."""
+        from gridedge.hil.modbus_sim import ModbusLineSim
+
+        self._line = ModbusLineSim({self.unit_id: self}, baudrate=baudrate)
+        port = await self._line.start()
+        self.start_plant()
+        return port
+
     async def start(self) -> int:
         """Start serving and stepping the plant; returns the bound TCP port."""
         if self._server is not None:
             raise RuntimeError("simulator already started")
-        device = SimDevice(id=self.unit_id, simdata=[SimData(address=self.base, values=list(self.image),
-                                                             datatype=DataType.REGISTERS)],
-                           action=self._action)
-        server = ModbusTcpServer(device, address=(self.host, self.port))
+        server = ModbusTcpServer(self.sim_device(), address=(self.host, self.port))
         await server.serve_forever(background=True)
         self._server = server
         sockets = server.transport.sockets if server.transport is not None else []
@@ -229,7 +248,7 @@ class InverterSim:
             await self.stop()
             raise RuntimeError(f"simulator could not listen on {self.host}:{self.port}")
         self.port = sockets[0].getsockname()[1]
-        self._task = asyncio.create_task(self._run(), name=f"inverter-sim-{self.port}")
+        self.start_plant()
         return self.port
 
     async def _run(self) -> None:
@@ -239,6 +258,8 @@ class InverterSim:
             now = time.monotonic()
             try:
                 self.plant.step(now - last)
+                for h in self.handlers.values():
+                    h.step()
                 self.refresh()
             except Exception:  # noqa: BLE001 - a rendering bug must show in the log, not silently freeze the plant
                 log.exception("plant step failed")
@@ -255,6 +276,9 @@ class InverterSim:
         if self._server is not None:
             await self._server.shutdown()
             self._server = None
+        if self._line is not None:
+            await self._line.stop()
+            self._line = None
 
 
 # ---------------------------------------------------------------------- CLI
@@ -269,6 +293,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--ramp-pct-per-s", type=float, default=10.0)
     ap.add_argument("--serial", default="SIM0001")
     ap.add_argument("--base", type=int, default=40000, choices=ss.BASE_ADDRESSES)
+    ap.add_argument("--rtu", action="store_true", help="serve on a pseudo-terminal RTU line instead of TCP")
+    ap.add_argument("--baudrate", type=int, default=19200)
     return ap.parse_args(argv)
 
 
@@ -279,7 +305,7 @@ async def _main(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    port = await sim.start()
+    port = await sim.start_rtu(args.baudrate) if args.rtu else await sim.start()
     print(f"READY {port}", flush=True)
     try:
         await stop.wait()

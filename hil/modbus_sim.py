@@ -208,10 +208,11 @@ class UnitSim:
 
 
 def make_units(spec: Mapping[int, Any]) -> dict[int, UnitSim]:
-    """{unit id: UnitSim | RegisterMap | path to a map | {table: {address: register}}} -> UnitSims."""
+    """{unit id: UnitSim | RegisterMap | path to a map | {table: {address: register}} | any simulator with a
+    sim_device() (e.g. a SunSpec inverter or battery sim)} -> units."""
     units: dict[int, UnitSim] = {}
     for uid, v in spec.items():
-        if isinstance(v, UnitSim):
+        if isinstance(v, UnitSim) or callable(getattr(v, "sim_device", None)):
             units[uid] = v
         elif isinstance(v, regmap.RegisterMap):
             units[uid] = UnitSim(uid, v)

@@ -45,8 +45,9 @@ def test_layout_704_details():
     assert lay.points["WMaxLimPct"].sf == "WMaxLimPct_SF" and lay.points["WMaxLimPct"].writable
     assert not lay.points["WMaxLimPctRvrtRem"].writable
     assert lay.points["WMaxLimPctRvrtTms"].size == 2
-    assert lay.skipped_groups == ()
-    assert model_layout(705).skipped_groups == ("Crv",)
+    assert lay.repeating_groups == ()
+    assert model_layout(705).repeating_groups == ("Crv",)      # the fixed part ends where the curves begin
+    assert model_layout(705).count_points == ("NCrv", "NPt")
 
 
 def test_unknown_model():

@@ -63,7 +63,7 @@ class Rig:
 def test_discovery_and_poll(base):
     async def main():
         async with Rig(base=base, serial="SN-42") as r:
-            assert set(r.dev.models) == {1, 701, 702, 704}
+            assert set(r.dev.models) == {1, 701, 702, 704, 705, 711, 712, 715}
             assert r.dev.discovery.base == base
             assert r.dev.models[1] == (base + 4, 66)
             assert r.dev.models[701] == (base + 72, 153)
@@ -203,7 +203,9 @@ def test_absent_device_gives_invalid_samples():
             await dev.connect()
         with pytest.raises(WriteError):
             await dev.write_points({"WMaxLimPct": 50})
-        assert all(not s.good for s in await SunSpecTcpDevice("g", "127.0.0.1", _free_port(), 0.5).poll())
+        other = SunSpecTcpDevice("g", "127.0.0.1", _free_port(), timeout_s=0.5)
+        assert all(not s.good for s in await other.poll())
+        await other.close()
         await dev.close()
     arun(main())
 
