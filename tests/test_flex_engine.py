@@ -172,13 +172,17 @@ def test_nomination_is_the_baseline(tmp_path):
            "start": "2026-11-26T11:00:00Z", "isp_s": 900, "w": [7000.0, 7000.0]}
     validate_message("gridedge/v1/gw1/nomination", nom)
     assert sim.engine.nomination(json.dumps(nom).encode(), sim.t).values_w == (7000.0, 7000.0)
+    newer = {**nom, "nomination_id": "n2", "w": [7000.0, 7000.0]}
+    assert sim.engine.nomination(json.dumps(newer).encode(), sim.t).repeated is False
+    stale = {**nom, "w": [1.0, 1.0]}  # n1 again (a re-delivery with other content): must not undo n2
+    assert sim.engine.nomination(json.dumps(stale).encode(), sim.t).repeated is True
     start = THU + 11 * 3600 * S
     sim.run(2 * 3600, dt_s=10.0, at={start: lambda: (sim.curtail(50.0)(), sim.engine.activation(
         ActivationWindow("a1", "dso", ("pv1",), "down", start, start + 1800 * S, requested_w=2000.0)))})
     docs = sim.published("settlement")
     assert [d["baseline_wh"] for d in docs] == [1750.0, 1750.0]
     assert docs[1]["delivered_wh"] == pytest.approx(1750.0 - 1250.0, abs=1.0)  # nominated 7000 W, capped at 5000 W
-    assert docs[1]["resources"][0]["baseline"]["inputs"] == {"nominations": ["n1"]}
+    assert docs[1]["resources"][0]["baseline"]["inputs"] == {"nominations": ["n2"]}
     assert docs[1]["pass"] is True  # 500 Wh delivered of 500 Wh requested
 
 

@@ -31,7 +31,7 @@ from ..model import Sample
 from . import messages as msg
 from .accuracy import placebo
 from .availability import BatteryState, InverterState, LoadState, availability
-from .baselines import METHODS, Baseline, BaselineInput, BaselineResult, make_baseline
+from .baselines import METHODS, Baseline, BaselineError, BaselineInput, BaselineResult, make_baseline
 from .history import History
 from .isp import DAY_NS, IspGrid, day_start, is_weekend
 from .metering import QUALITIES, MeterSeries
@@ -165,9 +165,12 @@ class FlexEngine:
         return True
 
     def nomination(self, payload: bytes, now_ns: int) -> Nomination:
-        """Parse and store a nomination; raises NominationRejected (answer it like a rejected command)."""
+        """Parse and store a nomination; raises NominationRejected (answer it like a rejected command). A
+        nomination_id seen before is not applied again (it would undo a newer one): `repeated` is then True."""
         nom = parse_nomination(payload, now_ns, grid=self.grid, resources=self.resources,
                                gate_closure_s=self.config.gate_closure_s)
+        if self.history.nomination_seen(nom.nomination_id):
+            return dataclasses.replace(nom, repeated=True)
         self.history.add_nomination(nom.resource, self.grid, nom.start_ns, nom.values_w, nom.nomination_id, now_ns)
         return nom
 
@@ -470,7 +473,12 @@ class FlexEngine:
         """Placebo-day accuracy of each resource's configured method and of every built-in method (defaults),
         on the days before `day`."""
         methods: list[Baseline] = [self.methods[resources[0]]]
-        methods += [cls() for mid, cls in METHODS.items() if mid != methods[0].id]
+        for mid, cls in METHODS.items():
+            if mid != methods[0].id:
+                try:
+                    methods.append(cls())
+                except BaselineError:  # a registered method without usable defaults is compared only if configured
+                    continue
         lookback = max(m.lookback_days for m in methods)
         ndays = lookback + self.config.placebo_days
         first = day - ndays * DAY_NS

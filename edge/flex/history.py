@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS settled (activation_id TEXT NOT NULL, start_ns INTEGE
 CREATE TABLE IF NOT EXISTS nominations (resource TEXT NOT NULL, isp_s INTEGER NOT NULL, start_ns INTEGER NOT NULL,
     w REAL NOT NULL, nomination_id TEXT NOT NULL, received_ns INTEGER NOT NULL,
     PRIMARY KEY (resource, isp_s, start_ns)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS nomination_ids (nomination_id TEXT PRIMARY KEY, received_ns INTEGER NOT NULL) WITHOUT ROWID;
 """
 
 
@@ -165,6 +166,10 @@ class History:
                 for k, w in enumerate(values_w)]
         with self.db:
             self.db.executemany("INSERT OR REPLACE INTO nominations VALUES (?, ?, ?, ?, ?, ?)", rows)
+            self.db.execute("INSERT OR IGNORE INTO nomination_ids VALUES (?, ?)", (nomination_id, received_ns))
+
+    def nomination_seen(self, nomination_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM nomination_ids WHERE nomination_id=?", (nomination_id,)).fetchone() is not None
 
     def nominations(self, resources: Sequence[str], day_ns: int, grid: IspGrid) -> tuple[np.ndarray, list[list[str]]]:
         """(len(resources), ISPs per day) nominated Wh for one UTC day (NaN where none) and the ids used per resource."""
@@ -200,6 +205,7 @@ class History:
         with self.db:
             n = self.db.execute("DELETE FROM intervals WHERE start_ns<?", (cutoff,)).rowcount
             self.db.execute("DELETE FROM nominations WHERE start_ns<?", (cutoff,))
+            self.db.execute("DELETE FROM nomination_ids WHERE received_ns<?", (cutoff,))
             self.db.execute("DELETE FROM settled WHERE activation_id IN "
                             "(SELECT activation_id FROM activations WHERE end_ns<?)", (cutoff,))
             self.db.execute("DELETE FROM activations WHERE end_ns<?", (cutoff,))

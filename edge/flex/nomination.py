@@ -46,6 +46,7 @@ class Nomination:
     start_ns: int
     isp_s: int
     values_w: tuple[float, ...]
+    repeated: bool = False  # the id was seen before: not applied again (FlexEngine.nomination)
 
     @property
     def end_ns(self) -> int:
