@@ -6,9 +6,14 @@ import json
 import subprocess
 import sys
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gridedge.flex.baselines import METHODS, BaselineError
 from gridedge.flex.history import History
 from gridedge.flex.isp import DAY_NS, IspGrid, date_ns
 from gridedge.flex.metering import IntervalEnergy
+from gridedge.flex.report import parse_method
 from gridedge.hil.profiles import sites
 
 GRIDEDGE = [sys.executable, "-m", "gridedge", "baselines"]
@@ -57,3 +62,16 @@ def test_bad_arguments_are_named():
     res = run("--history", "/nonexistent/flex.sqlite")
     assert res.returncode == 1 and "no history file /nonexistent/flex.sqlite" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=60) | st.builds(lambda m, kv: m + ":" + kv, st.sampled_from(sorted(METHODS) + ["x"]),
+                                        st.text(alphabet="xyzadjustmntcap_=,.0123456789-", max_size=40)))
+def test_fuzz_method_specs(spec):
+    """--method parsing: a configured method or a BaselineError naming the fault, nothing else."""
+    try:
+        m = parse_method(spec)
+    except BaselineError as exc:
+        assert str(exc)
+    else:
+        assert m.id in METHODS

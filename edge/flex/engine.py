@@ -456,7 +456,12 @@ class FlexEngine:
 
     def _accuracy(self, now: int) -> list[FlexRecord]:
         day = day_start(now)
-        if self._accuracy_day == day or not self.resources or self.history.span(self.grid) is None:
+        if self._accuracy_day == day or not self.resources:
+            return []
+        closed = min((m.closed_until or 0) for m in self.meters.values())
+        if closed < day and now < day + 3600 * 1_000_000_000:
+            return []  # wait (up to an hour) until yesterday's last ISPs are closed
+        if self.history.span(self.grid) is None:
             return []
         self._accuracy_day = day
         self.history.set_meta("accuracy_day", day)
