@@ -246,3 +246,14 @@ def test_bad_inputs_are_refused_and_a_failing_stage_does_not_stop_the_others(tmp
     sim.engine.history.add([])  # history exists but empty: accuracy is skipped until there is data
     sim.run(1200)
     assert sim.published("availability") and sim.engine.errors == 1  # once a day: tried once, logged, counted
+
+
+def test_a_stored_activation_of_a_resource_no_longer_configured_is_closed(tmp_path):
+    sim = Sim(tmp_path, {"resources": [PV1, {**PV1, "id": "pv2"}]}, THU + 10 * 3600 * S)
+    sim.engine.activation(ActivationWindow("a1", "dso", ("pv2",), "up", sim.t, sim.t + 3600 * S, requested_w=1.0))
+    sim.engine.close()
+    sim.flex_cfg = parse_flex({"horizon_isps": 4, "resources": [PV1]})  # pv2 removed from the configuration
+    sim.engine = FlexEngine(sim.flex_cfg, tmp_path, now_ns=sim.t)
+    assert sim.engine.active == {}
+    sim.run(1000)
+    assert sim.engine.errors == 0 and sim.engine.history.open_activations() == []

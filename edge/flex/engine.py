@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..contract import iso_utc
 from ..model import Sample
 from . import messages as msg
 from .accuracy import placebo
@@ -100,6 +101,12 @@ class FlexEngine:
                 w = ActivationWindow.from_json(doc)
             except (KeyError, TypeError, ValueError) as exc:
                 log.error("flex: stored activation not readable, skipped: %s", exc)
+                continue
+            gone = [r for r in w.resources if r not in self.resources]
+            if gone:  # the configuration changed under it: it cannot be settled any more
+                log.error("flex: activation %s names resources no longer configured (%s); not settled further",
+                          w.activation_id, ", ".join(gone))
+                self.history.save_activation(w.activation_id, w.start_ns, w.end_ns, w.resources, doc, done=True)
                 continue
             self.active[w.activation_id] = _Active(w, self.history.settled(w.activation_id))
         self._tests: dict[str, StepRecorder] = {}
@@ -430,11 +437,10 @@ class FlexEngine:
                 continue
             del self._tests[tid]
             try:
-                result = {"test_id": tid, "point": t.point, "step": msg.isp(t.step_ns, 0)["start"],
-                          "ok": True, "result": t.analyse().to_json()}
+                result = {"test_id": tid, "point": t.point, "step": iso_utc(t.step_ns), "ok": True,
+                          "result": t.analyse().to_json()}
             except ValueError as exc:
-                result = {"test_id": tid, "point": t.point, "step": msg.isp(t.step_ns, 0)["start"],
-                          "ok": False, "reason": str(exc)}
+                result = {"test_id": tid, "point": t.point, "step": iso_utc(t.step_ns), "ok": False, "reason": str(exc)}
             self.history.set_meta(f"steptest:{t.resource}", result)
             self._prequal_due.add(t.resource)
         return []

@@ -21,6 +21,7 @@ from .. import schema as s
 from .accuracy import placebo
 from .baselines import Baseline, BaselineError, make_baseline
 from .isp import DAY_NS, ISP_MINUTES, IspGrid, date_ns, day_start, is_weekend
+from .settings import parse_window
 
 DEFAULT_METHODS = ("x_of_y", "x_of_y:adjustment=additive", "x_of_y:adjustment=none",
                    "x_of_y:x=4,y=5,adjustment=none", "meter_before_after", "rolling_average", "nomination")
@@ -48,12 +49,10 @@ def _value(text: str):
 
 
 def _window(text: str) -> tuple[int, int]:
-    from .settings import _window as check
-
     try:
-        return check(text)
-    except Exception as exc:
-        raise argparse.ArgumentTypeError(getattr(exc, "message", str(exc))) from None
+        return parse_window(text)
+    except s.Invalid as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 def _label(m: Baseline) -> str:

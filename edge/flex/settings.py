@@ -47,7 +47,7 @@ def _date(v: Any) -> _dt.date:
     raise s.Invalid(f"must be a date like 2026-12-25, got {s.describe(v)}")
 
 
-def _window(v: Any) -> tuple[int, int]:
+def parse_window(v: Any) -> tuple[int, int]:
     """"HH:MM-HH:MM" (UTC) -> minutes since midnight (start, end); end 24:00 allowed."""
     m = re.fullmatch(r"(\d{2}):(\d{2})-(\d{2}):(\d{2})", v) if isinstance(v, str) else None
     if m is None:
@@ -113,7 +113,7 @@ FLEX_SCHEMA = s.Dict({
                                  doc="nominations must start at least this long after they arrive"),
     "holidays": s.Optional(s.List(s.Custom(_date), unique=True), default=[],
                            doc="dates (UTC) treated as weekend days by the baselines"),
-    "accuracy_window": s.Optional(s.Custom(_window), default="08:00-20:00",
+    "accuracy_window": s.Optional(s.Custom(parse_window), default="08:00-20:00",
                                   doc="UTC window of the daily placebo-day accuracy evaluation"),
     "placebo_days": s.Optional(s.Int(ge=1, le=60), default=10, doc="placebo days in the accuracy evaluation"),
     "resources": s.Optional(s.List(RESOURCE_SCHEMA, unique_key="id"), default=[], doc="flexible resources"),
