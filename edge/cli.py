@@ -1,4 +1,4 @@
-"""The `gridedge` command: run the agent, check a configuration, or run the demo."""
+"""The `gridedge` command: run the agent, check a configuration, run the demo, or evaluate baselines."""
 from __future__ import annotations
 
 import argparse
@@ -45,6 +45,12 @@ def _demo(args) -> int:
     return run_demo(limit_pct=args.limit_pct, duration_s=args.duration_s, keep=args.keep)
 
 
+def _baselines(argv: list[str]) -> int:
+    from .flex.report import main as baselines_main
+
+    return baselines_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="gridedge", description="Grid-edge gateway agent.")
     ap.add_argument("--version", action="version", version=f"gridedge {__version__}")
@@ -61,5 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration-s", type=float, default=10.0)
     p.add_argument("--keep", action="store_true", help="keep the work directory (certificates, logs)")
     p.set_defaults(func=_demo)
+    sub.add_parser("baselines", add_help=False,  # its own parser: gridedge baselines --help
+                   help="placebo-day accuracy of the baselines (MdAPE, bias, RRMSE)")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["baselines"]:
+        return _baselines(argv[1:])
     args = ap.parse_args(argv)
     return args.func(args)

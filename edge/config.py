@@ -17,11 +17,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gridedge import schema as s
+from gridedge.flex.settings import FLEX_SCHEMA, FlexConfig, build_flex, flex_issues
 
 __all__ = [
     "ConfigError", "Config", "GatewayConfig", "UplinkConfig", "DeviceConfig", "ControlConfig", "StorageConfig",
     "DriverSpec", "DRIVERS", "register_driver", "load_config", "parse_config", "check_main", "SCHEMA",
-    "PollGroupConfig",
+    "PollGroupConfig", "FlexConfig",
 ]
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,7 @@ class Config:
     storage: StorageConfig
     source: Path | None
     sha256: str  # of the file bytes; "" when parsed from a dict
+    flex: FlexConfig = FlexConfig()  # [flex]: gridedge.flex.settings
 
     def device(self, device_id: str) -> DeviceConfig:
         for d in self.devices:
@@ -364,6 +366,7 @@ SCHEMA = s.Dict({
         "client_key": s.Optional(_PATH, doc="its RSA private key, PEM or DER (opcua)"),
         "server_cert": s.Optional(_PATH, doc="the server's certificate, pinned (opcua; recommended)"),
     }), unique_key="id"), default=[]),
+    "flex": s.Optional(FLEX_SCHEMA, default={}, doc="flexibility: ISPs, baselines, verification (gridedge.flex)"),
 })
 
 
@@ -456,6 +459,10 @@ def _cross_checks(raw: Any, clean: dict, base: Path, check_files: bool) -> list[
             if spec is not None:
                 issues += _device_checks(i, dev, raw_devices[i], spec, base, check_files)
         issues += _line_checks(devices)
+    if isinstance(raw, Mapping) and "flex" in raw:
+        polled = {d["id"]: (tuple(d["points"]) if d.get("points") else None)  # [] is reported already
+                  for d in (devices or ()) if isinstance(d, dict) and "id" in d}
+        issues += flex_issues(raw["flex"], clean.get("flex"), polled)
     return issues
 
 
@@ -659,7 +666,7 @@ def _build(c: dict, base: Path) -> Config:
     control = ControlConfig(ctl["cycle_ms"], ctl["max_activation_s"], ctl["revert_s"], tuple(ctl["priorities"]))
     st = c["storage"]
     storage = StorageConfig(_resolve(base, st["dir"]), st["quota_mb"], st["max_age_h"], st["durability"])
-    return Config(gw, uplink, devices, control, storage, source=None, sha256="")
+    return Config(gw, uplink, devices, control, storage, source=None, sha256="", flex=build_flex(c["flex"]))
 
 
 def check_main(path: str | Path, *, check_files: bool = True) -> int:

@@ -105,8 +105,8 @@ def test_example_and_docs_cover_every_key():
             for part in path:
                 node = node[0] if part == "[]" else node[part]
         except KeyError:
-            # Keys of other drivers (serial line, register maps) are shown in a commented-out device.
-            assert path[0] == "devices" and re.search(rf"^#\s*({re.escape(path[-1])}\s*=|\[\[devices\.{re.escape(path[-1])}\]\])",
+            # Keys of other drivers (serial line, register maps) and other flex resource kinds are shown commented out.
+            assert path[0] in ("devices", "flex") and re.search(rf"^#\s*({re.escape(path[-1])}\s*=|\[\[devices\.{re.escape(path[-1])}\]\])",
                                                     EXAMPLE.read_text(), re.M), \
                 f"{dotted} is not in examples/gateway.toml (not even commented out)"
 

@@ -112,4 +112,6 @@ def test_payloads_match_schemas(tmp_path):
     validate_message("p/state", contract.state("gw-1", "online", NOW, version="0", boot_id="b", config_sha256="x",
                                                next_seq={"telemetry": 1}, dropped_samples=0, devices=["inv1"]))
     assert (t.seq, r.seq) == (0, 0)
-    assert set(SCHEMAS) == {"telemetry", "state", "command", "result"}
+    from gridedge.flex import messages as flex_messages
+
+    assert set(SCHEMAS) == {"telemetry", "state", "command", "result", "nomination", *flex_messages.SCHEMAS}
