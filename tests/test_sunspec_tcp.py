@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from gridedge.drivers.modbus_tcp import DeviceError, ModbusTcpClient
+from gridedge.drivers.modbus_rtu import TcpLink
+from gridedge.drivers.modbus_tcp import DeviceError
 from gridedge.drivers.sunspec_models import model_layout
 from gridedge.drivers.sunspec_tcp import SunSpecTcpDevice, WriteError
 from gridedge.hil.inverter_sim import InverterSim
@@ -159,28 +160,28 @@ def test_out_of_range_write_raises_and_changes_nothing():
 def test_raw_writes_to_read_only_or_unimplemented_registers_are_refused():
     async def main():
         async with Rig() as r:
-            c = ModbusTcpClient("127.0.0.1", r.sim.port, 1, timeout_s=1.0)
+            c = TcpLink("127.0.0.1", r.sim.port, timeout_s=1.0)
             try:
                 w_addr = r.dev.models[701][0] - 2 + model_layout(701).points["W"].offset
                 with pytest.raises(DeviceError) as ei:
-                    await c.write_registers(w_addr, [1])
+                    await c.write(1, w_addr, [1])
                 assert ei.value.detail is Detail.DEVICE_EXCEPTION and ei.value.exception_code == 2
                 # only the first register of the two-register WMaxLimPctRvrtTms
                 half = r.dev.models[704][0] - 2 + model_layout(704).points["WMaxLimPctRvrtTms"].offset
                 with pytest.raises(DeviceError) as ei:
-                    await c.write_registers(half, [0])
+                    await c.write(1, half, [0])
                 assert ei.value.exception_code == 2
                 pf = r.dev.models[704][0] - 2 + model_layout(704).points["PFWInjEna"].offset
                 with pytest.raises(DeviceError) as ei:
-                    await c.write_registers(pf, [1])            # RW in 704, not implemented by this device
+                    await c.write(1, pf, [1])            # RW in 704, not implemented by this device
                 assert ei.value.exception_code == 2
                 assert r.sim.writes_applied == 0
                 with pytest.raises(DeviceError) as ei:
-                    await c.read_holding(r.sim.end_addr, 5)     # past the end marker
+                    await c.read(1, "holding", r.sim.end_addr, 5)     # past the end marker
                 assert ei.value.exception_code == 2
                 with pytest.raises(ValueError):
-                    await c.read_holding(0, 126)
-                assert (await c.read_holding(r.sim.base, 2)) == [0x5375, 0x6E53]
+                    await c.read(1, "holding", 0, 126)
+                assert (await c.read(1, "holding", r.sim.base, 2)) == [0x5375, 0x6E53]
             finally:
                 await c.close()
     arun(main())

@@ -56,13 +56,18 @@ SCENARIOS = {
     "100x50": Scenario("100x50", 100, 50, 1000),
     "100x50-100ms": Scenario("100x50-100ms", 100, 50, 100),
 }
-SWEEP_RATES = (5000, 10000, 15000, 20000, 25000, 33333, 50000)  # datapoints/s offered by 100 x 50 registers
+#: Datapoints/s offered by the sweep's steps: 100 devices x 50 registers down to a 100 ms poll (50,000/s), then
+#: 100 x 125 registers (one full read per device) at shorter periods, up to 250,000/s at 50 ms.
+SWEEP_RATES = (5000, 10000, 15000, 20000, 25000, 33333, 50000, 75000, 100000, 150000, 200000, 250000)
 AGENTS = ("gridedge", "gridedge-pure", "tb-memory", "tb-sqlite")
 
 
 def sweep_scenario(rate: float) -> Scenario:
-    poll_ms = max(1, round(100 * 50 * 1000 / rate))
-    return Scenario(f"sweep-{round(100 * 50 * 1000 / poll_ms)}", 100, 50, poll_ms)
+    """100 devices x 50 registers while the poll period is >= 100 ms; above 50,000/s the reads widen to 125
+    registers (the Modbus maximum, one request per device) instead of polling a meter faster than 100 ms."""
+    registers = 50 if rate <= 50_000 else 125
+    poll_ms = max(1, round(100 * registers * 1000 / rate))
+    return Scenario(f"sweep-{round(100 * registers * 1000 / poll_ms)}", 100, registers, poll_ms)
 
 
 # ----------------------------------------------------------------------------- /proc
@@ -202,21 +207,6 @@ def tail(path: Path, n: int = 15) -> str:
 
 
 # ----------------------------------------------------------------------------- gridedge config
-
-def gridedge_driver_status(driver: str) -> tuple[bool, str | None]:
-    """Is `driver` registered, and which device key names its register map file (None if none found)?"""
-    import gridedge.config as gc
-    try:
-        import gridedge.devices  # noqa: F401 - registers drivers that register themselves at import
-    except Exception:
-        pass
-    try:
-        dev_schema = gc.SCHEMA.fields["devices"].schema.item.fields
-    except (AttributeError, KeyError):
-        dev_schema = {}
-    key = next((k for k in ("map", "map_file", "register_map", "regmap") if k in dev_schema), None)
-    return driver in gc.DRIVERS, key
-
 
 def write_register_map(path: Path, registers: int) -> Path:
     lines = ['manufacturer = "gridedge bench"', 'model = "counter farm"',
@@ -416,9 +406,7 @@ class Bench:
         if agent.startswith("gridedge"):
             gw_id = f"gw-bench-{self.run_counter}"
             cert, key = self.pki.client(gw_id)
-            driver, map_key = self.args.gridedge_driver, self.map_key
-            if not self.args.gridedge_ok:
-                driver, map_key = "bench_regmap", None
+            driver, map_key = self.args.gridedge_driver, "map"
             cfg = write_gridedge_config(wd, gateway_id=gw_id, broker_url=self.broker.url, ca=self.pki.ca_cert,
                                         cert=cert, key=key, ports=ports, registers=sc.registers,
                                         poll_ms=sc.poll_ms, driver=driver, map_key=map_key,
@@ -428,9 +416,6 @@ class Bench:
             if agent == "gridedge-pure":
                 env["GRIDEDGE_PURE_PYTHON"] = "1"
             argv = [sys.executable, "-m", "gridedge", "run", "-c", str(cfg)]
-            if not self.args.gridedge_ok:  # stand-in driver (see gridedge_shim.py)
-                env["BENCH_REGMAP"] = str(wd / "farm-map.toml")
-                argv = [sys.executable, "-m", "bench.perf.gridedge_shim", "run", "-c", str(cfg)]
             return argv, env, REPO
         storage = agent.split("-", 1)[1]
         tb_dir = wd / "tb"
@@ -582,7 +567,8 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--drain", type=float, default=10.0, help="longest wait after the window for late values, s")
     ap.add_argument("--quick", action="store_true", help="short windows for a smoke run")
     ap.add_argument("--sweep-rates", default=",".join(str(r) for r in SWEEP_RATES),
-                    help="offered datapoints/s of the sweep steps (100 devices x 50 registers, poll period varies)")
+                    help="offered datapoints/s of the sweep steps (100 devices x 50 registers, poll period varies; "
+                         "above 50,000/s 100 x 125 registers)")
     ap.add_argument("--tb-reads", choices=("block", "register"), default="block",
                     help="ThingsBoard: one wide-range request per device (block) or one request per register")
     ap.add_argument("--gridedge-driver", default="modbus_tcp", help="gridedge driver for the farm's register map")
@@ -622,22 +608,11 @@ def main(argv=None) -> int:
         except Exception as exc:  # noqa: BLE001 - report and run gridedge alone
             print(f"ThingsBoard IoT Gateway cannot be installed: {exc}; running gridedge only", file=sys.stderr)
             args.agents = [a for a in args.agents if not a.startswith("tb")]
-    if any(a.startswith("gridedge") for a in args.agents):
-        registered, map_key = gridedge_driver_status(args.gridedge_driver)
-        if not registered or map_key is None:
-            print(f"gridedge driver {args.gridedge_driver!r} with a register-map key is not in this tree: gridedge "
-                  f"polls the farm with the stand-in driver of bench/perf/gridedge_shim.py", file=sys.stderr)
-        args.gridedge_ok = registered and map_key is not None
-        args.gridedge_driver_used = args.gridedge_driver if args.gridedge_ok else "bench_regmap (gridedge_shim.py)"
-    else:
-        map_key, args.gridedge_ok, args.gridedge_driver_used = None, False, None
-
     info = machine(args)
-    info["gridedge_driver"] = args.gridedge_driver_used
+    info["gridedge_driver"] = args.gridedge_driver
     print(f"# {command}")
     print("# " + json.dumps(info))
     bench = Bench(args, workroot)
-    bench.map_key = map_key
     results: list[dict] = []
     try:
         for sc_name in args.scenarios:
