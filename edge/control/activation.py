@@ -438,6 +438,9 @@ class ActivationBook:
             ok, cap = self._gate(act)
             if act.state is State.ACTIVE and not ok:
                 changes.append(self._move(act, State.TERMINATED, now_ns, f"stopped by {self.light.describe()}"))
+            elif act.state is State.VALIDATED and not ok:
+                changes.append(self._move(act, State.SCHEDULED, now_ns, f"held: {self.light.describe()}; it may "
+                                                                         f"start until {iso_utc(act.latest_start_ns)}"))
             elif act.state is State.ACTIVE and cap != act.cap_pct:
                 act.cap_pct = cap
                 reason = (f"capped by {self.light.describe()}" if cap is not None
@@ -485,11 +488,11 @@ class ActivationBook:
                 changes.append(self._move(act, State.TERMINATED, now_ns,
                                           f"fail-safe: the gateway agent restarted; the set-point was held for its "
                                           f"revert time ({act.revert_s:g} s) and reverted to its safe default"))
-            elif act.state in PENDING and now_ns > act.latest_start_ns:
-                ok, _ = self._gate(act)
-                why = f"held by {self.light.describe()}" if not ok else "not started"
+            elif act.state in PENDING and now_ns > act.latest_start_ns and not self._gate(act)[0]:
+                # (one that may start is in force, being written: the engine confirms or fails it)
                 changes.append(self._move(act, State.EXPIRED, now_ns,
-                                          f"{why} until its window closed at {iso_utc(act.latest_start_ns)}"))
+                                          f"held by {self.light.describe()} until its window closed at "
+                                          f"{iso_utc(act.latest_start_ns)}"))
         return changes
 
     def revert_remote(self, now_ns: int, down_s: float) -> list[Change]:

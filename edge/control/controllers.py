@@ -13,7 +13,8 @@ reactive power set-point replaces the local reactive power function of its devic
 
 P of an inverter is a ceiling (WMaxLimPct): it produces min(ceiling, what the sun gives). The ceiling is written
 only while something asks for it (a remote limit, the POC limit, volt-watt or frequency-watt out of their
-neutral band, or a release still binding); otherwise the limit is disabled, which is the safe default. A ceiling
+neutral band, a release still binding the output, or a release ramp that has not reached 100 % yet); otherwise
+the limit is disabled, which is the safe default. A ceiling
 that is not written is kept just above the measured output (HEADROOM), so a function that starts to bind acts on
 the actual output at once instead of first travelling down through unused headroom.
 """
@@ -34,6 +35,7 @@ from .profiles import GridProfile
 
 HEADROOM = 0.05     # pu of the rating kept above the measured output while no P ceiling is written
 EPS = 1e-6
+RELEASED = 1e-3     # a ceiling within 0.1 % of the rating is released (below the write dead band)
 NEUTRAL_VV = ((0.0, 0.0), (2.0, 0.0))
 NEUTRAL_VW = ((0.0, 1.0), (2.0, 1.0))
 NEUTRAL_WV = ((-1.0, 0.0), (1.0, 0.0))
@@ -197,6 +199,7 @@ class Planner:
         self.revert_s = revert_s
         self.poc = poc
         self.rows: dict[str, _Row] = {}
+        self._ramped = profile.ramp_up_pct_per_s > 0   # a release ramp holds the ceiling until it reaches 100 %
         self._params: CycleParams | None = None
         self._params_key: tuple | None = None
         self._vw: Curve | None = None
@@ -342,7 +345,11 @@ class Planner:
             if c.kind == "inverter":
                 w, was = c.clamp_w(p * c.rated_w)
                 p = w / c.rated_w
-                engaged = p < 1.0 - EPS and (asked or vw_target[i] < 1.0 - EPS or p < p_meas[i] + HEADROOM)
+                # written while asked for, while the output sits at the ceiling last written (it binds), and,
+                # with a release ramp, until fully released
+                binding = p_meas[i] > (row.p_out if row.p_engaged else p) - HEADROOM
+                engaged = bool(carries) or (p < 1.0 - RELEASED and (asked or vw_target[i] < 1.0 - EPS or binding
+                                                                    or (row.p_engaged and self._ramped)))
                 if engaged:
                     dp.points.update(WMaxLimPct=round(p * 100, 3), WMaxLimPctEna=1)
                     rv = _clip(c.p_max_w / c.rated_w * 100, 0, 100)
