@@ -109,8 +109,7 @@ class DeviceWriter:
         if not out and self.remote and self.reversion and now_mono - self.last_write_mono >= keepalive:
             out = dict(self.desired)      # re-write: restarts the device's reversion timer
         if self.heartbeat and self.remote and now_mono - self.last_hb_mono >= HEARTBEAT_S:
-            self.hb_value = (self.hb_value + 1) % 2**32
-            out["ControllerHb"] = self.hb_value
+            out["ControllerHb"] = (self.hb_value + 1) % 2**32
         return out
 
     async def run(self) -> None:
@@ -127,6 +126,7 @@ class DeviceWriter:
                 continue
             if "ControllerHb" in values:
                 self.last_hb_mono = now
+                self.hb_value = values["ControllerHb"]
             try:
                 readback = await self.device.write_points(values)
             except asyncio.CancelledError:
@@ -188,7 +188,7 @@ class ControlEngine:
         self.last_cycle_s = 0.0
         self._caps: dict[str, Capability] | None = None
         self._meas: dict[str, Meas] = {}
-        self._confirmed: dict[str, set[str]] = {}   # pending activation id -> devices that have it written
+        self._confirmed: dict[str, dict[str, dict]] = {}   # pending activation id -> device -> read-back
         self._wake = asyncio.Event()
         self._last_mono: float | None = None
         self._down_since: int | None = None
@@ -335,11 +335,11 @@ class ControlEngine:
             act = self.book.get(act_id)
             if act is None or act.state not in PENDING:
                 continue
-            done = self._confirmed.setdefault(act_id, set())
-            done.add(dev_id)
-            if done >= set(act.devices):
+            done = self._confirmed.setdefault(act_id, {})
+            done[dev_id] = dict(readback)
+            if set(done) >= set(act.devices):
                 self._confirmed.pop(act_id, None)
-                out += self.book.confirm(act_id, self.clock())
+                out += self.book.confirm(act_id, self.clock(), written=done)
         return out
 
     def _written(self, dev_id: str, carries: set[str], readback: dict) -> None:
