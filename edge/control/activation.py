@@ -31,7 +31,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
 from gridedge.contract import ACTIVATION_TYPES, Command, iso_utc

@@ -36,7 +36,7 @@ from typing import Awaitable, Callable, Mapping
 from gridedge import contract
 from gridedge.contract import Command
 
-from .activation import PENDING, ActivationBook, Change, Listener, State
+from .activation import PENDING, ActivationBook, Change, Listener
 from .capability import Capability
 from .controllers import Meas, Planner, PocLimit, read_meas
 

@@ -12,8 +12,8 @@ under-excited at full power for cos phi(P), Q(U) up to cos phi 0.95); a DSO's ow
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
-from typing import Iterable, Sequence
+from dataclasses import dataclass, replace
+
 
 from gridedge import schema as s
 
