@@ -96,7 +96,7 @@ def test_hold_setpoint_and_the_listener_for_other_modules(tmp_path):
             assert written["inv1"]["WMaxLimPct"] == 30.0 and written["inv1"]["WMaxLimPctEna"] == 1
             plant = eng.sim.plant
             async with asyncio.timeout(10):
-                while plant.WMaxLimPctEna != 0:        # released along the profile's response (OLRT 2 s)
+                while plant.WMaxLimPctEna != 0:        # released (no release ramp in this config)
                     await asyncio.sleep(0.1)
             assert plant.WMaxLimPct == 100.0
             with pytest.raises(ValueError, match="exactly one of w, var, limit_pct"):

@@ -128,8 +128,8 @@ def test_priorities_and_termination_reach_the_wire_before_the_result(tmp_path):
             await dso.send(lose)
             rej = await dso.wait_status("dso-lose", "rejected", 10)
             assert rej["reason"].startswith("conflict: tso activation tso-1 (active)")
-            # the DSO terminates the TSO's activation: the next cycle no longer applies it (the ceiling starts its
-            # release, shaped by the profile's response) and that write is on the wire before the result says so
+            # the DSO terminates the TSO's activation: the next cycle no longer applies it (the limit is released,
+            # or starts its release ramp where the profile has one) and that write is on the wire before the result
             await dso.send(dso.terminate("tso-1", cmd_id="term-1"))
             done = await dso.wait_status("tso-1", "terminated", 10)
             assert "term-1" in done["reason"]

@@ -11,12 +11,13 @@ reactive power set-point replaces the local reactive power function of its devic
                      the S = 1 pu capability;
 5. `clamp`           every set-point to the device's capability and prequalified limits (capability.py).
 
-P of an inverter is a ceiling (WMaxLimPct): it produces min(ceiling, what the sun gives). The ceiling is written
-only while something asks for it (a remote limit, the POC limit, volt-watt or frequency-watt out of their
-neutral band, a release still binding the output, or a release ramp that has not reached 100 % yet); otherwise
-the limit is disabled, which is the safe default. A ceiling
-that is not written is kept just above the measured output (HEADROOM), so a function that starts to bind acts on
-the actual output at once instead of first travelling down through unused headroom.
+P of an inverter is a ceiling (WMaxLimPct): it produces min(ceiling, what the sun gives). The kernel computes the
+ceiling of the local functions (volt-watt, frequency-watt, with their response time); remote, POC and
+prequalified ceilings are applied after it, at once, and any rise of the result is held to the profile's release
+ramp. The ceiling is written only while something asks for it, while it binds the output, or while a release ramp
+has not reached its target; otherwise the limit is disabled, which is the safe default. The local ceiling is kept
+just above the measured output (HEADROOM), so a function that starts to bind acts on the actual output at once
+instead of first travelling down through unused headroom.
 """
 from __future__ import annotations
 
@@ -111,7 +112,8 @@ class Plan:
 class _Row:
     """Controller state of one device (inverter or battery) between cycles."""
 
-    p_out: float = 1.0            # last kernel P, pu (a ceiling for inverters, the set-point for batteries)
+    p_out: float = 1.0            # last P written, pu (a ceiling for inverters, the set-point for batteries)
+    p_loc: float = 1.0            # inverters: the local functions' ceiling (the kernel's state), pu
     q_out: float = 0.0
     p_engaged: bool = False
     q_engaged: bool = False
@@ -199,7 +201,7 @@ class Planner:
         self.revert_s = revert_s
         self.poc = poc
         self.rows: dict[str, _Row] = {}
-        self._ramped = profile.ramp_up_pct_per_s > 0   # a release ramp holds the ceiling until it reaches 100 %
+        self._ramp_up = profile.ramp_up_pct_per_s / 100 if profile.ramp_up_pct_per_s > 0 else math.inf
         self._params: CycleParams | None = None
         self._params_key: tuple | None = None
         self._vw: Curve | None = None
@@ -276,7 +278,7 @@ class Planner:
         f_nom = self.profile.f_nom_hz
         v = np.empty(n); f = np.empty(n); p_avail = np.empty(n); p_limit = np.ones(n); p_prev = np.empty(n)
         q_prev = np.empty(n); p_pre = np.ones(n); p_lo = np.zeros(n); p_meas = np.empty(n)
-        allowed_by: list[tuple[bool, set[str]]] = []
+        allowed_by: list[tuple[bool, set[str], float]] = []
         for i, d in enumerate(controlled):
             c, m = caps[d], meas[d]
             row = self.rows.setdefault(d, _Row())
@@ -297,7 +299,9 @@ class Planner:
                     carries.add(act.id)
                 if d in poc_gen:
                     allowed = min(allowed, poc_gen[d] / c.rated_w)
-                p_avail[i] = _clip(allowed, 0.0, 1.0)
+                # the kernel computes the local functions' ceiling; remote, POC and prequalified ceilings are
+                # applied after it, at once (they are instructions, not autonomous functions with a response time)
+                p_avail[i] = 1.0
                 out_of_band = self.freq_watt and (f[i] > f_nom + self.profile.db_of_hz
                                                   or f[i] < f_nom - self.profile.db_uf_hz)
                 if out_of_band and row.p_pre is None:
@@ -305,8 +309,8 @@ class Planner:
                 elif not out_of_band:
                     row.p_pre = None
                 p_pre[i] = row.p_pre if row.p_pre is not None else 1.0
-                p_prev[i] = row.p_out if row.p_engaged else min(1.0, max(pm, 0.0) + HEADROOM)
-                allowed_by.append((allowed < 1.0 - EPS or row.p_pre is not None, carries))
+                p_prev[i] = min(row.p_loc, max(pm, 0.0) + HEADROOM)
+                allowed_by.append((allowed < 1.0 - EPS or row.p_pre is not None, carries, _clip(allowed, 0.0, 1.0)))
             else:  # battery: P is a set-point, from the remote activation; absent, the battery is not driven
                 sp = 0.0
                 if rp is not None:
@@ -321,7 +325,7 @@ class Planner:
                         p_lo[i] = 0.0
                 p_pre[i] = _clip(sp, p_lo[i], p_avail[i])
                 p_prev[i] = row.p_out if row.p_engaged else pm
-                allowed_by.append((rp is not None, carries))
+                allowed_by.append((rp is not None, carries, 1.0))
             q_prev[i] = row.q_out if row.q_engaged else qm
 
         # 4. the kernel
@@ -333,7 +337,7 @@ class Planner:
         # 5. clamp, engagement and the points to write
         for i, d in enumerate(controlled):
             c, row = caps[d], self.rows[d]
-            asked, carries = allowed_by[i]
+            asked, carries, allowed = allowed_by[i]
             dp = plan.devices.setdefault(d, DevicePlan())
             dp.carries |= carries
             p = float(out_p[i])
@@ -343,13 +347,19 @@ class Planner:
             remote = bool(carries) or rq is not None
             dp.remote = remote
             if c.kind == "inverter":
+                row.p_loc = p
+                local = vw_target[i] < 1.0 - EPS or row.p_pre is not None     # volt-watt or P(f) out of band
+                s_room = math.sqrt(max(0.0, 1.0 - float(out_q[i]) ** 2))       # Q priority: S = 1 pu
+                target = min(allowed, p if local else 1.0, s_room)
+                prev = row.p_out if row.p_engaged else min(1.0, max(p_meas[i], 0.0) + HEADROOM)
+                p = min(target, prev + self._ramp_up * dt) if target > prev else target   # release ramp
                 w, was = c.clamp_w(p * c.rated_w)
                 p = w / c.rated_w
-                # written while asked for, while the output sits at the ceiling last written (it binds), and,
-                # with a release ramp, until fully released
+                # written while asked for, while the output sits at the ceiling last written (it binds), and
+                # while a release ramp has not reached its target
                 binding = p_meas[i] > (row.p_out if row.p_engaged else p) - HEADROOM
-                engaged = bool(carries) or (p < 1.0 - RELEASED and (asked or vw_target[i] < 1.0 - EPS or binding
-                                                                    or (row.p_engaged and self._ramped)))
+                ramping = row.p_engaged and p < target - EPS
+                engaged = bool(carries) or (p < 1.0 - RELEASED and (asked or local or binding or ramping))
                 if engaged:
                     dp.points.update(WMaxLimPct=round(p * 100, 3), WMaxLimPctEna=1)
                     rv = _clip(c.p_max_w / c.rated_w * 100, 0, 100)
