@@ -168,10 +168,12 @@ class ControlConfig:
     devices: tuple[DeviceControlConfig, ...] = ()
 
     def device(self, device_id: str) -> DeviceControlConfig:
-        for d in self.devices:
-            if d.id == device_id:
-                return d
-        return DeviceControlConfig(device_id)
+        """The device's entry of [[control.devices]], or an empty one (everything from the device)."""
+        by_id = self.__dict__.get("_by_id")
+        if by_id is None:
+            by_id = {d.id: d for d in self.devices}
+            object.__setattr__(self, "_by_id", by_id)
+        return by_id.get(device_id) or DeviceControlConfig(device_id)
 
 
 @dataclass(frozen=True)

@@ -239,6 +239,7 @@ class Planner:
         plan = Plan()
         remote_p: dict[str, tuple[Activation, float]] = {}
         remote_q: dict[str, tuple[Activation, float]] = {}
+        revert = {act.id: act.revert_s for act, _ in in_force}
         for act, eff in in_force:
             for dev, value in eff.items():
                 (remote_p if act.channel == "P" else remote_q)[dev] = (act, value)
@@ -367,7 +368,7 @@ class Planner:
                         rv = min(rv, self.poc.fail_safe_pct)
                     if "WMaxLimPctRvrtTms" in meas[d].supports:
                         dp.reversion.update(WMaxLimPctRvrt=round(rv, 3), WMaxLimPctEnaRvrt=int(rv < 100),
-                                            WMaxLimPctRvrtTms=int(self._revert(carries, in_force)))
+                                            WMaxLimPctRvrtTms=int(self._revert(carries, revert)))
                 elif row.p_touched:
                     dp.points.update(WMaxLimPct=100, WMaxLimPctEna=0)
             else:
@@ -377,7 +378,7 @@ class Planner:
                 if engaged:
                     dp.points.update(WSet=round(w, 1), WSetEna=1)
                     if "WSetRvrtTms" in meas[d].supports:
-                        dp.reversion.update(WSetEnaRvrt=0, WSetRvrtTms=int(self._revert(carries, in_force)))
+                        dp.reversion.update(WSetEnaRvrt=0, WSetRvrtTms=int(self._revert(carries, revert)))
                 elif row.p_touched:
                     dp.points.update(WSetEna=0)
             if was:
@@ -392,7 +393,7 @@ class Planner:
                 dp.points.update(VArSet=round(var, 1), VArSetEna=1)
                 if "VArSetRvrtTms" in meas[d].supports:
                     ids = {rq[0].id} if rq is not None else set()
-                    dp.reversion.update(VArSetEnaRvrt=0, VArSetRvrtTms=int(self._revert(ids, in_force)))
+                    dp.reversion.update(VArSetEnaRvrt=0, VArSetRvrtTms=int(self._revert(ids, revert)))
             elif row.q_touched:
                 dp.points.update(VArSetEna=0)
             if was:
@@ -420,9 +421,9 @@ class Planner:
             elif d in self._load_touched:
                 dp.points.update(WMaxLimPct=100, WMaxLimPctEna=0)
 
-    def _revert(self, ids: set[str], in_force) -> float:
+    def _revert(self, ids: set[str], revert: Mapping[str, float]) -> float:
         """The device-side revert time: the shortest of the remote set-points carried, else control.revert_s."""
-        times = [a.revert_s for a, _ in in_force if a.id in ids]
+        times = [revert[i] for i in ids if i in revert]
         return min(times) if times else self.revert_s
 
 
