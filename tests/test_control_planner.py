@@ -213,3 +213,12 @@ def test_compiled_and_twin_plan_the_same():
             assert x[d].keys() == y[d].keys()
             for k in x[d]:
                 assert x[d][k] == pytest.approx(y[d][k], abs=1e-6)
+
+
+def test_an_unrated_inverter_still_takes_a_limit_in_percent():
+    unrated = {"inv1": Capability.build("inv1", "inverter", True, None)}
+    act = active(limit_pct=35, caps_fn=lambda: unrated)
+    p = Planner(EN50549_VDE4105, q_mode="volt_var")
+    plan = run(p, {"inv1": Meas()}, unrated, [act])
+    assert plan.devices["inv1"].points == {"WMaxLimPct": 35.0, "WMaxLimPctEna": 1} and plan.devices["inv1"].carries
+    assert run(p, {"inv1": Meas()}, unrated).devices["inv1"].points == {"WMaxLimPct": 100, "WMaxLimPctEna": 0}

@@ -205,7 +205,7 @@ class Planner:
         self._params: CycleParams | None = None
         self._params_key: tuple | None = None
         self._vw: Curve | None = None
-        self._load_touched: set[str] = set()
+        self._direct_touched: set[str] = set()
 
     # ---- kernel parameters (rebuilt only when the set of rows or their modes change)
 
@@ -256,6 +256,7 @@ class Planner:
             poc_gen, poc_load = self.poc.step(meas.get(self.poc.meter, Meas()), gens, lds)
 
         self._plan_loads(plan, loads, caps, meas, remote_p, poc_load)
+        self._plan_unrated(plan, caps, remote_p)
         if not controlled:
             return plan
 
@@ -417,8 +418,24 @@ class Planner:
                 cap_pct = min(cap_pct, poc_load[d] / c.rated_w * 100)
             if cap_pct < 100.0 - EPS:
                 dp.points.update(WMaxLimPct=round(max(cap_pct, 0.0), 3), WMaxLimPctEna=1)
-                self._load_touched.add(d)
-            elif d in self._load_touched:
+                self._direct_touched.add(d)
+            elif d in self._direct_touched:
+                dp.points.update(WMaxLimPct=100, WMaxLimPctEna=0)
+
+    def _plan_unrated(self, plan: Plan, caps, remote_p) -> None:
+        """A writable inverter or load whose rating is not known yet (no WMax read, none configured) still takes
+        a remote limit in %, as it is; the functions that need per-unit values wait for the rating."""
+        for d, c in caps.items():
+            if not c.writable or c.known or c.kind not in ("inverter", "load"):
+                continue
+            dp = plan.devices.setdefault(d, DevicePlan())
+            rp = remote_p.get(d)
+            if rp is not None and rp[0].type == "limit_active_power":
+                dp.points.update(WMaxLimPct=round(rp[1], 3), WMaxLimPctEna=1)
+                dp.carries.add(rp[0].id)
+                dp.remote = True
+                self._direct_touched.add(d)
+            elif d in self._direct_touched:
                 dp.points.update(WMaxLimPct=100, WMaxLimPctEna=0)
 
     def _revert(self, ids: set[str], revert: Mapping[str, float]) -> float:
