@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gridedge import schema as s
+from gridedge.control.profiles import PROFILES, Q_MODES
 
 __all__ = [
     "ConfigError", "Config", "GatewayConfig", "UplinkConfig", "DeviceConfig", "ControlConfig", "StorageConfig",
@@ -314,10 +315,10 @@ SCHEMA = s.Dict({
                                  default=list(ACTORS), doc="which actor wins a conflict, first wins"),
         "schedule_horizon_s": s.Optional(s.Int(ge=0, le=7 * 86400), default=172800,
                                          doc="how far ahead an activation may be scheduled, s"),
-        "profile": s.Optional(s.Str(choices=("en50549_vde4105", "ieee1547_cat_b")), default="en50549_vde4105",
+        "profile": s.Optional(s.Str(choices=tuple(PROFILES)), default="en50549_vde4105",
                               doc="grid-code parameter profile"),
         "v_nom_v": s.Optional(s.Float(gt=0, le=100000), default=230.0, doc="reference voltage of the curves, V"),
-        "q_mode": s.Optional(s.Str(choices=("off", "volt_var", "watt_var", "constant_pf", "constant_q")),
+        "q_mode": s.Optional(s.Str(choices=Q_MODES),
                              default="off", doc="local reactive power function"),
         "pf": s.Optional(s.Float(ge=-1, le=1), default=1.0, doc="power factor for constant_pf, > 0 injects Q"),
         "q_pct": s.Optional(s.Float(ge=-100, le=100), default=0.0, doc="Q for constant_q, % of WMax"),
@@ -487,7 +488,7 @@ def _cross_checks(raw: Any, clean: dict, base: Path, check_files: bool) -> list[
 
 def _control_checks(ctl: Any, devices: list) -> list[s.Issue]:
     """The control section against itself and the devices: curves, the site meter, prequalified limits."""
-    from gridedge.control.profiles import PROFILES, curve_issues, profile_issues
+    from gridedge.control.profiles import curve_issues, profile_issues
 
     if not isinstance(ctl, dict):
         return []
@@ -684,8 +685,6 @@ def _build(c: dict, base: Path) -> Config:
 
 
 def _build_control(ctl: dict) -> ControlConfig:
-    from gridedge.control.profiles import PROFILES
-
     settings = {k: (tuple(tuple(float(x) for x in pt) for pt in v) if isinstance(v, list) else v)
                 for k, v in ctl["settings"].items()}
     poc = None

@@ -75,7 +75,7 @@ EN50549_VDE4105 = GridProfile(
           "Q(U) to cos phi 0.95; the DSO's settings replace these",
 )
 
-PROFILES: dict[str, GridProfile] = {p.name: p for p in (IEEE1547_CAT_B, EN50549_VDE4105)}
+PROFILES: dict[str, GridProfile] = {p.name: p for p in (EN50549_VDE4105, IEEE1547_CAT_B)}
 
 
 # ---------------------------------------------------------------- curve checks
