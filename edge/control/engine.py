@@ -187,6 +187,7 @@ class ControlEngine:
         self.cycles = 0
         self.last_cycle_s = 0.0
         self._caps: dict[str, Capability] | None = None
+        self._curve_warned: set[str] = set()
         self._meas: dict[str, Meas] = {}
         self._confirmed: dict[str, dict[str, dict]] = {}   # pending activation id -> device -> read-back
         self._wake = asyncio.Event()
@@ -212,7 +213,19 @@ class ControlEngine:
             m = self._meas[d]
             caps[d] = Capability.build(d, cfg.role, cfg.writable, m.rated_w or dc.rated_w, device_q_var=m.q_rtg_var,
                                        cfg_p_min_w=dc.p_min_w, cfg_p_max_w=dc.p_max_w, cfg_q_max_var=dc.q_max_var)
+            self._check_curve(caps[d])
         self._caps = caps
+
+    def _check_curve(self, c: Capability) -> None:
+        """Curves were checked against the configured ratings; a device reporting less is told once (and clamped)."""
+        curve = {"volt_var": self.ctl.profile.volt_var, "watt_var": self.ctl.profile.watt_var}.get(self.ctl.q_mode)
+        if curve is None or not c.known or not c.writable or c.device in self._curve_warned:
+            return
+        need = max(abs(q) for _, q in curve)
+        if need > c.q_max_var / c.rated_w + 1e-9:
+            self._curve_warned.add(c.device)
+            log.warning("control: the %s curve asks up to %.3g pu of reactive power, %s can give %.3g pu; its "
+                        "set-points are clamped", self.ctl.q_mode, need, c.device, c.q_max_var / c.rated_w)
 
     def capabilities(self) -> dict[str, Capability]:
         if self._caps is None:
