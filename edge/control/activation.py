@@ -200,6 +200,8 @@ class ActivationBook:
         A pending one in this list becomes active when the engine confirms its first write (`confirm`)."""
         out = []
         for act in self.activations.values():
+            if now_ns >= act.interval()[1]:
+                continue      # an activation acts only within its interval, so two never overlap (tick ends it)
             if act.state is State.ACTIVE:
                 out.append(act)
             elif act.state in PENDING and act.start_ns <= now_ns and self._gate(act)[0]:
@@ -455,7 +457,9 @@ class ActivationBook:
         if act is None or act.state not in PENDING:
             return []
         act.start_ns = now_ns
-        act.end_ns = now_ns + int(act.duration_s * S)
+        # it runs for duration_s, but never past its planned interval (latest start + duration), which the
+        # conflict check reserved for it
+        act.end_ns = min(now_ns, act.latest_start_ns) + int(act.duration_s * S)
         act.cap_pct = self._gate(act)[1]
         detail = {"devices": list(act.devices), "end": iso_utc(act.end_ns), "setpoints": self.effective(act)}
         if act.type == "limit_active_power":
@@ -493,6 +497,9 @@ class ActivationBook:
                 changes.append(self._move(act, State.EXPIRED, now_ns,
                                           f"held by {self.light.describe()} until its window closed at "
                                           f"{iso_utc(act.latest_start_ns)}"))
+            elif act.state in PENDING and now_ns >= act.interval()[1]:
+                changes.append(self._move(act, State.EXPIRED, now_ns,
+                                          "not started within its window: its devices did not take it"))
         return changes
 
     def revert_remote(self, now_ns: int, down_s: float) -> list[Change]:
