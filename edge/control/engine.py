@@ -46,6 +46,7 @@ Report = Callable[..., Awaitable[None]]   # report(cmd_id, status, reason=None, 
 KEEPALIVE_MIN_S = 1.0
 HEARTBEAT_S = 1.0
 STATE_FILE = "activations.json"
+START_WINDOW_S = 5.0   # hold_setpoint: how long the set-point may take to reach the device
 
 
 class DeviceWriter:
@@ -260,8 +261,10 @@ class ControlEngine:
         ctype = {"w": "set_active_power", "var": "set_reactive_power", "limit_pct": "limit_active_power"}[key]
         params = {key: value, "duration_s": duration_s} | ({"revert_s": revert_s} if revert_s is not None else {})
         act_id = activation_id or f"step-{uuid.uuid4().hex[:12]}"
+        # it may start within START_WINDOW_S, so duration_s counts from when the device has it, exactly
         doc = {"schema": contract.SCHEMA_COMMAND, "cmd_id": act_id, "type": ctype, "issuer": issuer,
-               "device": device, "params": params}
+               "device": device, "params": params,
+               "valid_until": contract.iso_utc(self.clock() + int(START_WINDOW_S * 1e9))}
         try:  # the same checks as a command from the uplink
             cmd = contract.parse_command(contract.dumps(doc), self.clock(), max_activation_s=self.ctl.max_activation_s)
         except contract.CommandRejected as exc:
