@@ -133,7 +133,7 @@ def first_order(y_prev, target, olrt, dt, out=None):
 
 def cycle(params, inputs, dt, out_p=None, out_q=None):
     """New (P, Q) set-points in pu for all devices, one control cycle; steps as in twin.cycle."""
-    v, f, p_avail, p_limit, p_prev, q_prev, p_pre, dt, out_p, out_q = _twin.prepare_cycle(
+    v, f, p_avail, p_limit, p_prev, q_prev, p_pre, p_lo, p_meas, dt, out_p, out_q = _twin.prepare_cycle(
         params, inputs, dt, out_p, out_q)
     c = params
     cdef const double[:, ::1] vv_x = c.volt_var.xs, vv_y = c.volt_var.ys
@@ -147,15 +147,21 @@ def cycle(params, inputs, dt, out_p=None, out_q=None):
     cdef const int[::1] q_mode = c.q_mode
     cdef const unsigned char[::1] prio = c.p_priority
     cdef const double[::1] mv = v, mf = f, mav = p_avail, mlim = p_limit, mpp = p_prev, mqp = q_prev
-    cdef const double[::1] mpre
+    cdef const double[::1] mlo = p_lo
+    cdef const double[::1] mpre, mmeas
     cdef bint has_pre = p_pre is not None
+    cdef bint has_meas = p_meas is not None
     if has_pre:
         mpre = p_pre
     else:
         mpre = p_prev  # placeholder, not read
+    if has_meas:
+        mmeas = p_meas
+    else:
+        mmeas = p_prev  # placeholder, not read
     cdef double[::1] op = out_p, oq = out_q
     cdef double cdt = dt
-    cdef double p_base, p_dr, p_tgt, p, q_tgt, q, pf, lim, pre
+    cdef double p_base, p_dr, p_tgt, p, p_q, q_tgt, q, pf, lim, pre
     cdef int mode
     cdef Py_ssize_t i
     with nogil:
@@ -169,13 +175,16 @@ def cycle(params, inputs, dt, out_p=None, out_q=None):
             pre = mpre[i] if has_pre else p_base
             p_dr = _droop(mf[i], f_nom[i], dbof[i], dbuf[i], kof[i], kuf[i], pre, p_min[i], mav[i])
             p_tgt = p_dr if p_dr < p_base else p_base
-            if p_tgt < 0.0:
-                p_tgt = 0.0
+            if p_tgt < mlo[i]:
+                p_tgt = mlo[i]
             # 2. P response, ramp, range
             p = _ramp(mpp[i], _first_order(mpp[i], p_tgt, olrt_p[i], cdt), up_p[i], dn_p[i], cdt)
             lim = mav[i] if mav[i] < 1.0 else 1.0
-            p = _clip(p, 0.0, lim)
+            p = _clip(p, mlo[i], lim)
             # 3. Q target
+            p_q = p
+            if has_meas and mmeas[i] < p_q:
+                p_q = mmeas[i]
             mode = q_mode[i]
             if mode == Q_VOLT_VAR:
                 q_tgt = _interp(vv_x, vv_y, i, vv_n[i], mv[i])
@@ -183,9 +192,11 @@ def cycle(params, inputs, dt, out_p=None, out_q=None):
                 q_tgt = q_set[i]
             elif mode == Q_FIXED_PF:
                 pf = pf_set[i]
-                q_tgt = p * sqrt(1.0 - pf * pf) / pf if pf > 0.0 else -p * sqrt(1.0 - pf * pf) / -pf
+                if p_q < 0.0:
+                    p_q = -p_q
+                q_tgt = p_q * sqrt(1.0 - pf * pf) / pf if pf > 0.0 else -p_q * sqrt(1.0 - pf * pf) / -pf
             else:
-                q_tgt = _interp(wv_x, wv_y, i, wv_n[i], p)
+                q_tgt = _interp(wv_x, wv_y, i, wv_n[i], p_q)
             # 4. Q response, ramp
             q = _ramp(mqp[i], _first_order(mqp[i], q_tgt, olrt_q[i], cdt), r_q[i], r_q[i], cdt)
             # 5. capability, S = 1 pu
@@ -197,8 +208,7 @@ def cycle(params, inputs, dt, out_p=None, out_q=None):
                 q = _clip(q, -1.0, 1.0)
                 lim = 1.0 - q * q
                 lim = sqrt(lim) if lim > 0.0 else 0.0
-                if lim < p:
-                    p = lim
+                p = _clip(p, -lim, lim)
             op[i] = p
             oq[i] = q
     return out_p, out_q

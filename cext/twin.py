@@ -26,7 +26,7 @@ class QMode(enum.IntEnum):
 
     VOLT_VAR = 0  # Q(U) from the volt-var curve
     FIXED_Q = 1  # Q = q_set
-    FIXED_PF = 2  # Q = sign(pf) * P * tan(acos |pf|)
+    FIXED_PF = 2  # Q = sign(pf) * |P| * tan(acos |pf|)
     WATT_VAR = 3  # Q(P) from the watt-var curve
 
 
@@ -350,6 +350,11 @@ class CycleInputs:
     p_pre is the pre-disturbance P for the droop, latched by the caller when f leaves the dead band;
     None uses min(p_limit, volt-watt P, p_avail) of this cycle (stateless, so under-frequency response
     can only raise P where that is below the other limits).
+
+    p_lo is the lowest P a device may be given, in [-1, 0]: 0 for a generator (the default, None), below 0
+    for storage that can absorb (charge). p_meas is the measured output: when the computed P is a ceiling
+    written to the device (it produces min(ceiling, what it has)), fixed-PF and watt-var use
+    min(P, p_meas), so headroom above the actual output does not ask for reactive power. None uses P.
     """
 
     v: object
@@ -359,10 +364,13 @@ class CycleInputs:
     p_prev: object
     q_prev: object
     p_pre: object = None
+    p_lo: object = None
+    p_meas: object = None
 
 
 def prepare_cycle(params, inputs, dt, out_p, out_q):
-    """Validated arrays for one cycle: (v, f, p_avail, p_limit, p_prev, q_prev, p_pre or None, dt, out_p, out_q)."""
+    """Validated arrays for one cycle:
+    (v, f, p_avail, p_limit, p_prev, q_prev, p_pre or None, p_lo, p_meas or None, dt, out_p, out_q)."""
     if not isinstance(params, CycleParams):
         raise ValueError(f"params: expected CycleParams, got {type(params).__name__}")
     if not isinstance(inputs, CycleInputs):
@@ -376,9 +384,12 @@ def prepare_cycle(params, inputs, dt, out_p, out_q):
     p_prev = as_vector("p_prev", inputs.p_prev, n)
     q_prev = as_vector("q_prev", inputs.q_prev, n)
     p_pre = None if inputs.p_pre is None else as_vector("p_pre", inputs.p_pre, n)
+    p_lo = np.zeros(n) if inputs.p_lo is None else as_vector("p_lo", inputs.p_lo, n)
+    check_range("p_lo", p_lo, lo=-1.0, hi=0.0)
+    p_meas = None if inputs.p_meas is None else as_vector("p_meas", inputs.p_meas, n)
     out_p = check_out("out_p", out_p, n)
     out_q = check_out("out_q", out_q, n)
-    return v, f, p_avail, p_limit, p_prev, q_prev, p_pre, check_dt(dt), out_p, out_q
+    return v, f, p_avail, p_limit, p_prev, q_prev, p_pre, p_lo, p_meas, check_dt(dt), out_p, out_q
 
 
 # --------------------------------------------------------------------------- kernels (numpy)
@@ -458,27 +469,31 @@ def first_order(y_prev, target, olrt, dt, out=None) -> np.ndarray:
 def cycle(params: CycleParams, inputs: CycleInputs, dt: float, out_p=None, out_q=None):
     """New (P, Q) set-points in pu for all devices, one control cycle of dt seconds. Steps, per device:
 
-    1. P target = max(0, min(p_limit, volt-watt P(v), droop P(f), p_avail)); the droop starts from p_pre
+    1. P target = max(p_lo, min(p_limit, volt-watt P(v), droop P(f), p_avail)); the droop starts from p_pre
        (default min(p_limit, volt-watt, p_avail)) and is capped at p_avail for under-frequency.
-    2. P = ramp_limit(first_order(p_prev -> P target, olrt_p)), then clipped to [0, min(p_avail, 1)].
-    3. Q target by q_mode: volt-var Q(v), fixed q_set, fixed PF from this P, or watt-var Q(P).
+    2. P = ramp_limit(first_order(p_prev -> P target, olrt_p)), then clipped to [p_lo, min(p_avail, 1)]
+       (so a lower p_avail acts at once, a higher one through the response and the ramp).
+    3. Q target by q_mode: volt-var Q(v), fixed q_set, fixed PF from P' = min(P, p_meas) (P without p_meas),
+       Q = sign(pf) * |P'| * tan(acos |pf|), or watt-var Q(P').
     4. Q = ramp_limit(first_order(q_prev -> Q target, olrt_q)) with the symmetric rate ramp_q.
-    5. Capability (S = 1 pu): P priority -> |Q| <= sqrt(1 - P^2); Q priority -> |Q| <= 1, P <= sqrt(1 - Q^2).
+    5. Capability (S = 1 pu): P priority -> |Q| <= sqrt(1 - P^2); Q priority -> |Q| <= 1, |P| <= sqrt(1 - Q^2).
     out_p / out_q may be the p_prev / q_prev arrays (in-place update).
     """
-    v, f, p_avail, p_limit, p_prev, q_prev, p_pre, dt, out_p, out_q = prepare_cycle(params, inputs, dt, out_p, out_q)
+    (v, f, p_avail, p_limit, p_prev, q_prev, p_pre, p_lo, p_meas, dt, out_p, out_q) = prepare_cycle(
+        params, inputs, dt, out_p, out_q)
     c = params
     p_vw = _interp(c.volt_watt.xs, c.volt_watt.ys, c.volt_watt.npts, v)
     p_base = np.minimum(np.minimum(p_limit, p_vw), p_avail)
     p_dr = _droop(f, c.f_nom, c.dbof, c.dbuf, c.kof, c.kuf, p_base if p_pre is None else p_pre, c.p_min, p_avail)
-    p_tgt = np.maximum(np.minimum(p_base, p_dr), 0.0)
+    p_tgt = np.maximum(np.minimum(p_base, p_dr), p_lo)
     p = _ramp(p_prev, _first_order(p_prev, p_tgt, c.olrt_p, dt), c.ramp_up_p, c.ramp_dn_p, dt)
-    p = np.clip(p, 0.0, np.minimum(p_avail, 1.0))
+    p = np.clip(p, p_lo, np.minimum(p_avail, 1.0))
 
+    p_q = p if p_meas is None else np.minimum(p, p_meas)
     q_vv = _interp(c.volt_var.xs, c.volt_var.ys, c.volt_var.npts, v)
-    q_wv = _interp(c.watt_var.xs, c.watt_var.ys, c.watt_var.npts, p)
+    q_wv = _interp(c.watt_var.xs, c.watt_var.ys, c.watt_var.npts, p_q)
     pf = c.pf_set
-    q_pf = np.sign(pf) * p * np.sqrt(1.0 - pf * pf) / np.abs(pf)
+    q_pf = np.sign(pf) * np.abs(p_q) * np.sqrt(1.0 - pf * pf) / np.abs(pf)
     q_tgt = np.select([c.q_mode == QMode.VOLT_VAR, c.q_mode == QMode.FIXED_Q, c.q_mode == QMode.FIXED_PF],
                       [q_vv, c.q_set, q_pf], q_wv)
     q = _ramp(q_prev, _first_order(q_prev, q_tgt, c.olrt_q, dt), c.ramp_q, c.ramp_q, dt)
@@ -486,7 +501,8 @@ def cycle(params: CycleParams, inputs: CycleInputs, dt: float, out_p=None, out_q
     prio = c.p_priority.astype(bool)
     q_max = np.where(prio, np.sqrt(np.maximum(1.0 - p * p, 0.0)), 1.0)
     q = np.clip(q, -q_max, q_max)
-    p = np.where(prio, p, np.minimum(p, np.sqrt(np.maximum(1.0 - q * q, 0.0))))
+    p_max = np.sqrt(np.maximum(1.0 - q * q, 0.0))
+    p = np.where(prio, p, np.clip(p, -p_max, p_max))
     out_p[:] = p
     out_q[:] = q
     return out_p, out_q

@@ -470,6 +470,21 @@ CANONICAL: dict[str, Canonical] = {c.name: c for c in (
     Canonical("DCV", "V", "DC voltage", _inv("DCV")),
     Canonical("TmpCab", "°C", "cabinet temperature", (Source(701, "TmpCab"),) + _inv("TmpCab")),
     # ---- end of the drivers block ----
+    # -- control block (control developer): ratings and set-point reversion the control engine uses --
+    Canonical("VArMaxAbs", "var", "rated reactive power, absorption", (Source(702, "VarMaxAbsRtg"),)),
+    Canonical("WSetRvrt", "W", "active power set-point the device reverts to when the controller goes silent",
+              (Source(704, "WSetRvrt"),), True),
+    Canonical("WSetEnaRvrt", "", "active power set-point enable the device reverts to (0/1)",
+              (Source(704, "WSetEnaRvrt"),), True),
+    Canonical("WSetRvrtTms", "s", "silence before the active power set-point reverts, 0 = never",
+              (Source(704, "WSetRvrtTms"),), True),
+    Canonical("VArSetRvrt", "var", "reactive power set-point the device reverts to", (Source(704, "VarSetRvrt"),), True),
+    Canonical("VArSetEnaRvrt", "", "reactive power set-point enable the device reverts to (0/1)",
+              (Source(704, "VarSetEnaRvrt"),), True),
+    Canonical("VArSetRvrtTms", "s", "silence before the reactive power set-point reverts, 0 = never",
+              (Source(704, "VarSetRvrtTms"),), True),
+    Canonical("ControllerHb", "", "controller heartbeat, incremented every second by the gateway (715)",
+              (Source(715, "ControllerHb"),), True),
 )}
 
 

@@ -7,7 +7,7 @@ import time
 import uuid
 
 from . import __version__, contract, telemetry
-from .activation import ActivationManager
+from .control.engine import ControlEngine
 from .config import Config, DeviceConfig
 from .contract import CommandRejected
 from .devices import make_device
@@ -41,19 +41,16 @@ class Agent:
         self.outbox = Outbox(st.dir / "outbox.sqlite", gateway_id=self.gateway_id,
                              quota_bytes=int(st.quota_mb * 2**20), max_age_s=st.max_age_h * 3600,
                              durability=st.durability)
-        self.activations = ActivationManager(
-            self.devices, {d.id for d in config.devices if d.writable}, self._latest_value, self._report,
-            priorities=config.control.priorities,
-        )
         self.mqtt: MqttClient | None = None
+        self.control = ControlEngine(config, self.devices, self.image, self._report, uplink_up=self._uplink_up,
+                                     storage_dir=st.dir)
 
     def topic(self, kind: str) -> str:
         return self.prefix + kind
 
     # -- process image ---------------------------------------------------------------------
-    def _latest_value(self, point: str) -> float | None:
-        s = self.image.get(point)
-        return s.value if s is not None and s.validity is Validity.GOOD else None
+    def _uplink_up(self) -> bool:
+        return self.mqtt is not None and self.mqtt.connected.is_set()
 
     def _take(self, readings: list[Reading]) -> None:
         """Into the process image, and encoded into the telemetry buffer (bytes, not objects, until the flush)."""
@@ -205,8 +202,11 @@ class Agent:
                 log.exception("command handling failed")
 
     async def _command(self, payload: bytes) -> None:
+        received_ns = time.time_ns()
+        ctl = self.config.control
         try:
-            cmd = contract.parse_command(payload, time.time_ns(), max_activation_s=self.config.control.max_activation_s)
+            cmd = contract.parse_command(payload, received_ns, max_activation_s=ctl.max_activation_s,
+                                         schedule_horizon_s=ctl.schedule_horizon_s)
         except CommandRejected as rej:
             if rej.cmd_id is not None and await self._resend(rej.cmd_id):
                 return
@@ -214,7 +214,8 @@ class Agent:
             return
         if await self._resend(cmd.cmd_id):
             return
-        await self.activations.handle(cmd)
+        log.info("command %s (%s from %s) received t_ns=%d", cmd.cmd_id, cmd.type, cmd.issuer, received_ns)
+        await self.control.submit(cmd)
 
     async def _resend(self, cmd_id: str) -> bool:
         """A command seen before is never executed again: its stored results go out once more instead."""
@@ -254,12 +255,13 @@ class Agent:
         tasks.append(asyncio.create_task(self._command_loop(), name="commands"))
         tasks.append(asyncio.create_task(self._state_loop(), name="state"))
         publishing = asyncio.create_task(self.publisher.run(), name="publisher")
+        await self.control.start()
         self.mqtt.start()
         try:
             await stop.wait()
         finally:
             log.info("stopping")
-            await self.activations.close()
+            await self.control.close()
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

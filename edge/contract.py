@@ -23,9 +23,17 @@ TOPIC_CMD = "cmd"
 TOPIC_RESULT = "result"
 
 ISSUERS = ("tso", "dso", "aggregator")
-COMMAND_TYPES = ("limit_active_power", "terminate")
-RESULT_STATUSES = ("accepted", "rejected", "active", "completed", "failed", "terminated")
+#: Commands that start an activation (a remote set-point for a while), and the unit of their quantity.
+ACTIVATION_TYPES = {"limit_active_power": "%", "set_active_power": "W", "set_reactive_power": "var",
+                    "set_power_factor": ""}
+#: Commands that act on activations or on the gateway, at once.
+ACTION_TYPES = ("terminate", "cancel", "traffic_light")
+COMMAND_TYPES = tuple(ACTIVATION_TYPES) + ACTION_TYPES
+RESULT_STATUSES = ("accepted", "rejected", "scheduled", "active", "completed", "expired", "cancelled", "terminated",
+                   "failed")
+TRAFFIC_LIGHTS = ("green", "amber", "red")
 MAX_COMMAND_BYTES = 16384
+CONTRACT_VERSION = "2.0"  # major: telemetry in blocks, prefix gridedge/v2/ (docs/mqtt-api.md, "Versions")
 
 
 def iso_utc(ts_ns: int) -> str:
@@ -82,8 +90,14 @@ class Command:
 _COMMAND_KEYS = {"schema", "cmd_id", "type", "issuer", "device", "valid_from", "valid_until", "params"}
 
 
-def parse_command(payload: bytes, now_ns: int, *, max_activation_s: int, clock_skew_s: float = 5.0) -> Command:
-    """Bytes from the cmd topic -> Command, or CommandRejected naming the fault."""
+def parse_command(payload: bytes, now_ns: int, *, max_activation_s: int, clock_skew_s: float = 5.0,
+                  schedule_horizon_s: float = 0.0, max_revert_s: int = 65535) -> Command:
+    """Bytes from the cmd topic -> Command, or CommandRejected naming the fault.
+
+    The validity window of an activation is when it may start: valid_from (default now) up to valid_until
+    (default: it must start at once); one may be scheduled up to schedule_horizon_s ahead. Other commands
+    act on receipt, so a valid_from in the future is refused for them.
+    """
     if len(payload) > MAX_COMMAND_BYTES:
         raise CommandRejected(None, f"command too large: {len(payload)} bytes > {MAX_COMMAND_BYTES}")
     try:
@@ -126,20 +140,26 @@ def parse_command(payload: bytes, now_ns: int, *, max_activation_s: int, clock_s
             raise reject(f"{key}: must be an ISO 8601 UTC time like 2026-01-31T12:00:00Z ({exc})") from None
     valid_from, valid_until = window
     skew = int(clock_skew_s * 1e9)
+    horizon = int(schedule_horizon_s * 1e9) if ctype in ACTIVATION_TYPES else 0
     if valid_until is not None and now_ns > valid_until:
         raise reject(f"expired: valid_until {doc['valid_until']} is in the past")
-    if valid_from is not None and valid_from > now_ns + skew:
-        raise reject(f"not yet valid: valid_from {doc['valid_from']} is in the future")
+    if valid_from is not None and valid_from > now_ns + skew + horizon:
+        raise reject(f"not yet valid: valid_from {doc['valid_from']} is in the future"
+                     + (f", beyond the scheduling horizon of {schedule_horizon_s:g} s" if horizon else ""))
     if valid_from is not None and valid_until is not None and valid_until <= valid_from:
         raise reject("valid_until must be after valid_from")
 
     params = doc.get("params", {})
     if not isinstance(params, dict):
         raise reject("params: must be an object")
-    if ctype == "limit_active_power":
-        params = _limit_params(params, max_activation_s, reject)
+    if ctype in ACTIVATION_TYPES:
+        params = _activation_params(ctype, params, max_activation_s, max_revert_s, reject)
+    elif ctype == "traffic_light":
+        if issuer != "dso":
+            raise reject(f"issuer: only the dso sends a traffic light, got {issuer!r}")
+        params = _traffic_light_params(params, max_activation_s, reject)
     else:
-        params = _terminate_params(params, reject)
+        params = _target_params(ctype, params, reject)
     return Command(cmd_id, ctype, issuer, device, valid_from, valid_until, params)
 
 
@@ -152,19 +172,51 @@ def _number(params: dict, key: str, lo: float, hi: float, reject) -> float:
     return float(v)
 
 
-def _limit_params(params: dict, max_activation_s: int, reject) -> dict:
-    extra = sorted(set(params) - {"limit_pct", "duration_s"})
+#: The quantity key of each activation type and its range (W and var are bounded by the devices, later).
+_QUANTITY = {"limit_active_power": ("limit_pct", 0.0, 100.0), "set_active_power": ("w", -1e9, 1e9),
+             "set_reactive_power": ("var", -1e9, 1e9), "set_power_factor": ("pf", -1.0, 1.0)}
+
+
+def _activation_params(ctype: str, params: dict, max_activation_s: int, max_revert_s: int, reject) -> dict:
+    key = _QUANTITY[ctype][0]
+    extra = sorted(set(params) - {key, "duration_s", "revert_s"})
     if extra:
-        raise reject(f"params: unknown key {extra[0]!r}")
-    return {"limit_pct": _number(params, "limit_pct", 0.0, 100.0, reject),
-            "duration_s": _number(params, "duration_s", 1.0, float(max_activation_s), reject)}
+        raise reject(f"params: unknown key {extra[0]!r} ({ctype} takes {key}, duration_s and optionally revert_s)")
+    out = {key: _number(params, key, *_QUANTITY[ctype][1:], reject),
+           "duration_s": _number(params, "duration_s", 1.0, float(max_activation_s), reject)}
+    if ctype == "set_power_factor" and abs(out["pf"]) < 0.1:
+        raise reject(f"params.pf: |pf| must be within [0.1, 1] (> 0 injects, < 0 absorbs reactive power), "
+                     f"got {out['pf']:g}")
+    if "revert_s" in params:
+        revert = _number(params, "revert_s", 1.0, float(max_revert_s), reject)
+        if not revert.is_integer():
+            raise reject(f"params.revert_s: must be whole seconds, got {revert:g}")
+        out["revert_s"] = revert
+    return out
 
 
-def _terminate_params(params: dict, reject) -> dict:
+def _target_params(ctype: str, params: dict, reject) -> dict:
     target = params.get("activation_id")
-    if set(params) != {"activation_id"} or not isinstance(target, str) or not target:
-        raise reject("params: terminate takes exactly {'activation_id': <cmd_id of the activation>}")
+    if set(params) != {"activation_id"} or not isinstance(target, str) or not 1 <= len(target) <= 128:
+        raise reject(f"params: {ctype} takes exactly {{'activation_id': <cmd_id of the activation>}}")
     return {"activation_id": target}
+
+
+def _traffic_light_params(params: dict, max_activation_s: int, reject) -> dict:
+    colour = params.get("colour")
+    if colour not in TRAFFIC_LIGHTS:
+        raise reject(f"params.colour: must be one of {', '.join(TRAFFIC_LIGHTS)}, got {colour!r}")
+    allowed = {"colour", "duration_s"} | ({"limit_pct"} if colour == "amber" else set())
+    extra = sorted(set(params) - allowed)
+    if extra:
+        raise reject(f"params: unknown key {extra[0]!r} for a {colour} traffic light"
+                     + (" (only amber takes limit_pct)" if extra[0] == "limit_pct" else ""))
+    out: dict = {"colour": colour}
+    if colour == "amber":
+        out["limit_pct"] = _number(params, "limit_pct", 0.0, 100.0, reject)
+    if "duration_s" in params:
+        out["duration_s"] = _number(params, "duration_s", 1.0, float(max_activation_s), reject)
+    return out
 
 
 def _raise(exc: Exception):

@@ -126,6 +126,36 @@ class DsoSimulator:
             doc["device"] = device
         return doc
 
+    @staticmethod
+    def command(ctype: str, params: dict, *, cmd_id: str | None = None, issuer: str = "dso",
+                device: str | None = None, valid_from: float | None = None, valid_until: float | None = None) -> dict:
+        """Any command of the contract; valid_from/valid_until in seconds from now (None: not sent)."""
+        now = time.time_ns()
+        doc = {"schema": contract.SCHEMA_COMMAND, "cmd_id": cmd_id or f"{ctype[:4]}-{uuid.uuid4().hex[:12]}",
+               "type": ctype, "issuer": issuer, "params": params}
+        if device:
+            doc["device"] = device
+        if valid_from is not None:
+            doc["valid_from"] = contract.iso_utc(now + int(valid_from * 1e9))
+        if valid_until is not None:
+            doc["valid_until"] = contract.iso_utc(now + int(valid_until * 1e9))
+        return doc
+
+    @classmethod
+    def traffic_light(cls, colour: str, limit_pct: float | None = None, duration_s: float | None = None,
+                      **kw) -> dict:
+        params = {"colour": colour} | ({"limit_pct": limit_pct} if limit_pct is not None else {}) \
+            | ({"duration_s": duration_s} if duration_s is not None else {})
+        return cls.command("traffic_light", params, **kw)
+
+    @classmethod
+    def terminate(cls, activation_id: str, **kw) -> dict:
+        return cls.command("terminate", {"activation_id": activation_id}, **kw)
+
+    @classmethod
+    def cancel(cls, activation_id: str, **kw) -> dict:
+        return cls.command("cancel", {"activation_id": activation_id}, **kw)
+
     def results(self, cmd_id: str | None) -> list[dict]:
         topics = (self.prefix + contract.TOPIC_RESULT, self.prefix + "backfill/" + contract.TOPIC_RESULT)
         return [s.doc for s in self.seen if s.topic in topics

@@ -64,6 +64,9 @@ WRITABLE_704 = {
     "WMaxLimPctEna": "WMaxLimPctEna", "WMaxLimPct": "WMaxLimPct", "WMaxLimPctRvrt": "WMaxLimPctRvrt",
     "WMaxLimPctEnaRvrt": "WMaxLimPctEnaRvrt", "WMaxLimPctRvrtTms": "WMaxLimPctRvrtTms",
     "WSetEna": "WSetEna", "WSet": "WSet", "VarSetEna": "VArSetEna", "VarSet": "VArSet",
+    # reversion of the set-points (control developer's block)
+    "WSetRvrt": "WSetRvrt", "WSetEnaRvrt": "WSetEnaRvrt", "WSetRvrtTms": "WSetRvrtTms",
+    "VarSetRvrt": "VArSetRvrt", "VarSetEnaRvrt": "VArSetEnaRvrt", "VarSetRvrtTms": "VArSetRvrtTms",
 }
 
 
@@ -72,14 +75,18 @@ class InverterSim:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, unit_id: int = 1, w_max: float = 10000.0,
                  pv: PvProfile | float = 8000.0, ramp_pct_per_s: float = 10.0, serial: str = "SIM0001",
-                 base: int = 40000, step_s: float = 0.1, models: tuple[int, ...] = MODELS):
+                 base: int = 40000, step_s: float = 0.1, models: tuple[int, ...] = MODELS, grid=None,
+                 var_response_s: float = 0.0):
+        """grid: the plant's connection point (hil/feeder.py Feeder.tap), None = a stiff 230 V / 50 Hz grid."""
         if base not in ss.BASE_ADDRESSES:
             raise ValueError(f"base must be one of {ss.BASE_ADDRESSES}")
         self.host, self.port, self.unit_id, self.base, self.step_s = host, port, unit_id, base, step_s
         self.serial = serial
-        self.plant = PVInverterPlant(w_max=w_max, pv=pv, ramp_pct_per_s=ramp_pct_per_s)
+        self.plant = PVInverterPlant(w_max=w_max, pv=pv, ramp_pct_per_s=ramp_pct_per_s, grid=grid,
+                                     var_response_s=var_response_s)
         self.sf = scale_factors(self.plant.w_max, self.plant.n_phases)
         self.writes_applied = 0
+        self.control_writes = 0                    # of those, writes of 704 controls (not curves or heartbeats)
         self.writes_refused = 0
         if not {1, 701, 704} <= set(models):
             raise ValueError("an inverter needs at least models 1, 701 and 704")
@@ -141,6 +148,10 @@ class InverterSim:
             "WMaxLimPctRvrtRem": int(round(p.WMaxLimPctRvrtRem)),
             "WSetEna": p.WSetEna, "WSetMod": 1, "WSet": round(p.WSet), "VarSetEna": p.VArSetEna, "VarSetMod": 4,
             "VarSet": round(p.VArSet),
+            "WSetRvrt": round(p.WSetRvrt), "WSetEnaRvrt": p.WSetEnaRvrt, "WSetRvrtTms": p.WSetRvrtTms,
+            "WSetRvrtRem": int(round(p.rvrt_rem("WSetRvrtTms"))),
+            "VarSetRvrt": round(p.VArSetRvrt), "VarSetEnaRvrt": p.VArSetEnaRvrt, "VarSetRvrtTms": p.VArSetRvrtTms,
+            "VarSetRvrtRem": int(round(p.rvrt_rem("VArSetRvrtTms"))),
         })
 
     # ------------------------------------------------------------------ Modbus side
@@ -208,7 +219,8 @@ class InverterSim:
             log.warning("refused write at %d: %s", address, exc)
             return ExcCodes.ILLEGAL_VALUE
         self.writes_applied += 1
-        log.info("applied write at %d: %s", address, decoded)
+        self.control_writes += 1
+        log.info("applied write at %d: %s t_ns=%d", address, decoded, time.time_ns())
         self.refresh()
         off = address - self.base
         # the server now stores the written registers; keep them identical to our rendering
@@ -295,21 +307,37 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--base", type=int, default=40000, choices=ss.BASE_ADDRESSES)
     ap.add_argument("--rtu", action="store_true", help="serve on a pseudo-terminal RTU line instead of TCP")
     ap.add_argument("--baudrate", type=int, default=19200)
+    ap.add_argument("--feeder", metavar="R,X", help="connect through a one-segment feeder, ohm per phase "
+                                                    "(the voltage at the inverter responds to its P and Q)")
+    ap.add_argument("--grid-v-pu", type=float, default=1.0, help="source voltage of the feeder, pu of 230 V")
+    ap.add_argument("--var-response-s", type=float, default=0.0, help="time constant of Q following VarSet, s")
+    ap.add_argument("--grid-control", action="store_true",
+                    help="read 'grid v_pu=... hz=...' lines on stdin (the rig's hand on the grid)")
     return ap.parse_args(argv)
 
 
 async def _main(args: argparse.Namespace) -> None:
+    from gridedge.hil.feeder import Feeder, grid_commands
+
+    feeder = None
+    if args.feeder:
+        r, x = (float(v) for v in args.feeder.split(","))
+        feeder = Feeder([(r, x)], v_source_pu=args.grid_v_pu)
     sim = InverterSim(host=args.host, port=args.port, unit_id=args.unit, w_max=args.w_max, pv=args.pv_w,
-                      ramp_pct_per_s=args.ramp_pct_per_s, serial=args.serial, base=args.base)
+                      ramp_pct_per_s=args.ramp_pct_per_s, serial=args.serial, base=args.base,
+                      grid=feeder.tap(1, "inv") if feeder else None, var_response_s=args.var_response_s)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     port = await sim.start_rtu(args.baudrate) if args.rtu else await sim.start()
     print(f"READY {port}", flush=True)
+    control = asyncio.create_task(grid_commands(sys.stdin, feeder, sim.plant)) if args.grid_control else None
     try:
         await stop.wait()
     finally:
+        if control is not None:
+            control.cancel()
         await sim.stop()
     log.info("stopped")
 

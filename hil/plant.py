@@ -49,12 +49,27 @@ class PVInverterPlant:
         "WMaxLimPctRvrtTms": (0, 86400 * 365),
         "WSet": (0.0, math.inf),           # upper bound: w_max, checked in write()
         "WSetEna": (0, 1),
+        "WSetRvrt": (0.0, math.inf),
+        "WSetEnaRvrt": (0, 1),
+        "WSetRvrtTms": (0, 86400 * 365),
         "VArSet": (-math.inf, math.inf),   # bounds: +/- var_max, checked in write()
         "VArSetEna": (0, 1),
+        "VArSetRvrt": (-math.inf, math.inf),
+        "VArSetEnaRvrt": (0, 1),
+        "VArSetRvrtTms": (0, 86400 * 365),
+    }
+    #: Reversion groups (SunSpec 704): timeout point -> (control, its reversion value), applied on silence.
+    REVERSION = {
+        "WMaxLimPctRvrtTms": (("WMaxLimPct", "WMaxLimPctRvrt"), ("WMaxLimPctEna", "WMaxLimPctEnaRvrt")),
+        "WSetRvrtTms": (("WSet", "WSetRvrt"), ("WSetEna", "WSetEnaRvrt")),
+        "VArSetRvrtTms": (("VArSet", "VArSetRvrt"), ("VArSetEna", "VArSetEnaRvrt")),
     }
 
     def __init__(self, w_max: float = 10000.0, pv: PvProfile | float = 8000.0, ramp_pct_per_s: float = 10.0,
-                 var_max: float | None = None, n_phases: int = 3, t0_s: float = 0.0):
+                 var_max: float | None = None, n_phases: int = 3, t0_s: float = 0.0, grid=None,
+                 var_response_s: float = 0.0):
+        """grid: an object with update(p_w, q_var) -> (V, Hz) (hil/feeder.py FeederTap), or None for a stiff
+        grid (v and hz as set). var_response_s: time constant of the reactive power following its set-point."""
         if not w_max > 0:
             raise ValueError("w_max must be > 0")
         if not ramp_pct_per_s > 0:
@@ -67,7 +82,11 @@ class PVInverterPlant:
         self.var_max = float(var_max) if var_max is not None else 0.44 * self.w_max  # IEEE 1547 Cat B capability
         self.n_phases = n_phases
         self.t_s = float(t0_s)
-        # grid inputs (settable)
+        if not var_response_s >= 0:
+            raise ValueError("var_response_s must be >= 0")
+        self.var_response_s = float(var_response_s)
+        self.grid = grid
+        # grid inputs (settable; with a grid model they follow it)
         self.v = 230.0
         self.hz = 50.0
         # controls
@@ -80,7 +99,14 @@ class PVInverterPlant:
         self.WSetEna = 0
         self.VArSet = 0.0
         self.VArSetEna = 0
-        self._last_write_t: float | None = None   # reversion timer start; None = not armed
+        self.WSetRvrt = self.w_max
+        self.WSetEnaRvrt = 0
+        self.WSetRvrtTms = 0
+        self.VArSetRvrt = 0.0
+        self.VArSetEnaRvrt = 0
+        self.VArSetRvrtTms = 0
+        self._last_write_t: float | None = None   # reversion timer start: the last control write
+        self._armed: set[str] = set()             # reversion groups armed by that write
         # outputs
         self.W = self.target_w()
         self.VAr = self.target_var()
@@ -89,6 +115,8 @@ class PVInverterPlant:
         self.TotVArhInj = 0.0
         self.TotVArhAbs = 0.0
         self.reversions = 0
+        if self.grid is not None:
+            self.v, self.hz = self.grid.update(self.W, self.VAr)
 
     # ------------------------------------------------------------------ controls
 
@@ -101,9 +129,9 @@ class PVInverterPlant:
         except (TypeError, ValueError):
             raise ValueError(f"{name} needs a number, got {value!r}") from None
         lo, hi = self.CONTROL_RANGES[name]
-        if name == "WSet":
+        if name in ("WSet", "WSetRvrt"):
             hi = self.w_max
-        elif name == "VArSet":
+        elif name in ("VArSet", "VArSetRvrt"):
             lo, hi = -self.var_max, self.var_max
         if not (lo <= v <= hi) or math.isnan(v):
             raise ValueError(f"{name}={value} outside {lo}..{hi}")
@@ -111,7 +139,7 @@ class PVInverterPlant:
             if v not in (0.0, 1.0):
                 raise ValueError(f"{name} must be 0 or 1, got {value}")
             return int(v)
-        if name == "WMaxLimPctRvrtTms":
+        if name.endswith("RvrtTms"):
             if not v.is_integer():
                 raise ValueError(f"{name} must be whole seconds, got {value}")
             return int(v)
@@ -123,21 +151,30 @@ class PVInverterPlant:
         for n, v in checked.items():
             setattr(self, n, v)
         self._last_write_t = self.t_s
+        self._armed = set(self.REVERSION)   # any control write restarts every timer
+
+    def rvrt_rem(self, timeout_point: str) -> float:
+        """Seconds until a reversion group reverts; 0 when none is pending."""
+        tms = getattr(self, timeout_point)
+        if tms <= 0 or self._last_write_t is None or timeout_point not in self._armed:
+            return 0.0
+        return max(0.0, tms - (self.t_s - self._last_write_t))
 
     @property
     def WMaxLimPctRvrtRem(self) -> float:
         """Seconds until the limit reverts; 0 when no reversion is pending."""
-        if self.WMaxLimPctRvrtTms <= 0 or self._last_write_t is None:
-            return 0.0
-        return max(0.0, self.WMaxLimPctRvrtTms - (self.t_s - self._last_write_t))
+        return self.rvrt_rem("WMaxLimPctRvrtTms")
 
     def _check_reversion(self) -> None:
-        if self.WMaxLimPctRvrtTms > 0 and self._last_write_t is not None \
-                and self.t_s - self._last_write_t >= self.WMaxLimPctRvrtTms:
-            self.WMaxLimPct = self.WMaxLimPctRvrt
-            self.WMaxLimPctEna = self.WMaxLimPctEnaRvrt
-            self._last_write_t = None     # disarmed until the next control write
-            self.reversions += 1
+        if self._last_write_t is None:
+            return
+        for tms_point, pairs in self.REVERSION.items():
+            tms = getattr(self, tms_point)
+            if tms > 0 and tms_point in self._armed and self.t_s - self._last_write_t >= tms:
+                for control, value in pairs:
+                    setattr(self, control, getattr(self, value))
+                self._armed.discard(tms_point)   # disarmed until the next control write
+                self.reversions += 1
 
     # ------------------------------------------------------------------ dynamics
 
@@ -169,7 +206,13 @@ class PVInverterPlant:
         # Never above what the PV gives, even mid-ramp (the sun does not wait for the ramp).
         self.W = min(self.available_w(), self.W + max(-max_dw, min(max_dw, target - self.W)))
         self.W = max(0.0, self.W)
-        self.VAr = self.target_var()
+        target_var = self.target_var()
+        if self.var_response_s > 0:
+            self.VAr += (target_var - self.VAr) * (1.0 - math.exp(-dt_s / self.var_response_s))
+        else:
+            self.VAr = target_var
+        if self.grid is not None:
+            self.v, self.hz = self.grid.update(self.W, self.VAr)
         h = dt_s / 3600.0
         self.TotWhExp += max(self.W, 0.0) * h
         self.TotWhImp += max(-self.W, 0.0) * h

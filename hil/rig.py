@@ -39,11 +39,7 @@ dir = "{storage}"
 quota_mb = {quota_mb}
 durability = "{durability}"
 
-[control]
-cycle_ms = 200
-max_activation_s = 3600
-revert_s = 60
-
+{control}
 [[devices]]
 id = "inv1"
 driver = "sunspec_tcp"
@@ -57,13 +53,45 @@ writable = {writable}
 """
 
 
+#: The rig's [control] section: the EN 50549 profile, without the release ramp (a bench wants to see the
+#: limit come back at once) and no local reactive power function unless a test asks for one.
+CONTROL_DEFAULTS = {"cycle_ms": 200, "max_activation_s": 3600, "revert_s": 60}
+SETTINGS_DEFAULTS = {"ramp_up_pct_per_s": 0.0}
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"no TOML for {v!r}")
+
+
+def control_toml(control: dict, settings: dict) -> str:
+    """The [control] and [control.settings] tables of the rig's config."""
+    lines = ["[control]"] + [f"{k} = {_toml_value(v)}" for k, v in control.items()]
+    lines += ["", "[control.settings]"] + [f"{k} = {_toml_value(v)}" for k, v in settings.items()]
+    return "\n".join(lines) + "\n"
+
+
 class Rig:
     def __init__(self, workdir: Path, *, gateway_id: str = "gw-rig-001", w_max: float = 10000.0,
                  pv_w: float = 8000.0, ramp_pct_per_s: float = 20.0, poll_ms: int = 250,
                  telemetry_ms: int = 250, writable: bool = True, proxy: bool = False, keepalive_s: int = 10,
                  backfill_rate: float = 200.0, backfill_jitter_s: float = 0.5, quota_mb: float = 64.0,
-                 durability: str = "full", dso_session_expiry_s: int = 0) -> None:
+                 durability: str = "full", dso_session_expiry_s: int = 0, control: dict | None = None,
+                 settings: dict | None = None, feeder: tuple[float, float] | None = None, grid_v_pu: float = 1.0,
+                 var_response_s: float = 0.0) -> None:
+        """control/settings: keys of [control] and [control.settings] over the rig's defaults; feeder: (R, X)
+        ohm per phase between the grid (grid_v_pu) and the inverter, so its voltage responds to its P and Q."""
         self.workdir = Path(workdir)
+        self.control = dict(CONTROL_DEFAULTS, **(control or {}))
+        self.settings = dict(SETTINGS_DEFAULTS, **(settings or {}))
+        self.feeder, self.grid_v_pu, self.var_response_s = feeder, grid_v_pu, var_response_s
         self.use_proxy, self.proxy = proxy, None
         self.uplink = dict(keepalive_s=keepalive_s, backfill_rate=backfill_rate, backfill_jitter_s=backfill_jitter_s,
                            quota_mb=quota_mb, durability=durability)
@@ -103,16 +131,18 @@ class Rig:
         values = dict(self.uplink, gateway_id=self.gateway_id, broker_url=broker_url, ca=self.pki.ca_cert,
                       cert=self.gw_cert, key=self.gw_key, telemetry_ms=self.telemetry_ms,
                       storage=self.workdir / "var", sim_port=self.sim_port, poll_ms=self.poll_ms,
-                      writable=str(self.writable).lower())
+                      writable=str(self.writable).lower(), control=control_toml(self.control, self.settings))
         values.update(overrides)
         self.config_path.write_text(CONFIG_TEMPLATE.format(**values))
         return self.config_path
 
     async def _start_sim(self) -> int:
+        grid = ["--feeder", f"{self.feeder[0]},{self.feeder[1]}"] if self.feeder else []
         self.sim = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gridedge.hil.inverter_sim", "--host", "127.0.0.1", "--port", "0",
             "--w-max", str(self.w_max), "--pv-w", str(self.pv_w), "--ramp-pct-per-s", str(self.ramp_pct_per_s),
-            stdout=asyncio.subprocess.PIPE, stderr=open(self.sim_log, "ab"),
+            "--grid-v-pu", str(self.grid_v_pu), "--var-response-s", str(self.var_response_s), "--grid-control", *grid,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=open(self.sim_log, "ab"),
         )
         try:
             line = await asyncio.wait_for(self.sim.stdout.readline(), 20)
@@ -121,6 +151,12 @@ class Rig:
         if not line.startswith(b"READY "):
             raise RuntimeError(f"inverter simulator did not start: {self.sim_log.read_text()[-2000:]}")
         return int(line.split()[1])
+
+    async def set_grid(self, *, v_pu: float | None = None, hz: float | None = None) -> None:
+        """Change the grid the simulated inverter sees: the feeder's source voltage (pu) and/or the frequency."""
+        words = [f"{k}={v}" for k, v in (("v_pu", v_pu), ("hz", hz)) if v is not None]
+        self.sim.stdin.write(("grid " + " ".join(words) + "\n").encode())
+        await self.sim.stdin.drain()
 
     async def start_agent(self) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -138,6 +174,8 @@ class Rig:
             await self.dso.stop()
         await self.stop_agent()
         sim, self.sim = self.sim, None
+        if sim is not None and sim.stdin is not None:
+            sim.stdin.close()
         await _stop(sim, signal.SIGTERM, 5)
         if self.proxy:
             await self.proxy.stop()

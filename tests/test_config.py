@@ -65,7 +65,9 @@ def test_example_loads_without_file_checks():
     assert cfg.storage.dir == EXAMPLE.parent / "var"
     assert cfg.control.priorities == ("tso", "dso", "aggregator")
     assert cfg.control.cycle_ms == 200 and cfg.control.revert_s == 60
-    (dev,) = cfg.devices
+    dev, meter = cfg.devices
+    assert (meter.id, meter.role, meter.writable) == ("poc_meter", "meter", False)
+    assert cfg.control.poc.meter == "poc_meter" and cfg.control.device("inv1").p_max_w == 10000.0
     assert dev.id == "inv1" and dev.driver == "sunspec_tcp" and dev.role == "inverter"
     assert (dev.host, dev.port, dev.unit_id) == ("127.0.0.1", 502, 1)
     assert dev.points == ("W", "VAr", "PF", "Hz", "PhVphA", "WMaxLimPct")
@@ -155,7 +157,7 @@ def test_registered_driver_is_accepted_later():
 def test_poll_ms_must_be_positive():
     data = example_dict()
     data["devices"] += [dict(data["devices"][0], id="inv2"), dict(data["devices"][0], id="inv3", poll_ms=-5)]
-    assert errors_of(data) == ["gateway.toml: devices[2].poll_ms: must be > 0, got -5"]
+    assert errors_of(data) == ["gateway.toml: devices[3].poll_ms: must be > 0, got -5"]   # [1] is the site meter
 
 
 def test_unknown_key_with_hint():
@@ -219,7 +221,7 @@ def test_ranges():
 def test_duplicate_device_id_names_both_indexes():
     data = example_dict()
     data["devices"] += [dict(data["devices"][0], id="inv2"), dict(data["devices"][0])]
-    assert errors_of(data) == ["gateway.toml: devices[2].id: duplicate 'inv1', already used by devices[0].id"]
+    assert errors_of(data) == ["gateway.toml: devices[3].id: duplicate 'inv1', already used by devices[0].id"]
 
 
 def test_plaintext_needs_allow_plaintext():
@@ -355,9 +357,9 @@ def test_many_errors_reported_at_once():
         "gateway.toml: uplink.brokr: unknown key (did you mean 'broker'?)",
         "gateway.toml: uplink.broker: plaintext mqtt:// needs allow_plaintext = true (or use mqtts://)",
         "gateway.toml: control.revert_s: must be >= 1, got 0",
-        "gateway.toml: devices[1].poll_ms: must be > 0, got -5",
-        "gateway.toml: devices[1].writable: must be true or false, got string 'yes'",
-        "gateway.toml: devices[1].id: duplicate 'inv1', already used by devices[0].id",
+        "gateway.toml: devices[2].poll_ms: must be > 0, got -5",     # [1] is the example's site meter
+        "gateway.toml: devices[2].writable: must be true or false, got string 'yes'",
+        "gateway.toml: devices[2].id: duplicate 'inv1', already used by devices[0].id",
     ])
 
 
@@ -399,7 +401,7 @@ def test_check_main(pki_dir: Path, tmp_path: Path, capsys):
     good = pki_dir / "gateway.toml"
     assert check_main(good) == 0
     out, err = capsys.readouterr()
-    assert out == f"OK {good}: 1 device, gateway gw-demo-001\n" and err == ""
+    assert out == f"OK {good}: 2 devices, gateway gw-demo-001\n" and err == ""
     bad = tmp_path / "bad.toml"
     bad.write_text('[gateway]\nid = "x y"\n')
     assert check_main(bad) == 1

@@ -75,18 +75,20 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
     max_leaves=12,
 )
+numbers = st.integers(-10**10, 10**10) | st.floats(allow_nan=False) | st.sampled_from([0, 0.05, 0.1, 1, 30, 65535, 65536])
+param_values = json_values | numbers | st.sampled_from(["green", "amber", "red", "a1"])
 command_like = st.fixed_dictionaries(
     {"schema": st.sampled_from(["gridedge.command/1", "x"]), "cmd_id": st.text(max_size=5) | json_values,
-     "type": st.sampled_from(["limit_active_power", "terminate", "x"])},
-    optional={"issuer": json_values | st.sampled_from(["tso", "dso"]), "device": json_values,
+     "type": st.sampled_from(list(contract.COMMAND_TYPES) + ["x"])},
+    optional={"issuer": json_values | st.sampled_from(["tso", "dso", "aggregator"]), "device": json_values,
               "valid_from": json_values, "valid_until": json_values,
-              "params": json_values | st.fixed_dictionaries({}, optional={"limit_pct": json_values,
-                                                                          "duration_s": json_values,
-                                                                          "activation_id": json_values})},
+              "params": json_values | st.fixed_dictionaries({}, optional={
+                  k: param_values for k in ("limit_pct", "duration_s", "activation_id", "w", "var", "pf", "revert_s",
+                                            "colour")})},
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(command_like)
 def test_fuzz_structured(doc):
     try:
@@ -115,3 +117,52 @@ def test_payloads_match_schemas(tmp_path):
     from gridedge.flex import messages as flex_messages
 
     assert set(SCHEMAS) == {"telemetry", "state", "command", "result", "nomination", *flex_messages.SCHEMAS}
+
+
+traffic_lights = st.fixed_dictionaries(
+    {"schema": st.just("gridedge.command/1"), "cmd_id": st.text(min_size=1, max_size=8),
+     "type": st.just("traffic_light")},
+    optional={"issuer": st.sampled_from(["tso", "dso", "aggregator", "x"]),
+              "params": st.fixed_dictionaries({}, optional={"colour": st.sampled_from(["green", "amber", "red", "blue"]) | json_values,
+                                                             "limit_pct": numbers | json_values,
+                                                             "duration_s": numbers | json_values,
+                                                             "extra": json_values})},
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(traffic_lights)
+def test_fuzz_traffic_light_messages(doc):
+    """Traffic lights: every fault named; what is accepted is a well-formed light from the DSO."""
+    try:
+        c = parse_command(json.dumps(doc).encode(), NOW, max_activation_s=3600)
+    except CommandRejected as rej:
+        assert rej.reason and rej.cmd_id == doc["cmd_id"]
+        return
+    validate_message("gw/cmd", doc)
+    assert c.issuer == "dso" and c.params["colour"] in contract.TRAFFIC_LIGHTS
+    assert ("limit_pct" in c.params) == (c.params["colour"] == "amber")
+
+
+@pytest.mark.parametrize("doc, expected", [
+    ({"type": "traffic_light", "issuer": "tso", "params": {"colour": "red"}}, "only the dso sends a traffic light"),
+    ({"type": "traffic_light", "params": {"colour": "amber"}}, "params.limit_pct: must be a number"),
+    ({"type": "traffic_light", "params": {"colour": "red", "limit_pct": 5}}, "(only amber takes limit_pct)"),
+    ({"type": "traffic_light", "params": {"colour": "blue"}}, "params.colour: must be one of green, amber, red"),
+    ({"type": "set_power_factor", "params": {"pf": 0.05, "duration_s": 10}}, "params.pf: |pf| must be within [0.1, 1]"),
+    ({"type": "set_active_power", "params": {"w": 100, "duration_s": 10, "revert_s": 2.5}}, "revert_s: must be whole"),
+    ({"type": "set_reactive_power", "params": {"var": 100}}, "params.duration_s: must be a number"),
+    ({"type": "cancel", "params": {}}, "cancel takes exactly {'activation_id'"),
+    ({"type": "terminate", "params": {"activation_id": "a"}, "valid_from": contract.iso_utc(NOW + 3600 * 10**9)},
+     "not yet valid"),
+])
+def test_new_command_faults_are_named(doc, expected):
+    assert expected in reason(cmd(**doc))
+
+
+def test_activations_may_be_scheduled_within_the_horizon_only():
+    future = dict(valid_from=contract.iso_utc(NOW + 3600 * 10**9), valid_until=contract.iso_utc(NOW + 7200 * 10**9))
+    c = parse_command(cmd(**future), NOW, max_activation_s=3600, schedule_horizon_s=86400)
+    assert c.valid_from_ns == contract.parse_iso_utc(future["valid_from"])
+    with pytest.raises(CommandRejected, match="beyond the scheduling horizon of 1800 s"):
+        parse_command(cmd(**future), NOW, max_activation_s=3600, schedule_horizon_s=1800)

@@ -118,7 +118,9 @@ def test_fuzz_flex_section(mutations):
     flex = {"resources": [copy.deepcopy(PV), {"id": "b", "kind": "battery", "power": "m1/W", "soc": "m1/SoC",
                                               "capacity_wh": 1.0, "max_charge_w": 1.0, "max_discharge_w": 1.0}]}
     for in_resource, key, value in mutations:
-        (flex["resources"][0] if in_resource and isinstance(flex.get("resources"), list) else flex)[key] = value
+        res = flex.get("resources")  # an earlier mutation may have replaced the list itself
+        first = res[0] if isinstance(res, list) and res and isinstance(res[0], dict) else None
+        (first if in_resource and first is not None else flex)[key] = value
     try:
         cfg = parse_config(base(**flex), "gateway.toml", check_files=False)
     except ConfigError as e:

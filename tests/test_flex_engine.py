@@ -55,7 +55,7 @@ class Sim:
                               Sample("inv1/WMaxLimPct", self.t, self.plant.WMaxLimPct, "%"),
                               Sample("inv1/WMaxLimPctEna", self.t, self.plant.WMaxLimPctEna, "")])
             for rec in self.engine.tick(self.t):
-                self.outbox.append(rec.kind, f"gridedge/v1/gw1/{rec.kind}", rec.body, rec.data_class)
+                self.outbox.append(rec.kind, f"gridedge/v2/gw1/{rec.kind}", rec.body, rec.data_class)
                 self.records.append(rec)
 
     def published(self, kind: str) -> list[dict]:
@@ -170,7 +170,7 @@ def test_nomination_is_the_baseline(tmp_path):
                                           "start": iso_utc(sim.t), "isp_s": 900, "w": [1.0]}).encode(), sim.t)
     nom = {"schema": "gridedge.nomination/1", "nomination_id": "n1", "resource": "pv1",
            "start": "2026-11-26T11:00:00Z", "isp_s": 900, "w": [7000.0, 7000.0]}
-    validate_message("gridedge/v1/gw1/nomination", nom)
+    validate_message("gridedge/v2/gw1/nomination", nom)
     assert sim.engine.nomination(json.dumps(nom).encode(), sim.t).values_w == (7000.0, 7000.0)
     newer = {**nom, "nomination_id": "n2", "w": [7000.0, 7000.0]}
     assert sim.engine.nomination(json.dumps(newer).encode(), sim.t).repeated is False

@@ -39,7 +39,7 @@ def reason(d, **kw) -> str:
 
 
 def test_a_valid_nomination():
-    validate_message("gridedge/v1/gw1/nomination", doc())
+    validate_message("gridedge/v2/gw1/nomination", doc())
     n = parse(doc())
     assert n == Nomination("fsp-7", "aggregator", "pv1", exact_ns("2026-11-23T14:00:00Z"), 900, (5200.0, 5100.0, -300.5))
     assert n.end_ns == n.start_ns + 3 * 900 * S
@@ -99,7 +99,7 @@ def _check(payload: bytes) -> None:
         return
     assert n.resource in RESOURCES and n.start_ns % G.ns == 0 and n.start_ns >= NOW
     assert 1 <= len(n.values_w) <= 672 and all(math.isfinite(v) and abs(v) <= 1e9 for v in n.values_w)
-    validate_message("gridedge/v1/gw1/nomination", json.loads(payload))
+    validate_message("gridedge/v2/gw1/nomination", json.loads(payload))
 
 
 json_values = st.recursive(

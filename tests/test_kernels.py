@@ -76,7 +76,9 @@ def cycle_case(draw):
     inputs = CycleInputs(
         v=draw(vec(n, 0.8, 1.25)), f=f_nom + draw(vec(n, -2.0, 2.0)), p_avail=draw(vec(n, 0.0, 1.2)),
         p_limit=draw(vec(n, -0.2, 1.2)), p_prev=draw(vec(n, -0.2, 1.2)), q_prev=draw(vec(n, -1.2, 1.2)),
-        p_pre=draw(st.one_of(st.none(), vec(n, -0.2, 1.2))))
+        p_pre=draw(st.one_of(st.none(), vec(n, -0.2, 1.2))),
+        p_lo=draw(st.one_of(st.none(), vec(n, -1.0, 0.0))),
+        p_meas=draw(st.one_of(st.none(), vec(n, -1.2, 1.2))))
     dt = draw(st.floats(0.01, 2.0))
     return params, inputs, dt
 
@@ -143,7 +145,8 @@ def test_cycle_output_within_capability(impl, case):
     params, inputs, dt = case
     p, q = impl.cycle(params, inputs, dt)
     p_avail = np.asarray(inputs.p_avail)
-    assert np.all(p >= 0.0) and np.all(p <= np.minimum(p_avail, 1.0) + 1e-12)
+    p_lo = np.zeros_like(p) if inputs.p_lo is None else np.asarray(inputs.p_lo)
+    assert np.all(p >= p_lo - 1e-12) and np.all(p <= np.minimum(p_avail, 1.0) + 1e-12)
     assert np.all(p * p + q * q <= 1.0 + 1e-9)
 
 
@@ -260,6 +263,37 @@ def test_cycle_under_frequency_raises_from_latched_p_pre(impl):
     np.testing.assert_allclose(p, [0.6], atol=1e-12)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_cycle_storage_goes_below_zero_down_to_p_lo(impl):
+    # A battery asked to charge at 0.6 pu (p_limit -0.6), one that may not charge (p_lo 0), and over-frequency
+    # pushing a battery idle at 0 towards charging: LFSM-O 0.25 Hz beyond 50.2 Hz at 5 % is -0.1 pu.
+    params = CycleParams(n=3, f_nom=50.0, dbof=0.2, kof=0.05, p_min=-1.0)
+    p, _ = impl.cycle(params, _inputs(3, f=[50.0, 50.0, 50.45], p_limit=[-0.6, -0.6, 1.0], p_pre=[-0.6, -0.6, 0.0],
+                                      p_lo=[-1.0, 0.0, -1.0]), 0.1)
+    np.testing.assert_allclose(p, [-0.6, 0.0, -0.1], atol=1e-12)
+    # Q priority bounds |P| from both sides
+    params = CycleParams(n=1, f_nom=50.0, q_mode=QMode.FIXED_Q, q_set=0.8)
+    p, q = impl.cycle(params, _inputs(1, f=50.0, p_limit=-1.0, p_pre=-1.0, p_lo=-1.0), 0.1)
+    np.testing.assert_allclose([p[0], q[0]], [-0.6, 0.8], atol=1e-12)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_cycle_p_meas_drives_pf_and_watt_var_under_a_ceiling(impl):
+    # The ceiling is 1 pu, the inverter produces 0.5: PF 0.9 and watt-var act on 0.5, not on the ceiling.
+    wv = Curve.uniform(((0.2, 0.0), (0.5, 0.0), (1.0, -0.44)), 3, "watt-var")
+    params = CycleParams(n=3, f_nom=50.0, watt_var=wv, q_mode=[QMode.FIXED_PF, QMode.WATT_VAR, QMode.FIXED_PF],
+                         pf_set=[0.9, 1.0, -0.9], p_priority=True)
+    p, q = impl.cycle(params, _inputs(3, f=50.0, p_meas=[0.5, 0.75, -0.5], p_lo=[0.0, 0.0, -1.0],
+                                      p_limit=[1.0, 1.0, -0.5]), 0.1)
+    tan = math.tan(math.acos(0.9))
+    np.testing.assert_allclose(p, [1.0, 1.0, -0.5], atol=1e-12)
+    np.testing.assert_allclose(q, [0.0, 0.0, -0.5 * tan], atol=1e-12)  # P priority: no room for Q at P = 1
+    params = CycleParams(n=2, f_nom=50.0, watt_var=Curve.uniform(((0.2, 0.0), (0.5, 0.0), (1.0, -0.44)), 2),
+                         q_mode=[QMode.FIXED_PF, QMode.WATT_VAR], pf_set=0.9)
+    p, q = impl.cycle(params, _inputs(2, f=50.0, p_meas=[0.5, 0.75]), 0.1)
+    np.testing.assert_allclose(q, [0.5 * tan, -0.22], atol=1e-12)
+
+
 # --------------------------------------------------------------------------- validation
 
 
@@ -313,6 +347,10 @@ def test_cycle_validation_errors(impl):
         impl.cycle(params, CycleInputs(v=[1.0, 1.0], f=[50.0] * 3, p_avail=1, p_limit=1, p_prev=0, q_prev=0), 0.1)
     with pytest.raises(ValueError, match=r"params: expected CycleParams"):
         impl.cycle({}, _inputs(2), 0.1)
+    with pytest.raises(ValueError, match=r"p_lo: device 1: value 0.5 must be <= 0.0"):
+        impl.cycle(params, _inputs(2, p_lo=[0.0, 0.5]), 0.1)
+    with pytest.raises(ValueError, match=r"p_meas: device 0: value nan is not finite"):
+        impl.cycle(params, _inputs(2, p_meas=[np.nan, 0.5]), 0.1)
 
 
 def test_params_validation_errors():

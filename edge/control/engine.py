@@ -1,0 +1,453 @@
+"""The control engine: a cycle every control.cycle_ms (default 200 ms), and at once when an activation changes.
+
+    1. read the process image (Agent.image) into measurements and capabilities;
+    2. run the controllers in priority order (controllers.Planner, activation.ActivationBook);
+    3. hand each device's set-points to its writer.
+
+Writers are one task per device, so a slow or dead device never holds up the cycle or the others; a writer
+writes only what changed (beyond control.write_deadband_pct), reads it back (the driver verifies), re-writes
+while a device-side reversion is armed (every revert time / 3) and bumps the SunSpec 715 controller heartbeat
+once a second while remote set-points are in force. An activation becomes active when every target device has
+it written and read back; a write failure before that fails it.
+
+Fail-safe: with the uplink down for longer than an activation's revert time, it ends and the devices go back
+to their safe defaults; the same revert time is written into the device (SunSpec *RvrtTms of 704) so the
+inverter falls back by itself if the gateway dies. After a restart, the activations that were active (kept in
+<storage.dir>/activations.json) are held until their revert time has passed, then reverted; none is resumed.
+
+Two small APIs for other parts of the agent (docs/architecture.md):
+- `add_listener(fn)`: fn(ActivationEvent) on every activation state change (activation id, issuer, type,
+  devices, requested quantity and unit, resolved W per device, start/end UTC ns, state, reason).
+- `hold_setpoint(device, w=... | var=... | limit_pct=..., duration_s=...)`: a set-point held on one device for a
+  while (a prequalification step test), through the same state machine, priorities and traffic light.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Awaitable, Callable, Mapping
+
+from gridedge import contract
+from gridedge.contract import Command
+
+from .activation import PENDING, ActivationBook, Change, Listener
+from .capability import Capability
+from .controllers import Meas, Planner, PocLimit, read_meas
+
+log = logging.getLogger("gridedge.control")
+
+Report = Callable[..., Awaitable[None]]   # report(cmd_id, status, reason=None, **detail)
+KEEPALIVE_MIN_S = 1.0
+HEARTBEAT_S = 1.0
+STATE_FILE = "activations.json"
+START_WINDOW_S = 5.0   # hold_setpoint: how long the set-point may take to reach the device
+
+
+class DeviceWriter:
+    """Writes one device's set-points: only changes, in one request per contiguous run, verified by read-back."""
+
+    def __init__(self, device_id: str, device, engine: "ControlEngine") -> None:
+        self.id = device_id
+        self.device = device
+        self.engine = engine
+        self.desired: dict[str, float] = {}
+        self.reversion: dict[str, float] = {}
+        self.written: dict[str, float] = {}
+        self.remote = False
+        self.rated_w: float | None = None
+        self.carries: set[str] = set()
+        self.heartbeat = False
+        self.hb_value = 0
+        self.last_write_mono = 0.0
+        self.last_hb_mono = 0.0
+        self.writes = 0
+        self.failures = 0
+        self.gen = 0            # generation of the plan in self.desired
+        self.done_gen = 0       # newest generation written and read back (or with nothing to write)
+        self._changed = asyncio.Event()
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.task: asyncio.Task | None = None
+
+    def update(self, gen: int, points: dict[str, float], reversion: dict[str, float], remote: bool,
+               carries: set[str], rated_w: float | None, heartbeat: bool) -> bool:
+        """New set-points from the cycle; returns True if something is to be written."""
+        self.desired, self.reversion, self.remote, self.carries = points, reversion, remote, carries
+        self.rated_w, self.heartbeat, self.gen = rated_w, heartbeat, gen
+        due = bool(self._diff(time.monotonic()))
+        if due:
+            self.idle.clear()
+            self._changed.set()
+        else:
+            self.done_gen = gen
+        return due
+
+    def _differs(self, name: str, new: float) -> bool:
+        old = self.written.get(name)
+        if old is None:
+            return True
+        if name.endswith("Ena") or "Rvrt" in name or name == "ControllerHb":
+            return old != new
+        band = self.engine.deadband_pct
+        if name.endswith("Pct"):
+            return abs(new - old) > band
+        tol = band / 100 * self.rated_w if self.rated_w else 0.0
+        return abs(new - old) > tol
+
+    def _diff(self, now_mono: float) -> dict[str, float]:
+        out = {k: v for k, v in self.desired.items() if self._differs(k, v)}
+        armed = {k: v for k, v in self.reversion.items() if self._differs(k, v)}
+        if out or armed:
+            out.update(armed)
+        keepalive = max(KEEPALIVE_MIN_S, min(self.reversion.get(k, math.inf) for k in self.reversion) / 3) \
+            if self.reversion else math.inf
+        if not out and self.remote and self.reversion and now_mono - self.last_write_mono >= keepalive:
+            out = dict(self.desired)      # re-write: restarts the device's reversion timer
+        if self.heartbeat and self.remote and now_mono - self.last_hb_mono >= HEARTBEAT_S:
+            out["ControllerHb"] = (self.hb_value + 1) % 2**32
+        return out
+
+    async def run(self) -> None:
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            now = time.monotonic()
+            values = self._diff(now)
+            carries, gen = set(self.carries), self.gen
+            if not values:
+                self.done_gen = max(self.done_gen, gen)
+                self.idle.set()
+                self.engine._written(self.id, carries, {})
+                continue
+            if "ControllerHb" in values:
+                self.last_hb_mono = now
+                self.hb_value = values["ControllerHb"]
+            try:
+                readback = await self.device.write_points(values)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a device error fails what it carried, never the engine
+                self.failures += 1
+                for k in values:
+                    self.written.pop(k, None)
+                log.warning("control: write to %s failed: %s", self.id, exc)
+                self.engine._write_failed(self.id, carries, str(exc))
+                await asyncio.sleep(min(0.25 * 2 ** min(self.failures, 6), 10.0))  # a dead device: back off
+                self._changed.set()
+                continue
+            else:
+                self.failures = 0
+                self.writes += 1
+                self.last_write_mono = time.monotonic()
+                self.written.update(values)
+                self.done_gen = max(self.done_gen, gen)
+                self.engine._written(self.id, carries, readback)
+            if not self._diff(time.monotonic()):
+                self.idle.set()
+            else:
+                self._changed.set()
+
+    def poke(self) -> None:
+        """Time-driven writes (keepalive, heartbeat) without a new plan."""
+        if self._diff(time.monotonic()):
+            self.idle.clear()
+            self._changed.set()
+
+
+class ControlEngine:
+    """The cycle of one gateway. devices: id -> driver object with write_points; image: point id -> Sample."""
+
+    def __init__(self, config, devices: Mapping[str, object], image: Mapping, report: Report, *,
+                 uplink_up: Callable[[], bool] = lambda: True, storage_dir: Path | None = None, kernels=None,
+                 clock: Callable[[], int] = time.time_ns) -> None:
+        ctl = config.control
+        self.config = config
+        self.ctl = ctl
+        self.image = image
+        self.report = report
+        self.uplink_up = uplink_up
+        self.clock = clock
+        self.period_s = ctl.cycle_ms / 1000
+        self.deadband_pct = ctl.write_deadband_pct
+        self.dev_cfg = {d.id: d for d in config.devices}
+        poc = ctl.poc and PocLimit(ctl.poc.meter, ctl.poc.export_limit_w, ctl.poc.import_limit_w,
+                                   ctl.poc.fail_safe_pct)
+        self.planner = Planner(ctl.profile, v_nom_v=ctl.v_nom_v, q_mode=ctl.q_mode, pf=ctl.pf, q_pct=ctl.q_pct,
+                               volt_watt=ctl.volt_watt, freq_watt=ctl.freq_watt, revert_s=ctl.revert_s, poc=poc,
+                               kernels=kernels)
+        self.book = ActivationBook(self.capabilities, priorities=ctl.priorities, revert_s=ctl.revert_s)
+        self.writers = {d.id: DeviceWriter(d.id, devices[d.id], self) for d in config.devices
+                        if d.writable and d.role != "meter" and hasattr(devices[d.id], "write_points")}
+        self.state_path = Path(storage_dir) / STATE_FILE if storage_dir is not None else None
+        self.cycles = 0
+        self.last_cycle_s = 0.0
+        self._caps: dict[str, Capability] | None = None
+        self._curve_warned: set[str] = set()
+        self._meas: dict[str, Meas] = {}
+        self._confirmed: dict[str, dict[str, dict]] = {}   # pending activation id -> device -> read-back
+        self._wake = asyncio.Event()
+        self._last_mono: float | None = None
+        self._down_since: int | None = None
+        self._saved_version = -1
+        self._task: asyncio.Task | None = None
+        self.gen = 0                                # generation of the last plan handed to the writers
+        self._applied: dict[str, tuple[str, ...]] = {}   # activation id -> devices, in the last plan
+        self._outq: list[tuple[list[Change], tuple[str, ...], int]] = []   # results waiting for a revert write
+
+    # ------------------------------------------------------------------ view of the devices
+
+    def _stale_s(self, dev_id: str) -> float:
+        poll = self.dev_cfg[dev_id].poll_ms / 1000
+        return max(3 * poll, 2.0) + self.period_s
+
+    def _refresh(self, now_ns: int) -> None:
+        self._meas = {d: read_meas(self.image, d, now_ns, self._stale_s(d)) for d in self.dev_cfg}
+        caps = {}
+        for d, cfg in self.dev_cfg.items():
+            dc = self.ctl.device(d)
+            m = self._meas[d]
+            caps[d] = Capability.build(d, cfg.role, cfg.writable, m.rated_w or dc.rated_w, device_q_var=m.q_rtg_var,
+                                       cfg_p_min_w=dc.p_min_w, cfg_p_max_w=dc.p_max_w, cfg_q_max_var=dc.q_max_var)
+            self._check_curve(caps[d])
+        self._caps = caps
+
+    def _check_curve(self, c: Capability) -> None:
+        """Curves were checked against the configured ratings; a device reporting less is told once (and clamped)."""
+        curve = {"volt_var": self.ctl.profile.volt_var, "watt_var": self.ctl.profile.watt_var}.get(self.ctl.q_mode)
+        if curve is None or not c.known or not c.writable or c.device in self._curve_warned:
+            return
+        need = max(abs(q) for _, q in curve)
+        if need > c.q_max_var / c.rated_w + 1e-9:
+            self._curve_warned.add(c.device)
+            log.warning("control: the %s curve asks up to %.3g pu of reactive power, %s can give %.3g pu; its "
+                        "set-points are clamped", self.ctl.q_mode, need, c.device, c.q_max_var / c.rated_w)
+
+    def capabilities(self) -> dict[str, Capability]:
+        if self._caps is None:
+            self._refresh(self.clock())
+        return self._caps
+
+    # ------------------------------------------------------------------ APIs
+
+    def add_listener(self, fn: Listener) -> None:
+        """Observer hook: fn(ActivationEvent) on every activation state change (see activation.py)."""
+        self.book.listeners.append(fn)
+
+    async def submit(self, cmd: Command) -> None:
+        """A parsed command from the uplink (or a local API); results go out through report()."""
+        self._refresh(self.clock())
+        self._queue(self.book.submit(cmd, self.clock()), self.gen + 1)
+        await self._flush()
+        self._save()
+        self.wake()
+
+    async def hold_setpoint(self, device: str, *, duration_s: float, w: float | None = None,
+                            var: float | None = None, limit_pct: float | None = None, issuer: str = "aggregator",
+                            activation_id: str | None = None, revert_s: float | None = None) -> str:
+        """Hold one set-point on one device for duration_s (a prequalification step test); returns its id.
+
+        Exactly one of w (active power set-point, W), var (reactive power, var) or limit_pct (P ceiling, % of
+        WMax). It is an activation like any other (results, priorities, traffic light, fail-safe)."""
+        given = [(k, v) for k, v in (("w", w), ("var", var), ("limit_pct", limit_pct)) if v is not None]
+        if len(given) != 1:
+            raise ValueError("hold_setpoint takes exactly one of w, var, limit_pct")
+        key, value = given[0]
+        ctype = {"w": "set_active_power", "var": "set_reactive_power", "limit_pct": "limit_active_power"}[key]
+        params = {key: value, "duration_s": duration_s} | ({"revert_s": revert_s} if revert_s is not None else {})
+        act_id = activation_id or f"step-{uuid.uuid4().hex[:12]}"
+        # it may start within START_WINDOW_S, so duration_s counts from when the device has it, exactly
+        doc = {"schema": contract.SCHEMA_COMMAND, "cmd_id": act_id, "type": ctype, "issuer": issuer,
+               "device": device, "params": params,
+               "valid_until": contract.iso_utc(self.clock() + int(START_WINDOW_S * 1e9))}
+        try:  # the same checks as a command from the uplink
+            cmd = contract.parse_command(contract.dumps(doc), self.clock(), max_activation_s=self.ctl.max_activation_s)
+        except contract.CommandRejected as exc:
+            raise ValueError(exc.reason) from None
+        await self.submit(cmd)
+        return act_id
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # ------------------------------------------------------------------ the cycle
+
+    def _queue(self, changes, need_gen: int) -> None:
+        """Results go out in order; an activation that ended while applied is reported once the plan without it
+        (its revert to the safe default) is written on its devices, so "completed" or "terminated" means done."""
+        changes = [c for c in changes if c is not None]
+        if not changes:
+            return
+        devs: set[str] = set()
+        for ch in changes:
+            if ch.status in ("completed", "expired", "cancelled", "terminated") and ch.cmd_id in self._applied:
+                devs |= set(self._applied[ch.cmd_id])
+        self._outq.append((changes, tuple(sorted(devs)), need_gen))
+
+    def _ready(self, devs: tuple[str, ...], need_gen: int) -> bool:
+        for d in devs:
+            w = self.writers.get(d)
+            if w is not None and w.done_gen < need_gen and not w.failures:
+                return False
+        return True
+
+    async def _flush(self) -> None:
+        while self._outq and self._ready(self._outq[0][1], self._outq[0][2]):
+            changes, _devs, _gen = self._outq.pop(0)
+            await self._publish(changes)
+
+    async def _publish(self, changes) -> None:
+        for ch in changes:
+            if ch is None:
+                continue
+            try:
+                await self.report(ch.cmd_id, ch.status, ch.reason, **ch.detail)
+            except Exception:  # reporting must not stop control
+                log.exception("control: reporting %s %s failed", ch.cmd_id, ch.status)
+        self._save()
+
+    def step(self) -> None:
+        """One cycle (no await): time, fail-safe, controllers, writers; results are queued for _flush."""
+        t0 = time.perf_counter()
+        now = self.clock()
+        mono = time.monotonic()
+        dt = self.period_s if self._last_mono is None else min(max(mono - self._last_mono, 1e-3), 5 * self.period_s)
+        self._last_mono = mono
+        self._refresh(now)
+        changes = list(self.book.tick(now))
+        if self.uplink_up():
+            self._down_since = None
+        else:
+            self._down_since = self._down_since or now
+            changes += self.book.revert_remote(now, (now - self._down_since) / 1e9)
+        in_force = self.book.in_force(now)
+        plan = self.planner.plan(dt, self._meas, self._caps, [(a, self.book.effective(a)) for a in in_force])
+        self.gen += 1
+        self._queue(changes, self.gen)      # what ended in tick/revert: reported once this plan is written
+        changes = []
+        pending = {a.id for a in in_force if a.state in PENDING}
+        for dev_id, writer in self.writers.items():
+            dp = plan.devices.get(dev_id)
+            if dp is None:
+                writer.update(self.gen, {}, {}, False, set(), None, False)
+                continue
+            due = writer.update(self.gen, dp.points, dp.reversion, dp.remote, dp.carries & pending,
+                                self._caps[dev_id].rated_w, "ControllerHb" in self._meas[dev_id].supports)
+            if not due and dp.carries & pending:
+                changes += self._mark(dev_id, dp.carries & pending, {})
+        self._applied = {a.id: a.devices for a in in_force}
+        self._queue(changes, self.gen)
+        self.cycles += 1
+        self.last_cycle_s = time.perf_counter() - t0
+
+    def _mark(self, dev_id: str, ids: set[str], readback: dict) -> list[Change]:
+        out = []
+        for act_id in ids:
+            act = self.book.get(act_id)
+            if act is None or act.state not in PENDING:
+                continue
+            done = self._confirmed.setdefault(act_id, {})
+            done[dev_id] = dict(readback)
+            if set(done) >= set(act.devices):
+                self._confirmed.pop(act_id, None)
+                out += self.book.confirm(act_id, self.clock(), written=done)
+        return out
+
+    def _written(self, dev_id: str, carries: set[str], readback: dict) -> None:
+        self._queue(self._mark(dev_id, carries, readback), 0)
+        self.wake()
+
+    def _write_failed(self, dev_id: str, carries: set[str], reason: str) -> None:
+        changes = []
+        for act_id in carries:
+            act = self.book.get(act_id)
+            if act is not None and act.state in PENDING:
+                self._confirmed.pop(act_id, None)
+                changes += self.book.fail(act_id, self.clock(), f"write to {dev_id} failed: {reason}")
+        self._queue(changes, 0)
+        self.wake()
+
+    async def run(self) -> None:
+        """Cycle until cancelled; call start() first."""
+        while True:
+            try:
+                async with asyncio.timeout(self.period_s):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                self.step()
+                for w in self.writers.values():
+                    w.poke()
+            except Exception:  # a bug in one cycle must not end control; the next cycle tries again
+                log.exception("control cycle failed")
+            await self._flush()
+            self._save()
+
+    async def start(self) -> None:
+        """Writers, and the activations of a previous run (held until their revert time, then reverted)."""
+        for w in self.writers.values():
+            w.task = asyncio.create_task(w.run(), name=f"control-writer:{w.id}")
+        items = self._load()
+        if items:
+            self._refresh(self.clock())
+            await self._publish(self.book.restore(items, self.clock()))
+        self._task = asyncio.create_task(self.run(), name="control")
+        self.wake()
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """End every activation, write the safe defaults and wait (bounded) for the writers."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._queue(self.book.end_all(self.clock(), "gateway agent shutting down"), self.gen + 1)
+        self.step()
+        try:
+            async with asyncio.timeout(timeout_s):
+                for w in self.writers.values():
+                    await w.idle.wait()
+        except TimeoutError:
+            log.warning("control: safe defaults not all written within %.0f s", timeout_s)
+        await self._flush()
+        if self._outq:  # whatever could not be confirmed still gets reported
+            for changes, _d, _g in self._outq:
+                await self._publish(changes)
+            self._outq.clear()
+        for w in self.writers.values():
+            if w.task is not None:
+                w.task.cancel()
+        await asyncio.gather(*(w.task for w in self.writers.values() if w.task), return_exceptions=True)
+        self._save(force=True)
+
+    # ------------------------------------------------------------------ restart file
+
+    def _save(self, force: bool = False) -> None:
+        if self.state_path is None or (self.book.version == self._saved_version and not force):
+            return
+        items = self.book.snapshot()
+        tmp = self.state_path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps({"activations": items}))
+            os.replace(tmp, self.state_path)
+            self._saved_version = self.book.version
+        except OSError as exc:
+            log.error("control: cannot write %s: %s", self.state_path, exc)
+
+    def _load(self) -> list[dict]:
+        if self.state_path is None or not self.state_path.exists():
+            return []
+        try:
+            doc = json.loads(self.state_path.read_text())
+            items = doc["activations"]
+            if not isinstance(items, list):
+                raise ValueError("activations is not a list")
+            return [i for i in items if isinstance(i, dict)]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("control: restart file %s unreadable (%s); no activation restored", self.state_path, exc)
+            return []
