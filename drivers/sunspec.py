@@ -411,7 +411,7 @@ def _inv(point: str, factor: float = 1.0) -> tuple[Source, ...]:
     return tuple(Source(m, point, factor) for m in (103, 102, 101))
 
 
-CANONICAL: dict[str, Canonical] = {c.name: c for c in (
+_CANONICAL_POINTS: tuple[Canonical, ...] = (
     Canonical("W", "W", "active power, + = export/injection", (Source(701, "W"),) + _inv("W")),
     Canonical("VAr", "var", "reactive power, + = injection (over-excited)", (Source(701, "Var"),) + _inv("VAr")),
     Canonical("VA", "VA", "apparent power", (Source(701, "VA"),) + _inv("VA")),
@@ -485,7 +485,12 @@ CANONICAL: dict[str, Canonical] = {c.name: c for c in (
               (Source(704, "VarSetRvrtTms"),), True),
     Canonical("ControllerHb", "", "controller heartbeat, incremented every second by the gateway (715)",
               (Source(715, "ControllerHb"),), True),
-)}
+)
+CANONICAL: dict[str, Canonical] = {c.name: c for c in _CANONICAL_POINTS}
+if len(CANONICAL) != len(_CANONICAL_POINTS):  # blocks appended by different hands: a repeated name would shadow one
+    raise ImportError("drivers/sunspec.py: canonical point names repeat: "
+                      + ", ".join(sorted({c.name for c in _CANONICAL_POINTS
+                                          if sum(d.name == c.name for d in _CANONICAL_POINTS) > 1})))
 
 
 def pick_source(name: str, present: Mapping[int, object] | Sequence[int]) -> Source | None:
