@@ -7,20 +7,26 @@ import time
 import uuid
 
 from . import __version__, contract, telemetry
+from .control.activation import State
 from .control.engine import ControlEngine
 from .config import Config, DeviceConfig
 from .contract import CommandRejected
 from .devices import make_device
 from .image import ProcessImage
-from .model import Detail, Reading, Sample, SampleBlock, Validity
+from .flex.bridge import resources_of, window_for
+from .flex.engine import FlexEngine
+from .flex.nomination import NominationRejected
+from .model import BlockLayout, Detail, Reading, Sample, SampleBlock, Validity
 from .mqtt import MqttClient, MqttError, tls_context
 from .outbox import Outbox
 from .uplink import Publisher
 
 log = logging.getLogger("gridedge.agent")
 
+TOPIC_NOMINATION = "nomination"  # head-end -> gateway: baseline schedules (docs/mqtt-api.md, Flexibility)
 MAX_MESSAGE_BYTES = 256 * 1024  # a telemetry message is stored as soon as it is this big: bounds memory and message size
 STATE_INTERVAL_S = 60.0  # the retained state (drop counters, next seq) is refreshed this often
+FLEX_TICK_S = 1.0  # flex closes ISPs and emits its records this often
 FINAL_DRAIN_S = 3.0  # on a clean stop, try this long to publish what is stored; the rest waits in the outbox
 
 
@@ -44,6 +50,14 @@ class Agent:
         self.mqtt: MqttClient | None = None
         self.control = ControlEngine(config, self.devices, self.image, self._report, uplink_up=self._uplink_up,
                                      storage_dir=st.dir)
+        self.flex: FlexEngine | None = None
+        if config.flex.resources:
+            self.flex = FlexEngine(config.flex, st.dir)
+            self._flex_points = self.flex.points
+            self._flex_index: dict[BlockLayout, tuple[int, ...]] = {}
+            self._flex_devices = resources_of(config.flex.resources)
+            self._step_tests: set[str] = set()  # activations that are step tests: no settlement window
+            self.control.add_listener(self._on_activation)
 
     def topic(self, kind: str) -> str:
         return self.prefix + kind
@@ -66,6 +80,23 @@ class Agent:
                 loose.append(r)
         if loose:
             self._buffer(telemetry.encode_samples(loose), len(loose))
+        if self.flex is not None:
+            self._feed_flex(readings)
+
+    def _feed_flex(self, readings: list[Reading]) -> None:
+        """Only the points flex reads: for a block, the positions of its layout found once."""
+        points = self._flex_points
+        wanted: list[Sample] = []
+        for r in readings:
+            if isinstance(r, SampleBlock):
+                idx = self._flex_index.get(r.layout)
+                if idx is None:
+                    idx = self._flex_index[r.layout] = tuple(i for i, p in enumerate(r.layout.points) if p in points)
+                wanted.extend(r.sample(i) for i in idx)
+            elif r.point in points:
+                wanted.append(r)
+        if wanted:
+            self.flex.feed(wanted)
 
     def _buffer(self, fragments: list[bytes], values: int) -> None:
         self.buffer.append((fragments, values))
@@ -132,6 +163,8 @@ class Agent:
 
     async def _on_connect(self) -> None:
         await self.mqtt.subscribe(self.topic(contract.TOPIC_CMD), qos=1)
+        if self.flex is not None:
+            await self.mqtt.subscribe(self.topic(TOPIC_NOMINATION), qos=1)
         await self._publish_state()
 
     async def _state_loop(self) -> None:
@@ -191,13 +224,16 @@ class Agent:
             self.outbox.remember_result(cmd_id, rec.payload)
 
     async def _command_loop(self) -> None:
-        cmd_topic = self.topic(contract.TOPIC_CMD)
+        handlers = {self.topic(contract.TOPIC_CMD): self._command}
+        if self.flex is not None:
+            handlers[self.topic(TOPIC_NOMINATION)] = self._nomination
         while True:
             msg = await self.mqtt.messages.get()
-            if msg.topic != cmd_topic:
+            handler = handlers.get(msg.topic)
+            if handler is None:
                 continue
             try:
-                await self._command(msg.payload)
+                await handler(msg.payload)
             except Exception:  # the agent keeps running whatever a command does
                 log.exception("command handling failed")
 
@@ -215,7 +251,84 @@ class Agent:
         if await self._resend(cmd.cmd_id):
             return
         log.info("command %s (%s from %s) received t_ns=%d", cmd.cmd_id, cmd.type, cmd.issuer, received_ns)
-        await self.control.submit(cmd)
+        if cmd.type == "prequalification_test":
+            await self._step_test(cmd, received_ns)
+        else:
+            await self.control.submit(cmd)
+
+    # -- flexibility -------------------------------------------------------------------------
+    async def _step_test(self, cmd: contract.Command, now_ns: int) -> None:
+        """Hold the set-point on the resource's device (an activation like any other: priorities, traffic light,
+        fail-safe, results under this cmd_id) and record the response; flex publishes the analysis after it."""
+        p = cmd.params
+        res = self.flex.resources.get(p["resource"]) if self.flex is not None else None
+        if res is None or not res.devices:
+            known = ", ".join(self.flex.resources) if self.flex is not None else "none ([flex] has no resources)"
+            why = "has no devices" if res is not None else f"unknown resource; known: {known}"
+            await self._report(cmd.cmd_id, "rejected", f"params.resource: {p['resource']!r} {why}")
+            return
+        try:
+            self.flex.start_step_test(cmd.cmd_id, res.id, now_ns, p["w"], p["duration_s"],
+                                      before_w=self._latest_w(res.devices[0]))
+        except ValueError as exc:
+            await self._report(cmd.cmd_id, "rejected", str(exc))
+            return
+        self._step_tests.add(cmd.cmd_id)
+        try:
+            await self.control.hold_setpoint(res.devices[0], w=p["w"], duration_s=p["duration_s"], issuer=cmd.issuer,
+                                             activation_id=cmd.cmd_id)
+        except ValueError as exc:
+            self.flex.cancel_step_test(cmd.cmd_id)
+            await self._report(cmd.cmd_id, "rejected", str(exc))
+
+    def _on_activation(self, event) -> None:
+        """Control's observer hook: an activation that goes active on a flex resource is verified and settled."""
+        if event.activation_id in self._step_tests:
+            if event.state in (State.REJECTED, State.FAILED):  # the step never happened: nothing to analyse
+                self.flex.cancel_step_test(event.activation_id)
+            return
+        if event.state is State.ACTIVE:
+            found = window_for(event, self._flex_devices, self._latest_w)
+            if isinstance(found, str):
+                log.info("activation %s: not settled by flex: %s", event.activation_id, found)
+                return
+            try:
+                self.flex.activation(found)
+            except ValueError as exc:
+                log.error("activation %s: flex refused its window: %s", event.activation_id, exc)
+        elif event.state.final and event.state is not State.COMPLETED and event.activation_id in self.flex.active:
+            self.flex.end_activation(event.activation_id, event.ts_ns)
+
+    def _latest_w(self, device: str) -> float | None:
+        s = self.image.get(f"{device}/W")
+        return s.value if s is not None and s.good and isinstance(s.value, (int, float)) else None
+
+    async def _nomination(self, payload: bytes) -> None:
+        """A baseline schedule sent ex ante; answered on the result topic under its nomination_id."""
+        try:
+            nom = self.flex.nomination(payload, time.time_ns())
+        except NominationRejected as rej:
+            if rej.nomination_id is None or not await self._resend(rej.nomination_id):
+                await self._report(rej.nomination_id, "rejected", rej.reason)
+            return
+        if not await self._resend(nom.nomination_id):
+            await self._report(nom.nomination_id, "accepted", None, resource=nom.resource, isps=len(nom.values_w))
+
+    async def _flex_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLEX_TICK_S)
+            self._flex_tick()
+
+    def _flex_tick(self) -> None:
+        records = self.flex.tick(time.time_ns())  # never raises (failures are counted in flex.errors)
+        if not records:
+            return
+        try:
+            self.outbox.append_many([(r.kind, self.topic(r.kind), r.body, r.data_class) for r in records])
+        except Exception:  # the store failed: the records are lost, the agent goes on (and says so)
+            log.exception("%d flex records not stored", len(records))
+            return
+        self.publisher.notify()
 
     async def _resend(self, cmd_id: str) -> bool:
         """A command seen before is never executed again: its stored results go out once more instead."""
@@ -254,6 +367,8 @@ class Agent:
         tasks.append(asyncio.create_task(self._telemetry_loop(), name="telemetry"))
         tasks.append(asyncio.create_task(self._command_loop(), name="commands"))
         tasks.append(asyncio.create_task(self._state_loop(), name="state"))
+        if self.flex is not None:
+            tasks.append(asyncio.create_task(self._flex_loop(), name="flex"))
         publishing = asyncio.create_task(self.publisher.run(), name="publisher")
         await self.control.start()
         self.mqtt.start()
@@ -266,6 +381,9 @@ class Agent:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self._flush_telemetry()
+            if self.flex is not None:
+                self._flex_tick()
+                self.flex.close()
             await self._drain(FINAL_DRAIN_S)
             publishing.cancel()
             await asyncio.gather(publishing, return_exceptions=True)

@@ -28,7 +28,9 @@ ACTIVATION_TYPES = {"limit_active_power": "%", "set_active_power": "W", "set_rea
                     "set_power_factor": ""}
 #: Commands that act on activations or on the gateway, at once.
 ACTION_TYPES = ("terminate", "cancel", "traffic_light")
-COMMAND_TYPES = tuple(ACTIVATION_TYPES) + ACTION_TYPES
+#: A prequalification step test of a flexibility resource: a set-point held for a while, its response analysed.
+TEST_TYPES = ("prequalification_test",)
+COMMAND_TYPES = tuple(ACTIVATION_TYPES) + ACTION_TYPES + TEST_TYPES
 RESULT_STATUSES = ("accepted", "rejected", "scheduled", "active", "completed", "expired", "cancelled", "terminated",
                    "failed")
 TRAFFIC_LIGHTS = ("green", "amber", "red")
@@ -158,6 +160,8 @@ def parse_command(payload: bytes, now_ns: int, *, max_activation_s: int, clock_s
         if issuer != "dso":
             raise reject(f"issuer: only the dso sends a traffic light, got {issuer!r}")
         params = _traffic_light_params(params, max_activation_s, reject)
+    elif ctype == "prequalification_test":
+        params = _test_params(params, max_activation_s, reject)
     else:
         params = _target_params(ctype, params, reject)
     return Command(cmd_id, ctype, issuer, device, valid_from, valid_until, params)
@@ -200,6 +204,17 @@ def _target_params(ctype: str, params: dict, reject) -> dict:
     if set(params) != {"activation_id"} or not isinstance(target, str) or not 1 <= len(target) <= 128:
         raise reject(f"params: {ctype} takes exactly {{'activation_id': <cmd_id of the activation>}}")
     return {"activation_id": target}
+
+
+def _test_params(params: dict, max_activation_s: int, reject) -> dict:
+    extra = sorted(set(params) - {"resource", "w", "duration_s"})
+    if extra:
+        raise reject(f"params: unknown key {extra[0]!r} (prequalification_test takes resource, w and duration_s)")
+    resource = params.get("resource")
+    if not isinstance(resource, str) or not 1 <= len(resource) <= 32:
+        raise reject(f"params.resource: must be a flex resource id (1-32 characters), got {resource!r}")
+    return {"resource": resource, "w": _number(params, "w", -1e9, 1e9, reject),
+            "duration_s": _number(params, "duration_s", 5.0, float(max_activation_s), reject)}
 
 
 def _traffic_light_params(params: dict, max_activation_s: int, reject) -> dict:

@@ -149,6 +149,29 @@ class DsoSimulator:
         return cls.command("traffic_light", params, **kw)
 
     @classmethod
+    def prequalification_test(cls, resource: str, w: float, duration_s: float, **kw) -> dict:
+        return cls.command("prequalification_test", {"resource": resource, "w": w, "duration_s": duration_s}, **kw)
+
+    @staticmethod
+    def nomination(resource: str, start_ns: int, isp_s: int, w: list[float], *, nomination_id: str | None = None,
+                   issuer: str = "aggregator") -> dict:
+        """A baseline schedule, ex ante: mean W per ISP from start_ns (an ISP boundary)."""
+        return {"schema": "gridedge.nomination/1", "nomination_id": nomination_id or f"nom-{uuid.uuid4().hex[:12]}",
+                "issuer": issuer, "resource": resource, "start": contract.iso_utc(start_ns), "isp_s": isp_s, "w": w}
+
+    async def send_nomination(self, doc: dict) -> None:
+        await self._mqtt.publish(self.prefix + "nomination", json.dumps(doc).encode())
+
+    def records(self, kind: str) -> list[dict]:
+        """Flex records seen on <prefix><kind> and its backfill topic, de-duplicated by msg_id."""
+        topics = (self.prefix + kind, self.prefix + "backfill/" + kind)
+        out: dict[str, dict] = {}
+        for s in self.seen:
+            if s.topic in topics and isinstance(s.doc, dict):
+                out.setdefault(s.doc.get("msg_id"), s.doc)
+        return list(out.values())
+
+    @classmethod
     def terminate(cls, activation_id: str, **kw) -> dict:
         return cls.command("terminate", {"activation_id": activation_id}, **kw)
 

@@ -50,7 +50,7 @@ unit_id = 1
 poll_ms = {poll_ms}
 timeout_ms = 1000
 writable = {writable}
-"""
+{flex}"""
 
 
 #: The rig's [control] section: the EN 50549 profile, without the release ramp (a bench wants to see the
@@ -85,13 +85,15 @@ class Rig:
                  backfill_rate: float = 200.0, backfill_jitter_s: float = 0.5, quota_mb: float = 64.0,
                  durability: str = "full", dso_session_expiry_s: int = 0, control: dict | None = None,
                  settings: dict | None = None, feeder: tuple[float, float] | None = None, grid_v_pu: float = 1.0,
-                 var_response_s: float = 0.0) -> None:
+                 var_response_s: float = 0.0, flex: str = "") -> None:
         """control/settings: keys of [control] and [control.settings] over the rig's defaults; feeder: (R, X)
-        ohm per phase between the grid (grid_v_pu) and the inverter, so its voltage responds to its P and Q."""
+        ohm per phase between the grid (grid_v_pu) and the inverter, so its voltage responds to its P and Q;
+        flex: a [flex] section (TOML text) appended to the gateway's configuration."""
         self.workdir = Path(workdir)
         self.control = dict(CONTROL_DEFAULTS, **(control or {}))
         self.settings = dict(SETTINGS_DEFAULTS, **(settings or {}))
         self.feeder, self.grid_v_pu, self.var_response_s = feeder, grid_v_pu, var_response_s
+        self.flex = flex
         self.use_proxy, self.proxy = proxy, None
         self.uplink = dict(keepalive_s=keepalive_s, backfill_rate=backfill_rate, backfill_jitter_s=backfill_jitter_s,
                            quota_mb=quota_mb, durability=durability)
@@ -131,7 +133,8 @@ class Rig:
         values = dict(self.uplink, gateway_id=self.gateway_id, broker_url=broker_url, ca=self.pki.ca_cert,
                       cert=self.gw_cert, key=self.gw_key, telemetry_ms=self.telemetry_ms,
                       storage=self.workdir / "var", sim_port=self.sim_port, poll_ms=self.poll_ms,
-                      writable=str(self.writable).lower(), control=control_toml(self.control, self.settings))
+                      writable=str(self.writable).lower(), control=control_toml(self.control, self.settings),
+                      flex=("\n" + self.flex) if self.flex else "")
         values.update(overrides)
         self.config_path.write_text(CONFIG_TEMPLATE.format(**values))
         return self.config_path

@@ -153,6 +153,11 @@ def test_fuzz_traffic_light_messages(doc):
     ({"type": "set_active_power", "params": {"w": 100, "duration_s": 10, "revert_s": 2.5}}, "revert_s: must be whole"),
     ({"type": "set_reactive_power", "params": {"var": 100}}, "params.duration_s: must be a number"),
     ({"type": "cancel", "params": {}}, "cancel takes exactly {'activation_id'"),
+    ({"type": "prequalification_test", "params": {"w": 1, "duration_s": 10}}, "params.resource: must be a flex resource"),
+    ({"type": "prequalification_test", "params": {"resource": "pv1", "w": 1, "duration_s": 2}},
+     "params.duration_s: out of range: must be within [5, 3600]"),
+    ({"type": "prequalification_test", "params": {"resource": "pv1", "w": 1, "duration_s": 9, "limit_pct": 5}},
+     "params: unknown key 'limit_pct' (prequalification_test takes resource, w and duration_s)"),
     ({"type": "terminate", "params": {"activation_id": "a"}, "valid_from": contract.iso_utc(NOW + 3600 * 10**9)},
      "not yet valid"),
 ])
@@ -166,3 +171,11 @@ def test_activations_may_be_scheduled_within_the_horizon_only():
     assert c.valid_from_ns == contract.parse_iso_utc(future["valid_from"])
     with pytest.raises(CommandRejected, match="beyond the scheduling horizon of 1800 s"):
         parse_command(cmd(**future), NOW, max_activation_s=3600, schedule_horizon_s=1800)
+
+
+def test_prequalification_test_command_parses_and_matches_the_schema():
+    doc = {"schema": "gridedge.command/1", "cmd_id": "st1", "type": "prequalification_test", "issuer": "aggregator",
+           "params": {"resource": "pv1", "w": 4000, "duration_s": 60}}
+    c = parse_command(json.dumps(doc).encode(), NOW, max_activation_s=3600)
+    assert (c.type, c.params) == ("prequalification_test", {"resource": "pv1", "w": 4000.0, "duration_s": 60.0})
+    validate_message("gw/cmd", doc)

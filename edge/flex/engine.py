@@ -195,6 +195,10 @@ class FlexEngine:
             raise ValueError(f"too many step tests running (at most {MAX_STEP_TESTS})")
         self._tests[test_id] = StepRecorder(test_id, resource, point, step_ns, target_w, duration_s, before_w)
 
+    def cancel_step_test(self, test_id: str) -> None:
+        """The step was not made after all (the set-point was refused): nothing is analysed or published."""
+        self._tests.pop(test_id, None)
+
     # ------------------------------------------------------------------ the clock
 
     def tick(self, now_ns: int) -> list[FlexRecord]:
