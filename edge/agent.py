@@ -14,7 +14,6 @@ from .contract import CommandRejected
 from .devices import make_device
 from .image import ProcessImage
 from .flex.bridge import resources_of, window_for
-from .flex.engine import FlexEngine
 from .flex.nomination import NominationRejected
 from .model import BlockLayout, Detail, Reading, Sample, SampleBlock, Validity
 from .mqtt import MqttClient, MqttError, tls_context
@@ -50,8 +49,10 @@ class Agent:
         self.mqtt: MqttClient | None = None
         self.control = ControlEngine(config, self.devices, self.image, self._report, uplink_up=self._uplink_up,
                                      storage_dir=st.dir)
-        self.flex: FlexEngine | None = None
+        self.flex = None  # gridedge.flex.FlexEngine, loaded only with resources to settle (it needs numpy)
         if config.flex.resources:
+            from .flex.engine import FlexEngine
+
             self.flex = FlexEngine(config.flex, st.dir)
             self._flex_points = self.flex.points
             self._flex_index: dict[BlockLayout, tuple[int, ...]] = {}
@@ -351,10 +352,8 @@ class Agent:
                           keepalive_s=up.keepalive_s, will=(self.topic(contract.TOPIC_STATE), self._state("offline")))
 
     async def run(self, stop: asyncio.Event) -> None:
-        from .cext import describe
-
         log.info("gridedge %s starting: gateway %s, config %s (sha256 %s), %s", __version__, self.gateway_id,
-                 self.config.source, self.config.sha256[:12], describe())
+                 self.config.source, self.config.sha256[:12], self.control.kernels())
         self.mqtt = self._make_client()
         self.mqtt.on_connect_hooks.append(self._on_connect)
         up = self.config.uplink

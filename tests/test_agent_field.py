@@ -63,6 +63,7 @@ def test_opcua_subscription_and_poll_groups_reach_the_image_and_the_telemetry(tm
                      "poll_groups": [{"name": "fast", "period_ms": 100, "points": ["W"]}]},
                 ]}, "gateway.toml", tmp_path)
             agent = Agent(cfg)
+            assert agent.control.kernels().startswith("control kernels: not loaded")   # meters only: no numpy
             task = asyncio.create_task(agent.run(stop))
             dso = DsoSimulator(broker.url, tls_context(pki.ca_cert, dso_cert, dso_key), PREFIX)
             await dso.start()

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+import gridedge
 from gridedge import contract
 from gridedge.hil.rig import Rig
 
@@ -47,6 +48,9 @@ def test_curtailment_reaches_limit_acks_in_order_and_restores(tmp_path):
             # after the restore the inverter climbs back towards the PV available
             await rig.dso.wait_for(lambda: rig.dso.latest["W"] > 7500, ramp_s + 5, "P back after the limit ends")
             assert validate_all(rig) > 5
+            from gridedge.cext import describe   # the start-up log says which kernels run (compiled here)
+            assert f"gridedge {gridedge.__version__} starting" in rig.agent_log.read_text()
+            assert describe() in rig.agent_log.read_text()
     run(scenario())
 
 

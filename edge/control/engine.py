@@ -38,7 +38,7 @@ from gridedge.contract import Command
 
 from .activation import PENDING, ActivationBook, Change, Listener
 from .capability import Capability
-from .controllers import Meas, Planner, PocLimit, read_meas
+from .measure import Meas, read_meas
 
 log = logging.getLogger("gridedge.control")
 
@@ -160,6 +160,10 @@ class DeviceWriter:
             self._changed.set()
 
 
+_UNMEASURED = Meas()
+IDLE_CYCLE_S = 5.0  # the cycle period of a gateway with nothing to control
+
+
 class ControlEngine:
     """The cycle of one gateway. devices: id -> driver object with write_points; image: point id -> Sample."""
 
@@ -176,14 +180,22 @@ class ControlEngine:
         self.period_s = ctl.cycle_ms / 1000
         self.deadband_pct = ctl.write_deadband_pct
         self.dev_cfg = {d.id: d for d in config.devices}
-        poc = ctl.poc and PocLimit(ctl.poc.meter, ctl.poc.export_limit_w, ctl.poc.import_limit_w,
-                                   ctl.poc.fail_safe_pct)
-        self.planner = Planner(ctl.profile, v_nom_v=ctl.v_nom_v, q_mode=ctl.q_mode, pf=ctl.pf, q_pct=ctl.q_pct,
-                               volt_watt=ctl.volt_watt, freq_watt=ctl.freq_watt, revert_s=ctl.revert_s, poc=poc,
-                               kernels=kernels)
+        # Measurements are read for what control acts on or looks at: writable devices and the site meter. A
+        # substation gateway reading a hundred meters must not pay for them every cycle.
+        self._measured = [d.id for d in config.devices if d.writable and d.role != "meter"] \
+            + ([ctl.poc.meter] if ctl.poc and ctl.poc.meter in self.dev_cfg else [])
         self.book = ActivationBook(self.capabilities, priorities=ctl.priorities, revert_s=ctl.revert_s)
         self.writers = {d.id: DeviceWriter(d.id, devices[d.id], self) for d in config.devices
                         if d.writable and d.role != "meter" and hasattr(devices[d.id], "write_points")}
+        self.planner = None  # nothing to control (no writable device, no site limit): no kernels, no numpy loaded
+        if self.writers or ctl.poc:
+            from .controllers import Planner, PocLimit
+
+            poc = ctl.poc and PocLimit(ctl.poc.meter, ctl.poc.export_limit_w, ctl.poc.import_limit_w,
+                                       ctl.poc.fail_safe_pct)
+            self.planner = Planner(ctl.profile, v_nom_v=ctl.v_nom_v, q_mode=ctl.q_mode, pf=ctl.pf, q_pct=ctl.q_pct,
+                                   volt_watt=ctl.volt_watt, freq_watt=ctl.freq_watt, revert_s=ctl.revert_s, poc=poc,
+                                   kernels=kernels)
         self.state_path = Path(storage_dir) / STATE_FILE if storage_dir is not None else None
         self.cycles = 0
         self.last_cycle_s = 0.0
@@ -207,11 +219,11 @@ class ControlEngine:
         return max(3 * poll, 2.0) + self.period_s
 
     def _refresh(self, now_ns: int) -> None:
-        self._meas = {d: read_meas(self.image, d, now_ns, self._stale_s(d)) for d in self.dev_cfg}
+        self._meas = {d: read_meas(self.image, d, now_ns, self._stale_s(d)) for d in self._measured}
         caps = {}
         for d, cfg in self.dev_cfg.items():
             dc = self.ctl.device(d)
-            m = self._meas[d]
+            m = self._meas.get(d, _UNMEASURED)
             caps[d] = Capability.build(d, cfg.role, cfg.writable, m.rated_w or dc.rated_w, device_q_var=m.q_rtg_var,
                                        cfg_p_min_w=dc.p_min_w, cfg_p_max_w=dc.p_max_w, cfg_q_max_var=dc.q_max_var)
             self._check_curve(caps[d])
@@ -234,6 +246,14 @@ class ControlEngine:
         return self._caps
 
     # ------------------------------------------------------------------ APIs
+
+    def kernels(self) -> str:
+        """Which control kernels run, for the start-up log."""
+        if self.planner is None:
+            return "control kernels: not loaded (no writable device and no site limit to control)"
+        from gridedge.cext import describe
+
+        return describe()
 
     def add_listener(self, fn: Listener) -> None:
         """Observer hook: fn(ActivationEvent) on every activation state change (see activation.py)."""
@@ -326,12 +346,14 @@ class ControlEngine:
             self._down_since = self._down_since or now
             changes += self.book.revert_remote(now, (now - self._down_since) / 1e9)
         in_force = self.book.in_force(now)
-        plan = self.planner.plan(dt, self._meas, self._caps, [(a, self.book.effective(a)) for a in in_force])
+        # with nothing to control (no planner) activations are refused at validation; lights and the book still tick
+        plan = self.planner.plan(dt, self._meas, self._caps, [(a, self.book.effective(a)) for a in in_force]) \
+            if self.planner is not None else None
         self.gen += 1
         self._queue(changes, self.gen)      # what ended in tick/revert: reported once this plan is written
         changes = []
         pending = {a.id for a in in_force if a.state in PENDING}
-        for dev_id, writer in self.writers.items():
+        for dev_id, writer in self.writers.items() if plan is not None else ():
             dp = plan.devices.get(dev_id)
             if dp is None:
                 writer.update(self.gen, {}, {}, False, set(), None, False)
@@ -374,9 +396,12 @@ class ControlEngine:
 
     async def run(self) -> None:
         """Cycle until cancelled; call start() first."""
+        # Nothing to control: no periodic cycles to pay for, only the ones commands wake (to answer them) and a
+        # slow tick for the traffic light's and the book's timers.
+        period = self.period_s if self.planner is not None else max(self.period_s, IDLE_CYCLE_S)
         while True:
             try:
-                async with asyncio.timeout(self.period_s):
+                async with asyncio.timeout(period):
                     await self._wake.wait()
             except TimeoutError:
                 pass

@@ -17,25 +17,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-PREQUAL_KEYS = ("full_activation_time_s", "ramp_rate_w_per_s", "min_quantity_w", "max_quantity_w",
-                "min_duration_s", "max_duration_s", "preparation_period_s", "deactivation_period_s")
-
-
-@dataclass(frozen=True)
-class PrequalData:
-    """What the BSP/FSP declares for a unit (TDX-ASSIST prequalification); None = not declared."""
-
-    full_activation_time_s: float | None = None
-    ramp_rate_w_per_s: float | None = None
-    min_quantity_w: float | None = None
-    max_quantity_w: float | None = None
-    min_duration_s: float | None = None
-    max_duration_s: float | None = None
-    preparation_period_s: float | None = None
-    deactivation_period_s: float | None = None
-
-    def to_json(self) -> dict:
-        return asdict(self)
+from .settings import PREQUAL_KEYS, PrequalData  # noqa: F401  (declared data lives with the configuration)
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,31 @@ from __future__ import annotations
 import datetime as _dt
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .. import schema as s
-from .baselines import METHODS, BaselineError, make_baseline
 from .isp import ISP_MINUTES
-from .prequal import PREQUAL_KEYS, PrequalData
+
+PREQUAL_KEYS = ("full_activation_time_s", "ramp_rate_w_per_s", "min_quantity_w", "max_quantity_w",
+                "min_duration_s", "max_duration_s", "preparation_period_s", "deactivation_period_s")
+
+
+@dataclass(frozen=True)
+class PrequalData:
+    """What the BSP/FSP declares for a unit (TDX-ASSIST prequalification); None = not declared."""
+
+    full_activation_time_s: float | None = None
+    ramp_rate_w_per_s: float | None = None
+    min_quantity_w: float | None = None
+    max_quantity_w: float | None = None
+    min_duration_s: float | None = None
+    max_duration_s: float | None = None
+    preparation_period_s: float | None = None
+    deactivation_period_s: float | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
 
 RESOURCE_KINDS = ("inverter", "battery", "load", "meter")
 _ID = "[A-Za-z0-9_-]"
@@ -60,6 +78,8 @@ def parse_window(v: Any) -> tuple[int, int]:
 
 
 def _method(v: str) -> str:
+    from .baselines import METHODS  # the numeric code (numpy) loads only when a [flex] section is checked
+
     if v not in METHODS:
         msg = f"unknown baseline method; must be one of: {', '.join(METHODS)}; got {v!r}"
         guess = s.suggest(v, METHODS)
@@ -210,6 +230,7 @@ def flex_issues(raw: Any, clean: Any, devices: Mapping[str, tuple[str, ...] | No
                 if lo in pq and hi in pq and pq[lo] > pq[hi]:
                     issues.append(s.Issue(path + ("prequalification", lo), f"must be <= {hi} ({pq[hi]:g})"))
         base = res.get("baseline")
+        from .baselines import BaselineError, make_baseline  # numpy: only for a config with resources
         if isinstance(base, dict) and "method" in base:
             params = {k: v for k, v in base.items() if k != "method"}
             try:
@@ -237,6 +258,8 @@ def flex_issues(raw: Any, clean: Any, devices: Mapping[str, tuple[str, ...] | No
 
 
 def build_flex(c: dict) -> FlexConfig:
+    if c["resources"]:
+        from .baselines import make_baseline  # numpy: only for a config with resources
     resources = []
     for r in c["resources"]:
         devices = tuple(r["devices"]) if "devices" in r else tuple(dict.fromkeys(p.split("/", 1)[0] for _, p in _points_of(r)))
