@@ -30,3 +30,15 @@ class DeviceError(Exception):
 
 class WriteError(DeviceError):
     """A control write was refused (locally or by the device), failed, or did not read back as written."""
+
+
+def write_runs(encoded: list[tuple[int, list[int]]]) -> list[tuple[int, list[int]]]:
+    """Merge (address, registers) pieces into contiguous runs of at most MAX_WRITE registers, in address order:
+    as few write requests as the device allows."""
+    runs: list[tuple[int, list[int]]] = []
+    for addr, regs in sorted(encoded):
+        if runs and runs[-1][0] + len(runs[-1][1]) == addr and len(runs[-1][1]) + len(regs) <= MAX_WRITE:
+            runs[-1][1].extend(regs)
+        else:
+            runs.append((addr, list(regs)))
+    return runs

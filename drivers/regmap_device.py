@@ -25,7 +25,7 @@ from gridedge.model import Detail, Reading, SampleBlock
 
 from . import regmap
 from .modbus_rtu import RtuSerialLink, RtuTcpLink, SerialSettings, TcpLink
-from .modbus_tcp import MAX_WRITE, DeviceError, WriteError
+from .modbus_tcp import DeviceError, WriteError, write_runs
 from .scheduler import POOL, Bus, BusDevice, BusPool, Read, Result
 
 __all__ = ["LinkSpec", "PollGroupSpec", "RegmapDevice", "KINDS"]
@@ -85,25 +85,66 @@ class PollGroupSpec:
     points: tuple[str, ...]
 
 
-class RegmapDevice:
+class BusMember:
+    """A device's place on its link's Bus (shared by every Modbus device class): joined on first use, left on
+    close(); the bus and its link outlive the device while other devices use them."""
+
+    def __init__(self, device_id: str, link: LinkSpec, unit_id: int, period_s: float, pool: BusPool,
+                 breaker: tuple[int, float, float]):
+        if not isinstance(unit_id, int) or isinstance(unit_id, bool) or not 0 <= unit_id <= 255:
+            raise ValueError(f"unit_id must be 0..255, got {unit_id!r}")
+        if not period_s > 0:
+            raise ValueError(f"period_s must be > 0, got {period_s!r}")
+        self.device_id = device_id
+        self.link = link
+        self.unit_id = unit_id
+        self.pool = pool
+        self._breaker = breaker          # (threshold, base backoff s, max backoff s) of this device's circuit
+        self._bus: Bus | None = None
+        self._dev: BusDevice | None = None
+
+    def _attach(self) -> BusDevice:
+        if self._dev is None:
+            bus = self.pool.acquire(self.link.key, self.link, self.link.make_links)
+            self._bus = bus
+            self._dev = bus.device(self.unit_id, self.device_id, threshold=self._breaker[0],
+                                   base_backoff_s=self._breaker[1], max_backoff_s=self._breaker[2])
+        self._bus.start()
+        return self._dev
+
+    async def _join(self) -> None:
+        """Join the bus and open its links; raises DeviceError if the port or host cannot be opened."""
+        self._attach()
+        for link in self._bus.links:
+            await link.connect()
+
+    async def close(self) -> None:
+        if self._dev is not None:
+            self._bus.remove_device(self._dev)
+            self._dev = None
+            self._bus = None
+            await self.pool.release(self.link.key)
+
+    @property
+    def bus(self) -> Bus | None:
+        return self._bus
+
+    @property
+    def bus_device(self) -> BusDevice | None:
+        return self._dev
+
+
+class RegmapDevice(BusMember):
     """One register-map device; samples are named "<device id>/<point name>"."""
 
     def __init__(self, device_id: str, rmap: regmap.RegisterMap, link: LinkSpec, unit_id: int = 1, *,
                  role: str = "meter", points: Iterable[str] | None = None, period_s: float = 1.0,
                  groups: Sequence[PollGroupSpec] = (), writable: bool = False, pool: BusPool = POOL,
                  breaker_threshold: int = 3, backoff_s: float = 1.0, max_backoff_s: float = 60.0):
-        if not 0 <= unit_id <= 255:
-            raise ValueError(f"unit_id must be 0..255, got {unit_id}")
-        if not period_s > 0:
-            raise ValueError(f"period_s must be > 0, got {period_s!r}")
-        self.device_id = device_id
+        super().__init__(device_id, link, unit_id, period_s, pool, (breaker_threshold, backoff_s, max_backoff_s))
         self.rmap = rmap
-        self.link = link
-        self.unit_id = unit_id
         self.capability = role
         self.writable = writable
-        self.pool = pool
-        self._breaker = (breaker_threshold, backoff_s, max_backoff_s)
         self.points = tuple(dict.fromkeys(points)) if points is not None else rmap.names
         unknown = [p for p in self.points if p not in rmap]
         for g in groups:
@@ -120,44 +161,16 @@ class RegmapDevice:
             (PollGroupSpec("default", period_s, rest),) if rest else ())
         self._all_blocks = regmap.plan_reads(rmap, self._poll_names())
         self._decoders: dict[regmap.ReadBlock, regmap.BlockDecoder] = {}
-        self._bus: Bus | None = None
-        self._dev: BusDevice | None = None
 
     def _poll_names(self) -> list[str]:
         return list(dict.fromkeys(p for g in self.groups for p in g.points))
 
     # ------------------------------------------------------------------ connection
 
-    def _attach(self) -> BusDevice:
-        if self._dev is None:
-            bus = self.pool.acquire(self.link.key, self.link, self.link.make_links)
-            self._bus = bus
-            self._dev = bus.device(self.unit_id, self.device_id, threshold=self._breaker[0],
-                                   base_backoff_s=self._breaker[1], max_backoff_s=self._breaker[2])
-        return self._dev
-
     async def connect(self) -> None:
         """Join the bus of this device's link and open the link; raises DeviceError if the port or host cannot be
         opened. Does not require the device to answer (a silent device gives INVALID samples, not a failed start)."""
-        self._attach()
-        for link in self._bus.links:
-            await link.connect()
-        self._bus.start()
-
-    async def close(self) -> None:
-        if self._dev is not None:
-            self._bus.remove_device(self._dev)
-            self._dev = None
-            await self.pool.release(self.link.key)
-            self._bus = None
-
-    @property
-    def bus(self) -> Bus | None:
-        return self._bus
-
-    @property
-    def bus_device(self) -> BusDevice | None:
-        return self._dev
+        await self._join()
 
     # ------------------------------------------------------------------ reading
 
@@ -185,7 +198,6 @@ class RegmapDevice:
     async def poll(self) -> list[Reading]:
         """One SampleBlock per read of the configured points, read now (in turn with the others on the bus)."""
         dev = self._attach()
-        self._bus.start()
         results = await self._bus.read_once(dev, self._reads(self._all_blocks))
         return self._samples(self._all_blocks, results)
 
@@ -193,7 +205,6 @@ class RegmapDevice:
         """Poll every group at its own period and hand each group's blocks to `sink`, until cancelled."""
         dev = self._attach()
         bus = self._bus
-        bus.start()
         added = []
         try:
             for g in self.groups:
@@ -234,8 +245,7 @@ class RegmapDevice:
             except regmap.EncodeError as exc:
                 raise WriteError(f"{self.device_id}: {name}={value!r} refused: {exc}", Detail.OUT_OF_RANGE) from None
         dev = self._attach()
-        self._bus.start()
-        for addr, regs in _runs(list(encoded.values())):
+        for addr, regs in write_runs(list(encoded.values())):
             try:
                 await dev.write(addr, regs)
             except DeviceError as exc:
@@ -263,13 +273,3 @@ class RegmapDevice:
                              Detail.DEVICE_EXCEPTION)
         return readback
 
-
-def _runs(encoded: list[tuple[int, list[int]]]) -> list[tuple[int, list[int]]]:
-    """Merge (address, registers) pieces into contiguous runs of at most 123 registers, in address order."""
-    runs: list[tuple[int, list[int]]] = []
-    for addr, regs in sorted(encoded):
-        if runs and runs[-1][0] + len(runs[-1][1]) == addr and len(runs[-1][1]) + len(regs) <= MAX_WRITE:
-            runs[-1][1].extend(regs)
-        else:
-            runs.append((addr, list(regs)))
-    return runs

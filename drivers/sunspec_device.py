@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from gridedge.model import Detail, Sample, Validity, invalid
 
 from . import sunspec as ss
-from .modbus_tcp import MAX_WRITE, DeviceError, WriteError
-from .regmap_device import LinkSpec
-from .scheduler import POOL, Bus, BusDevice, BusPool, Read, Result
+from .modbus_tcp import DeviceError, WriteError, write_runs
+from .regmap_device import BusMember, LinkSpec
+from .scheduler import POOL, BusDevice, BusPool, Read, Result
 from .sunspec_models import ModelLayout, model_layout
 
 __all__ = ["SunSpecDevice", "WriteError", "CURVES", "ADOPT_IN_PROGRESS", "ADOPT_COMPLETED", "ADOPT_FAILED"]
@@ -42,7 +42,7 @@ CURVES: dict[int, tuple[str, str, str, str, str]] = {
 ADOPT_IN_PROGRESS, ADOPT_COMPLETED, ADOPT_FAILED = 0, 1, 2
 
 
-class SunSpecDevice:
+class SunSpecDevice(BusMember):
     """One SunSpec device, exposed through canonical point names (docs/points.md); samples are named
     "<device id>/<canonical name>"."""
 
@@ -54,58 +54,22 @@ class SunSpecDevice:
         unknown = [p for p in (points or []) if p not in ss.CANONICAL]
         if unknown:
             raise ValueError(f"unknown canonical point(s) {unknown}; known: {sorted(ss.CANONICAL)}")
-        if not isinstance(unit_id, int) or isinstance(unit_id, bool) or not 0 <= unit_id <= 255:
-            raise ValueError(f"unit_id must be 0..255, got {unit_id!r}")
-        if not period_s > 0:
-            raise ValueError(f"period_s must be > 0, got {period_s!r}")
-        self.device_id = device_id
-        self.link = link
-        self.unit_id = unit_id
+        super().__init__(device_id, link, unit_id, period_s, pool, (breaker_threshold, backoff_s, max_backoff_s))
         self.capability = role
         self.points = points
         self.period_s = float(period_s)
         self.writable = writable
-        self.pool = pool
         self.adopt_timeout_s = adopt_timeout_s
-        self._breaker = (breaker_threshold, backoff_s, max_backoff_s)
         self.models: dict[int, tuple[int, int]] = {}       # model id -> (address of its first data register, L)
         self.discovery: ss.DiscoveryResult | None = None
-        self._bus: Bus | None = None
-        self._dev: BusDevice | None = None
         self._discovering: asyncio.Lock | None = None
 
     # ------------------------------------------------------------------ bus and discovery
 
-    def _attach(self) -> BusDevice:
-        if self._dev is None:
-            bus = self.pool.acquire(self.link.key, self.link, self.link.make_links)
-            self._bus = bus
-            self._dev = bus.device(self.unit_id, self.device_id, threshold=self._breaker[0],
-                                   base_backoff_s=self._breaker[1], max_backoff_s=self._breaker[2])
-        self._bus.start()
-        return self._dev
-
-    @property
-    def bus(self) -> Bus | None:
-        return self._bus
-
-    @property
-    def bus_device(self) -> BusDevice | None:
-        return self._dev
-
     async def connect(self) -> None:
         """Join the bus, open the link and discover the SunSpec map; raises DeviceError (clear message) if any fails."""
-        self._attach()
-        for link in self._bus.links:
-            await link.connect()
+        await self._join()
         await self._discover()
-
-    async def close(self) -> None:
-        if self._dev is not None:
-            self._bus.remove_device(self._dev)
-            self._dev = None
-            self._bus = None
-            await self.pool.release(self.link.key)
 
     async def _discover(self) -> None:
         if self._discovering is None:
@@ -321,7 +285,7 @@ class SunSpecDevice:
                 except ss.EncodeError as exc:
                     raise WriteError(f"{self.device_id}: {label}={value!r} refused: {exc}", Detail.OUT_OF_RANGE) \
                         from None
-        for addr, regs in _runs(encoded):
+        for addr, regs in write_runs(encoded):
             try:
                 await dev.write(addr, regs)
             except DeviceError as exc:
@@ -477,13 +441,3 @@ def _close(got, want) -> bool:
         return abs(got - want) <= 1e-9 * max(1.0, abs(want))
     return got == want
 
-
-def _runs(encoded: list[tuple[int, list[int]]]) -> list[tuple[int, list[int]]]:
-    """Merge (address, registers) pieces into contiguous runs of at most 123 registers, in address order."""
-    runs: list[tuple[int, list[int]]] = []
-    for addr, regs in sorted(encoded):
-        if runs and runs[-1][0] + len(runs[-1][1]) == addr and len(runs[-1][1]) + len(regs) <= MAX_WRITE:
-            runs[-1][1].extend(regs)
-        else:
-            runs.append((addr, list(regs)))
-    return runs
