@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import math
 
+from hil.controls import DeviceControls
 
-class BatteryPlant:
+
+class BatteryPlant(DeviceControls):
     """Units: W, var, VA, Wh, %, s, V, Hz, A."""
 
     #: Controls a write may set, with their valid range (validated like a real device does).
@@ -33,8 +35,8 @@ class BatteryPlant:
         "VArSet": (-math.inf, math.inf),        # bounds: +/- var_max
         "VArSetEna": (0, 1),
     }
-    _REVERSIONS = (("WSetRvrtTms", (("WSet", "WSetRvrt"), ("WSetEna", "WSetEnaRvrt"))),
-                   ("WMaxLimPctRvrtTms", (("WMaxLimPct", "WMaxLimPctRvrt"), ("WMaxLimPctEna", "WMaxLimPctEnaRvrt"))))
+    REVERSION = {"WSetRvrtTms": (("WSet", "WSetRvrt"), ("WSetEna", "WSetEnaRvrt")),
+                 "WMaxLimPctRvrtTms": (("WMaxLimPct", "WMaxLimPctRvrt"), ("WMaxLimPctEna", "WMaxLimPctEnaRvrt"))}
 
     def __init__(self, wh_rtg: float = 10000.0, w_cha_max: float = 5000.0, w_dis_max: float = 5000.0,
                  soc_pct: float = 50.0, soc_min_pct: float = 5.0, soc_max_pct: float = 95.0, eff_cha: float = 0.95,
@@ -72,7 +74,6 @@ class BatteryPlant:
         self.WMaxLimPctRvrt, self.WMaxLimPctEnaRvrt, self.WMaxLimPctRvrtTms = 100.0, 0, 0
         self.VArSet, self.VArSetEna = 0.0, 0
         self.running = True                  # 715 OpCtl STOP -> False: no power
-        self._last_write_t: float | None = None
         # outputs
         self.W = 0.0
         self.VAr = 0.0
@@ -103,62 +104,12 @@ class BatteryPlant:
 
     # ------------------------------------------------------------------ controls
 
-    def validate(self, name: str, value: float) -> float:
-        """Check one control value; raises ValueError (the simulator maps it to ILLEGAL_DATA_VALUE)."""
-        if name not in self.CONTROL_RANGES:
-            raise KeyError(f"{name} is not a control of this plant")
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name} needs a number, got {value!r}") from None
-        lo, hi = self.CONTROL_RANGES[name]
+    def control_range(self, name: str) -> tuple[float, float]:
         if name in ("WSet", "WSetRvrt"):
-            lo, hi = -self.w_cha_max, self.w_dis_max
-        elif name == "VArSet":
-            lo, hi = -self.var_max, self.var_max
-        if math.isnan(v) or not lo <= v <= hi:
-            raise ValueError(f"{name}={value} outside {lo}..{hi}")
-        if "Ena" in name:
-            if v not in (0.0, 1.0):
-                raise ValueError(f"{name} must be 0 or 1, got {value}")
-            return int(v)
-        if name.endswith("RvrtTms"):
-            if not v.is_integer():
-                raise ValueError(f"{name} must be whole seconds, got {value}")
-            return int(v)
-        return v
-
-    def write(self, **values: float) -> None:
-        """Apply a control write atomically (all values valid, or nothing changes); restarts the reversion timers."""
-        checked = {n: self.validate(n, v) for n, v in values.items()}
-        for n, v in checked.items():
-            setattr(self, n, v)
-        self._last_write_t = self.t_s
-
-    def rvrt_rem(self, tms_name: str) -> float:
-        """Seconds until the controls of `tms_name` revert; 0 when none is pending."""
-        tms = getattr(self, tms_name)
-        if tms <= 0 or self._last_write_t is None:
-            return 0.0
-        return max(0.0, tms - (self.t_s - self._last_write_t))
-
-    def _check_reversion(self) -> None:
-        if self._last_write_t is None:
-            return
-        pending = False
-        for tms_name, pairs in self._REVERSIONS:
-            tms = getattr(self, tms_name)
-            if tms <= 0:
-                continue
-            if self.t_s - self._last_write_t >= tms:
-                if any(getattr(self, a) != getattr(self, b) for a, b in pairs):
-                    for a, b in pairs:
-                        setattr(self, a, getattr(self, b))
-                    self.reversions += 1
-            else:
-                pending = True
-        if not pending:
-            self._last_write_t = None     # disarmed until the next control write
+            return -self.w_cha_max, self.w_dis_max
+        if name == "VArSet":
+            return -self.var_max, self.var_max
+        return self.CONTROL_RANGES[name]
 
     # ------------------------------------------------------------------ dynamics
 

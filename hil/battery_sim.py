@@ -12,17 +12,13 @@ CLI: python -m gridedge.hil.battery_sim --port 1503 [--rtu] [--wh 10000 --w-max 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
-import signal
 import sys
 
 from gridedge.drivers import sunspec as ss
 
 from .battery import BatteryPlant
-from .sunspec_sim import DerControl715, SunSpecImage, SunSpecSim, sf_for
-
-log = logging.getLogger("gridedge.hil.battery_sim")
+from .sunspec_sim import (DerControl715, PlantControls, SunSpecImage, SunSpecSim, run_cli, serve_until_signalled,
+                          sf_for)
 
 MODELS = (1, 701, 702, 704, 713, 715)
 
@@ -48,17 +44,6 @@ def scale_factors(plant: BatteryPlant) -> dict[int, dict[str, int]]:
     }
 
 
-class _Controls704:
-    """704 writes -> plant controls (atomically: the plant validates all or changes nothing)."""
-
-    def __init__(self, sim: BatterySim):
-        self.sim = sim
-        self.writable = set(WRITABLE_704)
-
-    def write(self, values: dict[str, object]) -> None:
-        self.sim.plant.write(**{WRITABLE_704[k]: v for k, v in values.items()})
-
-
 class _Control715(DerControl715):
     def __init__(self, sim: BatterySim):
         super().__init__(sim.image)
@@ -79,7 +64,7 @@ class BatterySim(SunSpecSim):
         self.sf = scale_factors(self.plant)
         super().__init__(SunSpecImage(MODELS, base, self.sf), host, port, unit_id, step_s)
         self.serial = serial
-        self.handlers = {704: _Controls704(self), 715: _Control715(self)}
+        self.handlers = {704: PlantControls(self.plant, WRITABLE_704), 715: _Control715(self)}
         self._render_static()
         self.refresh()
 
@@ -148,28 +133,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-async def _main(args: argparse.Namespace) -> None:
-    sim = BatterySim(host=args.host, port=args.port, unit_id=args.unit, wh_rtg=args.wh, w_max=args.w_max,
-                     soc_pct=args.soc, serial=args.serial, base=args.base)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    ready = await sim.start_rtu(args.baudrate) if args.rtu else await sim.start()
-    print(f"READY {ready}", flush=True)
-    try:
-        await stop.wait()
-    finally:
-        await sim.stop()
-    log.info("stopped")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("pymodbus").setLevel(logging.ERROR)
-    asyncio.run(_main(args))
-    return 0
+    sim = BatterySim(host=args.host, port=args.port, unit_id=args.unit, wh_rtg=args.wh, w_max=args.w_max,
+                     soc_pct=args.soc, serial=args.serial, base=args.base)
+    return run_cli(serve_until_signalled(sim, args.rtu, args.baudrate))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from hil.controls import DeviceControls
+
 PvProfile = Callable[[float], float]
 
 
@@ -34,7 +36,7 @@ def clear_sky_pv(peak_w: float, sunrise_s: float = 6 * 3600, sunset_s: float = 2
     return pv
 
 
-class PVInverterPlant:
+class PVInverterPlant(DeviceControls):
     """Active power follows min(PV available, limit, set-point) with a ramp; reactive power follows VArSet.
 
     Sign convention: W and VAr > 0 means injection into the grid (export). Units: W, var, VA, V, Hz, A, Wh, %, s.
@@ -105,8 +107,6 @@ class PVInverterPlant:
         self.VArSetRvrt = 0.0
         self.VArSetEnaRvrt = 0
         self.VArSetRvrtTms = 0
-        self._last_write_t: float | None = None   # reversion timer start: the last control write
-        self._armed: set[str] = set()             # reversion groups armed by that write
         # outputs
         self.W = self.target_w()
         self.VAr = self.target_var()
@@ -120,61 +120,17 @@ class PVInverterPlant:
 
     # ------------------------------------------------------------------ controls
 
-    def validate(self, name: str, value: float) -> float:
-        """Check one control value; raises ValueError (the simulator maps it to ILLEGAL_DATA_VALUE)."""
-        if name not in self.CONTROL_RANGES:
-            raise KeyError(f"{name} is not a control of this plant")
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name} needs a number, got {value!r}") from None
-        lo, hi = self.CONTROL_RANGES[name]
+    def control_range(self, name: str) -> tuple[float, float]:
         if name in ("WSet", "WSetRvrt"):
-            hi = self.w_max
-        elif name in ("VArSet", "VArSetRvrt"):
-            lo, hi = -self.var_max, self.var_max
-        if not (lo <= v <= hi) or math.isnan(v):
-            raise ValueError(f"{name}={value} outside {lo}..{hi}")
-        if name.endswith("Ena") or name.endswith("EnaRvrt"):
-            if v not in (0.0, 1.0):
-                raise ValueError(f"{name} must be 0 or 1, got {value}")
-            return int(v)
-        if name.endswith("RvrtTms"):
-            if not v.is_integer():
-                raise ValueError(f"{name} must be whole seconds, got {value}")
-            return int(v)
-        return v
-
-    def write(self, **values: float) -> None:
-        """Apply a control write atomically (all values valid, or nothing changes) and restart the reversion timer."""
-        checked = {n: self.validate(n, v) for n, v in values.items()}
-        for n, v in checked.items():
-            setattr(self, n, v)
-        self._last_write_t = self.t_s
-        self._armed = set(self.REVERSION)   # any control write restarts every timer
-
-    def rvrt_rem(self, timeout_point: str) -> float:
-        """Seconds until a reversion group reverts; 0 when none is pending."""
-        tms = getattr(self, timeout_point)
-        if tms <= 0 or self._last_write_t is None or timeout_point not in self._armed:
-            return 0.0
-        return max(0.0, tms - (self.t_s - self._last_write_t))
+            return 0.0, self.w_max
+        if name in ("VArSet", "VArSetRvrt"):
+            return -self.var_max, self.var_max
+        return self.CONTROL_RANGES[name]
 
     @property
     def WMaxLimPctRvrtRem(self) -> float:
         """Seconds until the limit reverts; 0 when no reversion is pending."""
         return self.rvrt_rem("WMaxLimPctRvrtTms")
-
-    def _check_reversion(self) -> None:
-        if self._last_write_t is None:
-            return
-        for tms_point, pairs in self.REVERSION.items():
-            tms = getattr(self, tms_point)
-            if tms > 0 and tms_point in self._armed and self.t_s - self._last_write_t >= tms:
-                for control, value in pairs:
-                    setattr(self, control, getattr(self, value))
-                self._armed.discard(tms_point)   # disarmed until the next control write
-                self.reversions += 1
 
     # ------------------------------------------------------------------ dynamics
 

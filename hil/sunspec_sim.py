@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 
 from pymodbus.constants import ExcCodes
-from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from gridedge.drivers import sunspec as ss
@@ -315,8 +316,24 @@ def write_to_handler(image: SunSpecImage, handler, mid: int | None, address: int
     except (ValueError, KeyError) as exc:
         log.warning("refused write at %d: %s", address, exc)
         return ExcCodes.ILLEGAL_VALUE
-    log.info("applied write to model %d: %s", mid, decoded)
+    log.info("applied write at %d (model %d): %s t_ns=%d", address, mid, decoded, time.time_ns())
     return decoded
+
+
+class PlantControls:
+    """Writes into a control model (704) -> the plant's controls, atomically: the plant validates them all or
+    changes nothing."""
+
+    def __init__(self, plant, points: Mapping[str, str]):
+        """points: SunSpec point this device implements as writable -> the plant control it drives."""
+        self.plant = plant
+        self.points = dict(points)
+        self.writable = set(points)
+        self.writes = 0
+
+    def write(self, values: Mapping[str, object]) -> None:
+        self.plant.write(**{self.points[k]: v for k, v in values.items()})
+        self.writes += 1
 
 
 class SunSpecSim:
@@ -330,7 +347,7 @@ class SunSpecSim:
         self.handlers: dict[int, object] = {}
         self.writes_applied = 0
         self.writes_refused = 0
-        self._server: ModbusTcpServer | None = None
+        self._server = None          # a ModbusTcpSim serving this unit
         self._line = None
         self._task: asyncio.Task | None = None
 
@@ -384,16 +401,16 @@ class SunSpecSim:
 
     async def start(self) -> int:
         """Serve on Modbus TCP and start the plant; returns the bound port."""
+        from .modbus_sim import ModbusTcpSim
+
         if self._server is not None:
             raise RuntimeError("simulator already started")
-        server = ModbusTcpServer(self.sim_device(), address=(self.host, self.port))
-        await server.serve_forever(background=True)
-        self._server = server
-        sockets = server.transport.sockets if server.transport is not None else []
-        if not sockets:
-            await self.stop()
-            raise RuntimeError(f"simulator could not listen on {self.host}:{self.port}")
-        self.port = sockets[0].getsockname()[1]
+        self._server = ModbusTcpSim({self.unit_id: self}, self.host, self.port)
+        try:
+            self.port = await self._server.start()
+        except BaseException:
+            self._server = None
+            raise
         self.start_plant()
         return self.port
 
@@ -435,8 +452,38 @@ class SunSpecSim:
                 pass
             self._task = None
         if self._server is not None:
-            await self._server.shutdown()
+            await self._server.stop()
             self._server = None
         if self._line is not None:
             await self._line.stop()
             self._line = None
+
+
+# ---------------------------------------------------------------------- CLI of the simulators
+
+async def serve_until_signalled(sim: SunSpecSim, rtu: bool, baudrate: int,
+                                alongside: Coroutine | None = None) -> None:
+    """Serve until SIGTERM / SIGINT, printing "READY <port>" or "READY <pty path>" once serving (what the rig
+    waits for); `alongside` runs while serving and is cancelled at the end."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    where = await sim.start_rtu(baudrate) if rtu else await sim.start()
+    print(f"READY {where}", flush=True)
+    task = asyncio.create_task(alongside) if alongside is not None else None
+    try:
+        await stop.wait()
+    finally:
+        if task is not None:
+            task.cancel()
+        await sim.stop()
+    log.info("stopped")
+
+
+def run_cli(main: Coroutine) -> int:
+    """Run a simulator's main coroutine with the simulators' logging (to stderr, pymodbus quiet)."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("pymodbus").setLevel(logging.ERROR)
+    asyncio.run(main)
+    return 0

@@ -2,12 +2,11 @@
 against the SunSpec driver, on TCP and, as its own process, on a pseudo-terminal RTU line."""
 from __future__ import annotations
 
-import asyncio
+import functools
 import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -22,20 +21,11 @@ from gridedge.hil.battery import BatteryPlant
 from gridedge.hil.battery_sim import BatterySim
 from gridedge.model import Detail
 
+from . import aio
+from .aio import until
 
-def arun(coro, timeout: float = 40.0):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
 
-
-async def until(pred, timeout: float = 10.0, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await pred()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s (last: {result!r})")
-        await asyncio.sleep(every)
+arun = functools.partial(aio.arun, timeout=40.0)
 
 
 def by_name(samples):
@@ -197,7 +187,7 @@ def test_battery_cli_serves_an_rtu_line_and_stops_on_sigterm():
         rc = proc.wait(timeout=10)
         err = proc.stderr.read()
         assert rc == 0, err
-        assert "applied write to model 704" in err and "WSet" in err
+        assert "applied write at" in err and "(model 704)" in err and "WSet" in err
         assert proc.stdout.read() == ""
     finally:
         if proc.poll() is None:

@@ -34,7 +34,7 @@ def sim_writes(rig: Rig) -> list[tuple[int, str]]:
     """(t_ns, what) of every register write the simulator applied."""
     out = []
     for line in rig.sim_log.read_text().splitlines():
-        m = re.search(r"applied write at \d+: (\{.*\}) t_ns=(\d+)", line)
+        m = re.search(r"applied write at \d+ \(model 704\): (\{.*\}) t_ns=(\d+)", line)
         if m:
             out.append((int(m.group(2)), m.group(1)))
     return out

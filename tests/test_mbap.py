@@ -15,9 +15,7 @@ from gridedge.drivers.modbus_tcp import DeviceError
 from gridedge.hil.modbus_sim import ModbusTcpSim, UnitSim
 from gridedge.model import Detail
 
-
-def arun(coro, timeout: float = 30.0):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
+from .aio import arun
 
 
 # ---------------------------------------------------------------- codec

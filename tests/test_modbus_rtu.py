@@ -20,11 +20,9 @@ from gridedge.hil.modbus_sim import (
 )
 from gridedge.model import Detail
 
+from .aio import arun
+
 REGS = {"holding": {0: 11, 1: 12, 2: 13, 10: 0xFFFF}, "input": {100: 7, 101: 8}}
-
-
-def arun(coro, timeout: float = 30.0):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 # ---------------------------------------------------------------- sans-IO

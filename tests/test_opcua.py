@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import os
 import signal
 import subprocess
@@ -20,23 +21,13 @@ from gridedge.hil.opcua_certs import make_opcua_pki
 from gridedge.hil.opcua_server import DBPOS_OFF, DBPOS_ON, OpcUaSubstationSim, ServerSecurity
 from gridedge.model import Detail, Validity
 
+from . import aio
+from .aio import until
+
 FEEDERS = 40    # 5 points per feeder + Hz = 201 monitored items
 
 
-def arun(coro, timeout: float = 40.0):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-async def until(pred, timeout: float = 10.0, every: float = 0.05):
-    """Await a predicate with a deadline (samples arrive through a callback: there is no single event to await)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = pred()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s (last: {result!r})")
-        await asyncio.sleep(every)
+arun = functools.partial(aio.arun, timeout=40.0)
 
 
 class ThreadedSim:
@@ -355,7 +346,7 @@ def test_cli_prints_ready_and_serves():
             finally:
                 await dev.close()
 
-        s = arun(read(), 20)
+        s = arun(read(), timeout=20)
         assert s.good and 200 < s.value < 240
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -16,6 +16,8 @@ from gridedge.drivers.sunspec_tcp import WriteError
 from gridedge.hil.modbus_sim import ModbusLineSim, ModbusTcpSim, UnitSim
 from gridedge.model import Detail, Validity, flatten
 
+from .aio import arun
+
 SDM = regmap.load_map(regmap.shipped_maps()["eastron_sdm630"])
 VALUES = {"PhVphA": 230.1, "PhVphB": 231.5, "Hz": 50.02, "W": -1500.0, "TotWhImp": 12345.5}
 
@@ -29,10 +31,6 @@ CTRL = regmap.parse_map({
         {"name": "VArSet", "address": 10, "type": "int32", "unit": "var", "access": "rw"},
     ],
 }, "ctrl")
-
-
-def arun(coro, timeout: float = 30.0):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 def by_name(readings):

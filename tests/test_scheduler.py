@@ -3,6 +3,7 @@ a dead or slow device does not lower the others' rate, writes jump the queue wit
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import Counter
 
@@ -17,11 +18,12 @@ from gridedge.drivers.scheduler import BreakerState, Bus, CircuitBreaker, Read
 from gridedge.hil.modbus_sim import ModbusLineSim
 from gridedge.model import Detail
 
+from . import aio
+
 REGS = {"holding": {a: a + 1 for a in range(0, 40)}}
 
 
-def arun(coro, timeout: float = 60.0):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
+arun = functools.partial(aio.arun, timeout=60.0)
 
 
 # ---------------------------------------------------------------- breaker

@@ -4,11 +4,11 @@ built from a gateway config like the agent does."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -25,25 +25,15 @@ from gridedge.hil.inverter_sim import InverterSim
 from gridedge.hil.modbus_sim import ModbusLineSim, ModbusTcpSim, UnitSim
 from gridedge.model import Detail, Validity, flatten
 
+from . import aio
+from .aio import until
+
 SDM = regmap.load_map(regmap.shipped_maps()["eastron_sdm630"])
 METER = {"PhVphA": 230.1, "Hz": 50.02, "W": -1500.0}
 VV = [(92.0, 30.0), (97.0, 0.0), (103.0, 0.0), (108.0, -30.0)]
 
 
-def arun(coro, timeout: float = 40.0):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-async def until(pred, timeout: float = 10.0, every: float = 0.05):
-    """Await an async predicate with a deadline (no event exists for "the plant has ramped")."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await pred()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s (last: {result!r})")
-        await asyncio.sleep(every)
+arun = functools.partial(aio.arun, timeout=40.0)
 
 
 def by_name(readings):
@@ -289,7 +279,6 @@ def test_sunspec_rtu_devices_from_a_config_share_the_line_with_a_meter():
             assert inv.bus is meter.bus
             assert (await inv.write_points({"WMaxLimPct": 70}))["WMaxLimPct"] == 70.0
     arun(main())
-
 
 
 def test_inverter_cli_serves_an_rtu_line():

@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -18,21 +17,7 @@ from gridedge.drivers.sunspec_tcp import SunSpecTcpDevice, WriteError
 from gridedge.hil.inverter_sim import InverterSim
 from gridedge.model import Detail, Validity
 
-
-def arun(coro, timeout: float = 30.0):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-async def until(pred, timeout: float = 10.0, every: float = 0.05):
-    """Await an async predicate with a deadline (no event exists for "the plant has ramped")."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await pred()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s (last: {result!r})")
-        await asyncio.sleep(every)
+from .aio import arun, until
 
 
 def by_name(samples):
