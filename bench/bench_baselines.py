@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -26,30 +24,10 @@ from gridedge.flex.isp import DAY_NS, NS_PER_S, IspGrid, date_ns, is_weekend
 from gridedge.flex.metering import IntervalEnergy
 from gridedge.hil.profiles import sites
 from gridedge.model import Sample
+from measure import describe, median_ns  # bench/measure.py: the script's folder is on sys.path
 
 METHODS = [("x_of_y", {}), ("x_of_y", {"x": 4, "y": 5, "adjustment": "additive"}), ("meter_before_after", {}),
            ("meter_before_after", {"mode": "interpolate"}), ("nomination", {}), ("rolling_average", {})]
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter_ns()
-        fn()
-        samples.append(time.perf_counter_ns() - t0)
-    return statistics.median(samples) / 1e6
 
 
 def main() -> None:
@@ -68,20 +46,19 @@ def main() -> None:
     inp = BaselineInput(wh[:, :-1], weekend, np.zeros((args.meters, args.days), bool), today, target,
                         is_weekend(target), 56, 64, grid, nominated=today * 1.01,
                         nomination_ids=[["n1"]] * args.meters)
-    print(f"machine: {platform.platform()}; CPU: {cpu_model()}; Python {platform.python_version()}; "
-          f"numpy {np.__version__}")
+    print(f"machine: {describe()}; numpy {np.__version__}")
     print(f"{args.meters} meters x {grid.per_day} ISPs x {args.days} days of history; median of {args.repeats}\n")
     print("| method | parameters | ms |")
     print("|---|---|---:|")
     methods = [make_baseline(m, p) for m, p in METHODS]
     for (mid, params), m in zip(METHODS, methods):
-        t = median_ms(lambda: m.compute(inp), args.repeats)
+        t = median_ns(lambda: m.compute(inp), args.repeats) / 1e6
         label = ", ".join(f"{k}={v}" for k, v in params.items()) or "defaults"
         print(f"| {mid} | {label} | {t:.2f} |")
-    total = median_ms(lambda: [m.compute(inp) for m in methods], args.repeats)
+    total = median_ns(lambda: [m.compute(inp) for m in methods], args.repeats) / 1e6
     print(f"| **all six** | | **{total:.2f}** |")
     res = methods[0].compute(inp)
-    t_desc = median_ms(lambda: [res.descriptor(i) for i in range(args.meters)], max(5, args.repeats // 10))
+    t_desc = median_ns(lambda: [res.descriptor(i) for i in range(args.meters)], max(5, args.repeats // 10)) / 1e6
     print(f"\ninputs/descriptor JSON for all {args.meters} meters (only for records published): {t_desc:.1f} ms")
     with tempfile.TemporaryDirectory() as tmp:
         h = History(Path(tmp) / "flex.sqlite")
@@ -89,7 +66,7 @@ def main() -> None:
         h.add(IntervalEnergy(f"r{i}", first + d * DAY_NS + k * grid.ns, 900, float(wh[i, d, k]), "good", 1.0, "register")
               for i in range(n) for d in range(args.days + 1) for k in range(grid.per_day))
         resources = [f"r{i}" for i in range(n)]
-        t_read = median_ms(lambda: h.matrix(resources, first, args.days + 1, grid), max(5, args.repeats // 5))
+        t_read = median_ns(lambda: h.matrix(resources, first, args.days + 1, grid), max(5, args.repeats // 5)) / 1e6
         h.close()
     print(f"history read (SQLite, {n} resources x {args.days + 1} days): {t_read:.1f} ms")
     engine_ticks(grid)

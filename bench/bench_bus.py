@@ -14,8 +14,6 @@ import argparse
 import faulthandler
 import signal
 import asyncio
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -29,19 +27,11 @@ from gridedge.drivers.regmap_device import LinkSpec, RegmapDevice
 from gridedge.drivers.scheduler import BusPool, Read
 from gridedge.drivers.sunspec import split_reads
 from gridedge.drivers.sunspec_device import SunSpecDevice
+from gridedge.model import Validity
+from measure import describe  # bench/measure.py: the script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 MAP = ROOT / "drivers" / "maps" / "eastron_sdm630.toml"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 class Sim:
@@ -101,10 +91,12 @@ async def many_tcp(ports: list[int], period_s: float, seconds: float) -> tuple[f
     counted = {"good": 0, "bad": 0}
     measuring = False
 
-    def sink(samples):
+    def sink(readings):   # SampleBlocks, one per read: counted per value, as the agent takes them
         if measuring:
-            for s in samples:
-                counted["good" if s.good else "bad"] += 1
+            for b in readings:
+                bad = 0 if b.quality is None else sum(q is not None and q[0] is not Validity.GOOD for q in b.quality)
+                counted["good"] += len(b.values) - bad
+                counted["bad"] += bad
     tasks = [asyncio.create_task(d.run(sink)) for d in devs]
     await asyncio.sleep(1.0)
     measuring = True
@@ -143,8 +135,7 @@ def main() -> int:
     faulthandler.register(signal.SIGUSR1)   # kill -USR1 <pid> prints where it is
     n = 100 if args.quick else 400
     seconds = 3.0 if args.quick else 8.0
-    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"pymodbus {pymodbus.__version__}, {platform.system()} {platform.release()}")
+    print(f"machine: {describe()}, pymodbus {pymodbus.__version__}")
     print()
     print("Per request (read of N input registers), agent CPU vs wire time")
     print(f"{'link':<16}{'N':>5}{'wire ms':>10}{'agent CPU ms':>14}{'CPU/wire':>10}{'round trip ms':>15}")

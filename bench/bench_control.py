@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import re
 import statistics
 import sys
@@ -28,6 +27,7 @@ from gridedge.cext import twin
 from gridedge.config import parse_config
 from gridedge.control.engine import ControlEngine
 from gridedge.model import Sample
+from measure import describe  # bench/measure.py: the script's folder is on sys.path
 
 try:
     from gridedge.cext import _kernels as compiled
@@ -36,17 +36,6 @@ except Exception as exc:  # noqa: BLE001
     print(f"compiled extension not importable ({exc}); timing the twin only", file=sys.stderr)
 
 S = 1_000_000_000
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 class NoDevice:
@@ -123,7 +112,7 @@ def latency(commands: int) -> list[float]:
             agent = rig.agent_log.read_text()
             writes = []
             for line in rig.sim_log.read_text().splitlines():
-                m = re.search(r"applied write at \d+: (\{.*\}) t_ns=(\d+)", line)
+                m = re.search(r"applied write at \d+ \(model 704\): (\{.*\}) t_ns=(\d+)", line)
                 if m:
                     writes.append((int(m.group(2)), m.group(1)))
         out = []
@@ -149,7 +138,7 @@ def main() -> None:
     ap.add_argument("--commands", type=int, default=200)
     ap.add_argument("--skip-latency", action="store_true")
     args = ap.parse_args()
-    print(f"# {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+    print(f"# {describe()}, "
           f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"\n## Control cycle (ControlEngine.step), median of {args.repeats}\n")
     print("| N devices | Cython (ms) | numpy twin (ms) | twin / Cython |")

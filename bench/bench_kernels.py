@@ -6,32 +6,19 @@ Times include the per-call validation at the Python boundary (what the agent pay
 from __future__ import annotations
 
 import argparse
-import platform
-import statistics
 import sys
-import time
 
 import numpy as np
 
 from gridedge.cext import twin
 from gridedge.cext.twin import CycleInputs, CycleParams, QMode
+from measure import describe, median_ns  # bench/measure.py: the script's folder is on sys.path
 
 try:
     from gridedge.cext import _kernels as compiled
 except Exception as exc:  # noqa: BLE001
     compiled = None
     print(f"compiled extension not importable ({exc}); timing the twin only", file=sys.stderr)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def make_case(n: int, rng: np.random.Generator):
@@ -43,23 +30,12 @@ def make_case(n: int, rng: np.random.Generator):
     return params, inputs
 
 
-def median_ns(fn, repeats: int) -> float:
-    fn()  # warm-up
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter_ns()
-        fn()
-        samples.append(time.perf_counter_ns() - t0)
-    return statistics.median(samples)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repeats", type=int, default=200)
     args = ap.parse_args()
     rng = np.random.default_rng(1547)
-    print(f"machine: {platform.platform()}; CPU: {cpu_model()}; Python {platform.python_version()}; "
-          f"numpy {np.__version__}")
+    print(f"machine: {describe()}; numpy {np.__version__}")
     print(f"cycle(), median of {args.repeats} calls, dt = 0.1 s, validation included\n")
     print("| N devices | cython (us) | twin (us) | twin / cython |")
     print("|---:|---:|---:|---:|")

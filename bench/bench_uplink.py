@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import platform
 import resource
 import tempfile
 import time
@@ -28,6 +27,7 @@ from gridedge.model import Sample
 from gridedge.mqtt import MqttClient, tls_context
 from gridedge.outbox import Outbox
 from gridedge.uplink import Publisher
+from measure import describe  # bench/measure.py: the script's folder is on sys.path
 
 PREFIX = "gridedge/v2/gw-bench/"
 
@@ -123,11 +123,6 @@ async def drain(work: Path, stored_s: int, samples: int, rate: float) -> dict:
     return {"stored_messages": stored, "backfill_rate": rate, "drain_s": elapsed}
 
 
-def machine() -> str:
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    return f"{platform.machine()} {cpu}, Python {platform.python_version()}"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=10.0)
@@ -136,7 +131,7 @@ def main() -> None:
     ap.add_argument("--backfill-rate", type=float, default=20.0)
     ap.add_argument("--skip-drain", action="store_true")
     args = ap.parse_args()
-    print(f"# {machine()}; mosquitto TLS on loopback; {args.samples} samples per message")
+    print(f"# {describe()}; mosquitto TLS on loopback; {args.samples} samples per message")
     print("| durability | messages | samples/s | CPU s / 10k samples | peak RSS (MiB) |")
     print("|---|---:|---:|---:|---:|")
     for durability in ("full", "normal"):

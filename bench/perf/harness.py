@@ -447,14 +447,9 @@ def _BenchMosquitto(*a, **kw):
 # ----------------------------------------------------------------------------- report
 
 def machine(args) -> dict:
-    cpu = "?"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from bench.measure import cpu_model
+
+    cpu = cpu_model()
     import gridedge
     import paho.mqtt
     import pymodbus
