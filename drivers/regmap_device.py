@@ -6,7 +6,8 @@ they take turns on the wire instead of colliding. Two ways to poll:
 
 - `poll()`: one read of every configured point, queued on the bus like any other tick (the agent's loop);
 - `run(sink)`: the device owns its schedule: each poll group at its own period, results handed to `sink` as
-  SampleBlocks (one per read; iterate one for its Samples), forever. A dead device's samples still arrive at its period (INVALID, from the open circuit breaker).
+  SampleBlocks (one per read; iterate one for its Samples), forever. A dead device's samples still arrive at its
+  period (INVALID, from the open circuit breaker).
 
 poll() and run() never raise on device faults (INVALID samples with the read's detail). write_points() raises
 WriteError: a control that did not land must never pass silently; it only writes points the map marks `rw`, only

@@ -7,6 +7,8 @@ line (one request at a time, its writes jump the queue, a dead device has its ci
 shared with other units behind the same gateway gets one connection.
 
 poll() and run() never raise on device faults: a dead device gives INVALID samples with TIMEOUT / COMM_FAILURE.
+Every model read starts at the model's header, so a chain that changed under us gives BAD_REFERENCE and a new
+discovery, never values from the wrong registers.
 write_points(), write_model() and write_curve() raise WriteError, because a control that did not land must never
 pass silently. Every write reads the block first (the device's own scale factors), checks everything before the
 first register goes out, writes contiguous runs, and reads back.
@@ -62,7 +64,9 @@ class SunSpecDevice(BusMember):
         self.adopt_timeout_s = adopt_timeout_s
         self.models: dict[int, tuple[int, int]] = {}       # model id -> (address of its first data register, L)
         self.discovery: ss.DiscoveryResult | None = None
+        self.rediscoveries = 0
         self._discovering: asyncio.Lock | None = None
+        self._remap = asyncio.Event()       # set when the device's map no longer matches the discovery
 
     # ------------------------------------------------------------------ bus and discovery
 
@@ -98,6 +102,25 @@ class SunSpecDevice(BusMember):
             self.models = {mid: (ref.addr, ref.length) for mid, ref in result.by_id().items()}
             log.info("%s: SunSpec models %s at base %d", self.device_id, sorted(self.models), result.base)
 
+    def _header_ok(self, mid: int, header: Sequence[int], models: Mapping[int, tuple[int, int]]) -> bool:
+        """Whether the model's ID and L registers still say what discovery found; if not, forget the map.
+
+        Every read of a model starts at its header, so a device whose model chain changed under us (a firmware
+        update, a reconfigured inverter) gives BAD_REFERENCE samples and a fresh discovery, never values decoded from
+        the wrong registers, and a write never lands in another model."""
+        expected = models.get(mid)
+        if expected is not None and list(header) == [mid, expected[1]]:
+            return True
+        if self.models is models:    # the first to notice (not a late answer to a read of an older map)
+            log.warning("%s: model %d is no longer at %d (found ID %s, L %s): the device's SunSpec map changed; "
+                        "discovering it again", self.device_id, mid, (expected or (2, 0))[0] - 2,
+                        *(list(header) + [None, None])[:2])
+            self.models = {}
+            self.discovery = None
+            self.rediscoveries += 1
+            self._remap.set()
+        return False
+
     def available_points(self) -> list[str]:
         """Canonical points this device has a source for (after discovery)."""
         return [n for n in ss.CANONICAL if ss.pick_source(n, self.models)]
@@ -115,7 +138,8 @@ class SunSpecDevice(BusMember):
     # ------------------------------------------------------------------ reading
 
     def _poll_plan(self, names: Sequence[str]) -> list[tuple[int, list[Read]]]:
-        """Per needed model, the reads of its fixed part (canonical points never sit in repeating groups)."""
+        """Per needed model, the reads of its header and fixed part (canonical points never sit in repeating
+        groups)."""
         plan: list[tuple[int, list[Read]]] = []
         for n in names:
             for s in ss.candidate_sources(n, self.models):
@@ -123,11 +147,12 @@ class SunSpecDevice(BusMember):
                     continue
                 addr, length = self.models[s.model_id]
                 count = min(length, model_layout(s.model_id).fixed_data_len)
-                plan.append((s.model_id, [Read("holding", a, c) for a, c in ss.split_reads(addr, count)]))
+                plan.append((s.model_id, [Read("holding", a, c) for a, c in ss.split_reads(addr - 2, count + 2)]))
         return plan
 
-    def _samples(self, names: Sequence[str], plan: list[tuple[int, list[Read]]], results: Sequence[Result]) \
-            -> list[Sample]:
+    def _samples(self, names: Sequence[str], plan: list[tuple[int, list[Read]]], results: Sequence[Result],
+                 models: Mapping[int, tuple[int, int]]) -> list[Sample]:
+        """Samples of one pass of `plan`, made from the map `models` (kept even if a bad header makes us forget it)."""
         decoded: dict[int, dict[str, object]] = {}
         failed: dict[int, Detail] = {}
         it = iter(results)
@@ -142,15 +167,19 @@ class SunSpecDevice(BusMember):
                     regs.extend(value)
             if mid in failed:
                 continue
+            if not self._header_ok(mid, regs[:2], models):
+                failed[mid] = Detail.BAD_REFERENCE
+                continue
             try:
-                decoded[mid] = ss.decode_model(mid, regs, length=self.models[mid][1])
+                decoded[mid] = ss.decode_model(mid, regs[2:], length=models[mid][1])
             except ss.DecodeError:
                 failed[mid] = Detail.MALFORMED
-        return [self._sample(n, ts, decoded, failed) for n in names]
+        return [self._sample(n, ts, decoded, failed, models) for n in names]
 
-    def _sample(self, name: str, ts: int, decoded: dict[int, dict[str, object]], failed: dict[int, Detail]) -> Sample:
+    def _sample(self, name: str, ts: int, decoded: dict[int, dict[str, object]], failed: dict[int, Detail],
+                models: Mapping[int, tuple[int, int]]) -> Sample:
         c = ss.CANONICAL[name]
-        srcs = ss.candidate_sources(name, self.models)
+        srcs = ss.candidate_sources(name, models)
         if not srcs:
             return invalid(self._pid(name), ts, Detail.NOT_IMPLEMENTED, c.unit)
         # A preferred model that failed to read must not be silently replaced by a fallback model's value.
@@ -183,49 +212,57 @@ class SunSpecDevice(BusMember):
         names = self._configured()
         if err is not None:
             return [invalid(self._pid(n), ts, err.detail, ss.CANONICAL[n].unit) for n in names]
+        models = self.models
         plan = self._poll_plan(names)
         reads = [r for _, rs in plan for r in rs]
         results = await self._bus.read_once(self._dev, reads) if reads else []
-        return self._samples(names, plan, results)
+        return self._samples(names, plan, results, models)
 
     async def run(self, sink: Callable[[list[Sample]], None]) -> None:
         """Poll every `period_s` as a poll group of the bus (staggered start, catch-up, breaker) and hand the samples
-        to `sink`, until cancelled. Until discovery succeeds, every try gives INVALID samples (with back-off)."""
+        to `sink`, until cancelled. Until discovery succeeds, every try gives INVALID samples (with back-off); when
+        the device's map changes under it, it discovers again and goes on with the new map."""
         self._attach()
-        backoff = self.period_s
         while True:
-            err = await self._discovered()
-            if err is None:
-                break
-            log.warning("%s: %s (retry in %.1f s)", self.device_id, err, backoff)
-            ts = time.time_ns()
-            sink([invalid(self._pid(n), ts, err.detail, ss.CANONICAL[n].unit) for n in self._configured()])
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 60.0)
-        names = self._configured()
-        plan = self._poll_plan(names)
-        reads = [r for _, rs in plan for r in rs]
-        if not reads:
-            ts = time.time_ns()
-            sink([self._sample(n, ts, {}, {}) for n in names])
-            await asyncio.Event().wait()
-        group = self._bus.add_group(self._dev, "sunspec", self.period_s, reads,
-                                    lambda results: sink(self._samples(names, plan, results)))
-        try:
-            await asyncio.Event().wait()
-        finally:
-            if self._bus is not None:
-                self._bus.remove_group(group)
+            backoff = self.period_s
+            while (err := await self._discovered()) is not None:
+                log.warning("%s: %s (retry in %.1f s)", self.device_id, err, backoff)
+                ts = time.time_ns()
+                sink([invalid(self._pid(n), ts, err.detail, ss.CANONICAL[n].unit) for n in self._configured()])
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 60.0)
+            self._remap.clear()
+            models = self.models
+            names = self._configured()
+            plan = self._poll_plan(names)
+            reads = [r for _, rs in plan for r in rs]
+            if not reads:
+                ts = time.time_ns()
+                sink([self._sample(n, ts, {}, {}, models) for n in names])
+                await self._remap.wait()
+                continue
+            group = self._bus.add_group(self._dev, "sunspec", self.period_s, reads,
+                                        lambda results: sink(self._samples(names, plan, results, models)))
+            try:
+                await self._remap.wait()
+            finally:
+                if self._bus is not None:
+                    self._bus.remove_group(group)
 
     async def _read_block(self, mid: int, *, urgent: bool) -> tuple[ModelLayout, list[int], dict[str, object]]:
         """The whole model (repeating groups included): (its layout, data registers, decoded values)."""
-        addr, length = self.models[mid]
+        models = self.models
+        addr, length = models[mid]
         regs: list[int] = []
-        for a, c in ss.split_reads(addr, length):
+        for a, c in ss.split_reads(addr - 2, length + 2):
             if urgent:
                 regs.extend(await self._dev.read("holding", a, c))
             else:
                 regs.extend(await self._bus.request(self._dev, Read("holding", a, c), urgent=False))
+        if not self._header_ok(mid, regs[:2], models):
+            raise DeviceError(f"{self.device_id}: model {mid} is no longer at {addr - 2} (the device's SunSpec map "
+                              f"changed); it is being discovered again", Detail.BAD_REFERENCE)
+        regs = regs[2:]
         layout = ss.block_layout(mid, regs, 2, length)
         return layout, regs, ss.decode_model(layout, regs)
 

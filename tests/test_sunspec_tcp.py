@@ -235,6 +235,91 @@ def test_device_lost_after_discovery():
     arun(main())
 
 
+def _firmware_update(port: int) -> InverterSim:
+    """The same device back on the same port with model 702 inserted before 704: 704 moves, 701 stays put."""
+    return InverterSim(port=port, models=(1, 701, 702, 704))
+
+
+def test_a_changed_model_chain_is_rediscovered_and_never_decoded_from_the_old_addresses():
+    """A firmware update changes the model chain under a running poll group (the agent's path, run()). Samples
+    of the moved model turn BAD_REFERENCE (its header no longer matches), the device is discovered again, and the
+    same points come back good from the new addresses. No value is ever decoded from the wrong registers, and a
+    write lands in the new 704."""
+    async def main():
+        old = InverterSim(models=(1, 701, 704))
+        port = await old.start()
+        dev = SunSpecTcpDevice("inv1", "127.0.0.1", port, timeout_s=0.5, points=["W", "WMaxLimPct", "WMaxLimPctEna"])
+        seen: list = []
+        task = None
+        new = None
+        try:
+            await dev.connect()
+            a704 = dev.models[704][0]
+            task = asyncio.create_task(dev.run(seen.extend))
+            await until(lambda: any(s.good for s in seen), 10)
+            await old.stop()
+            new = _firmware_update(port)
+            await new.start()
+            mark = len(seen)
+            await until(lambda: 702 in dev.models and any(
+                s.good and s.point == "inv1/WMaxLimPct" for s in seen[mark:]), 20)
+            assert dev.rediscoveries == 1 and dev.models[704][0] != a704
+            after = seen[mark:]
+            assert Detail.BAD_REFERENCE in {s.detail for s in after if s.point == "inv1/WMaxLimPct"}
+            for s in seen:
+                if s.good and s.point == "inv1/WMaxLimPct":
+                    assert s.value == 100.0
+                if s.good and s.point == "inv1/WMaxLimPctEna":
+                    assert s.value == 0
+                if s.good and s.point == "inv1/W":
+                    assert 7900 <= s.value <= 8100
+            assert await dev.write_points({"WMaxLimPct": 40.0, "WMaxLimPctEna": 1}) == {"WMaxLimPct": 40.0,
+                                                                                       "WMaxLimPctEna": 1}
+            assert new.plant.WMaxLimPct == 40.0 and new.plant.WMaxLimPctEna == 1
+        finally:
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            await dev.close()
+            await old.stop()
+            if new is not None:
+                await new.stop()
+    arun(main(), timeout=60)
+
+
+def test_a_write_after_the_chain_changed_is_refused_then_lands_after_rediscovery():
+    """poll() has not seen the change yet: the write's own read of 704 finds another model's header, so it is
+    refused (BAD_REFERENCE) before any register is written; the next write discovers the new map and lands."""
+    async def main():
+        old = InverterSim(models=(1, 701, 704))
+        port = await old.start()
+        dev = SunSpecTcpDevice("inv1", "127.0.0.1", port, timeout_s=0.5)
+        new = None
+        try:
+            await dev.connect()
+            await old.stop()
+            new = _firmware_update(port)
+            await new.start()
+            for _ in range(5):          # the first request after the restart may find the old connection gone
+                try:
+                    await dev.write_points({"WMaxLimPct": 55.0})
+                    raise AssertionError("a write into the old 704 address was not refused")
+                except WriteError as exc:
+                    if exc.detail is Detail.BAD_REFERENCE:
+                        break
+            else:
+                raise AssertionError("the changed map was never noticed")
+            assert new.writes_applied == 0 and new.writes_refused == 0
+            assert await dev.write_points({"WMaxLimPct": 55.0}) == {"WMaxLimPct": 55.0}
+            assert new.plant.WMaxLimPct == 55.0 and dev.rediscoveries == 1
+        finally:
+            await dev.close()
+            await old.stop()
+            if new is not None:
+                await new.stop()
+    arun(main())
+
+
 def test_cli_ready_line_serves_and_stops_on_sigterm():
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "gridedge.hil.inverter_sim", "--port", "0", "--w-max", "5000",
