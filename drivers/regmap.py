@@ -13,6 +13,7 @@ back); `word_order = "little"` means the least significant 16-bit word comes fir
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import os
 import struct
@@ -131,6 +132,7 @@ class RegisterMap:
     points: tuple[PointSpec, ...]
     origin: str = ""
     _by_name: dict[str, PointSpec] = field(default_factory=dict, repr=False, compare=False)
+    _decoding: dict = field(default_factory=dict, repr=False, compare=False)  # ReadBlock -> BlockDecoder's plan
 
     def __post_init__(self) -> None:
         self._by_name.update({p.name: p for p in self.points})
@@ -339,12 +341,20 @@ def parse_map(data: Any, source: str = "<map>") -> RegisterMap:
 
 
 def load_map(path: str | os.PathLike[str]) -> RegisterMap:
-    """Read and check a TOML register map. Raises MapError naming the file, key path and fault."""
+    """Read and check a TOML register map. Raises MapError naming the file, key path and fault.
+
+    The same file with the same bytes gives the same (immutable) RegisterMap: a hundred meters of one model share
+    one map in memory instead of a hundred copies of its points."""
     source = str(path)
     try:
         raw = Path(path).read_bytes()
     except (OSError, ValueError) as e:
         raise MapError([f"{source}: cannot read: {_reason(e)}"]) from None
+    return _parse_file(source, raw)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_file(source: str, raw: bytes) -> RegisterMap:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -542,6 +552,23 @@ def _value(p: PointSpec, data: bytes) -> tuple[object, tuple[Validity, Detail] |
 
 # ---------------------------------------------------------------- block decoding (the fast path)
 
+def _decoding_plan(rmap: RegisterMap, block: ReadBlock) -> tuple:
+    """(points, per point (spec, first byte, end byte, little word order, little byte order) or None, units,
+    any little-endian bytes, the struct packer of the block's registers)."""
+    points = tuple(rmap._by_name.get(n) for n in block.points)
+    plan = []
+    for p in points:
+        if p is None or p.table != block.table or p.address < block.address or p.end > block.address + block.count:
+            plan.append(None)
+            continue
+        a = 2 * (p.address - block.address)
+        order = "big" if p.type == "string" else p.word_order
+        plan.append((p, a, a + 2 * p.size, order == "little", p.byte_order == "little"))
+    units = tuple(p.unit if p else "" for p in points)
+    return (points, tuple(plan), units, any(x is not None and x[4] for x in plan),
+            struct.Struct(f">{block.count}H").pack)
+
+
 class BlockDecoder:
     """Decodes one ReadBlock's registers into a SampleBlock: the registers are packed to bytes once and each point
     sliced out of them, instead of one Sample and one bytes object per register. Same values and quality as
@@ -550,18 +577,11 @@ class BlockDecoder:
     def __init__(self, rmap: RegisterMap, block: ReadBlock, device_id: str) -> None:
         self.block = block
         self.count = block.count
-        self.points = [rmap._by_name.get(n) for n in block.points]
-        self.layout = BlockLayout(device_id, block.points, [p.unit if p else "" for p in self.points])
-        self._pack = struct.Struct(f">{block.count}H").pack
-        self._plan = []
-        for p in self.points:
-            if p is None or p.table != block.table or p.address < block.address or p.end > block.address + block.count:
-                self._plan.append(None)
-                continue
-            a = 2 * (p.address - block.address)
-            order = "big" if p.type == "string" else p.word_order
-            self._plan.append((p, a, a + 2 * p.size, order == "little", p.byte_order == "little"))
-        self._any_little_bytes = any(x is not None and x[4] for x in self._plan)
+        shared = rmap._decoding.get(block)
+        if shared is None:     # the plan depends on the map and the block only: devices of one model share it
+            shared = rmap._decoding[block] = _decoding_plan(rmap, block)
+        self.points, self._plan, units, self._any_little_bytes, self._pack = shared
+        self.layout = BlockLayout(device_id, block.points, units)
 
     def decode(self, registers, ts_ns: int) -> SampleBlock:
         try:

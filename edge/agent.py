@@ -92,7 +92,9 @@ class Agent:
             if isinstance(r, SampleBlock):
                 idx = self._flex_index.get(r.layout)
                 if idx is None:
-                    idx = self._flex_index[r.layout] = tuple(i for i, p in enumerate(r.layout.points) if p in points)
+                    lay = r.layout
+                    idx = self._flex_index[lay] = tuple(i for i, n in enumerate(lay.names)
+                                                        if f"{lay.device}/{n}" in points)
                 wanted.extend(r.sample(i) for i in idx)
             elif r.point in points:
                 wanted.append(r)

@@ -14,7 +14,7 @@ class ProcessImage(Mapping[str, Sample]):
     def __init__(self) -> None:
         self._samples: dict[str, Sample] = {}
         self._blocks: dict[BlockLayout, SampleBlock] = {}
-        self._where: dict[str, tuple[BlockLayout, int]] = {}
+        self._layouts: dict[str, list[BlockLayout]] = {}   # device -> its layouts: a point is found by its device
 
     def put(self, readings: Iterable[Sample | SampleBlock]) -> int:
         """Take samples and blocks in arrival order; returns the number of values taken."""
@@ -23,8 +23,7 @@ class ProcessImage(Mapping[str, Sample]):
             if isinstance(r, SampleBlock):
                 lay = r.layout
                 if lay not in self._blocks:
-                    for i, point in enumerate(lay.points):
-                        self._where[point] = (lay, i)
+                    self._layouts.setdefault(lay.device, []).append(lay)
                 self._blocks[lay] = r
                 n += len(r.values)
             else:
@@ -32,22 +31,43 @@ class ProcessImage(Mapping[str, Sample]):
                 n += 1
         return n
 
+    def _from_blocks(self, point: str) -> Sample | None:
+        """The newest value of `point` in any block of its device, or None."""
+        device, _, name = point.partition("/")
+        best: Sample | None = None
+        for lay in self._layouts.get(device, ()):
+            i = lay.index.get(name)
+            if i is not None:
+                block = self._blocks[lay]
+                if best is None or block.ts_ns > best.ts_ns:
+                    best = block.sample(i)
+        return best
+
     def __getitem__(self, point: str) -> Sample:
-        where = self._where.get(point)
+        s = self._from_blocks(point)
         single = self._samples.get(point)
-        if where is None:
+        if s is None:
             if single is None:
                 raise KeyError(point)
             return single
-        s = self._blocks[where[0]].sample(where[1])
         return single if single is not None and single.ts_ns > s.ts_ns else s  # a point with two sources: newest
 
+    def _block_points(self) -> dict[str, None]:
+        return dict.fromkeys(p for lays in self._layouts.values() for lay in lays for p in lay.points)
+
     def __contains__(self, point: object) -> bool:
-        return point in self._where or point in self._samples
+        if point in self._samples:
+            return True
+        if not isinstance(point, str):
+            return False
+        device, _, name = point.partition("/")
+        return any(name in lay.index for lay in self._layouts.get(device, ()))
 
     def __iter__(self) -> Iterator[str]:
-        yield from self._where
-        yield from (p for p in self._samples if p not in self._where)
+        in_blocks = self._block_points()
+        yield from in_blocks
+        yield from (p for p in self._samples if p not in in_blocks)
 
     def __len__(self) -> int:
-        return len(self._where) + sum(1 for p in self._samples if p not in self._where)
+        in_blocks = self._block_points()
+        return len(in_blocks) + sum(1 for p in self._samples if p not in in_blocks)

@@ -7,6 +7,7 @@ Timestamps are UTC nanoseconds since the epoch; units are SI symbols as in SunSp
 from __future__ import annotations
 
 import enum
+import functools
 import time
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
@@ -68,11 +69,17 @@ def invalid(point: str, ts_ns: int, detail: Detail, unit: str = "") -> Sample:
 Quality = tuple[Validity, Detail]
 
 
+@functools.lru_cache(maxsize=4096)
+def _index(names: tuple[str, ...]) -> dict[str, int]:
+    """name -> position; one dict per distinct tuple of names, shared (never mutate it)."""
+    return {n: i for i, n in enumerate(names)}
+
+
 class BlockLayout:
     """The points one read of one device returns, in order. Built once per device and read, then shared by every
     SampleBlock of that read, so a poll costs one list of values, not one object per point."""
 
-    __slots__ = ("device", "names", "units", "points", "index", "json_head")
+    __slots__ = ("device", "names", "units", "index", "json_head", "_points")
 
     def __init__(self, device: str, names: Sequence[str], units: Sequence[str]) -> None:
         if len(names) != len(units):
@@ -80,9 +87,17 @@ class BlockLayout:
         self.device = device
         self.names = tuple(names)
         self.units = tuple(units)
-        self.points = tuple(f"{device}/{n}" for n in self.names)
-        self.index = {n: i for i, n in enumerate(self.names)}
+        self.index = _index(self.names)      # shared by every device with the same names
         self.json_head: bytes | None = None  # the encoder's cache (edge/contract.py)
+        self._points: tuple[str, ...] | None = None
+
+    @property
+    def points(self) -> tuple[str, ...]:
+        """"<device>/<name>" of each point, made on first use: telemetry and the process image go by device and
+        name, so a meters-only gateway never builds the thousands of strings."""
+        if self._points is None:
+            self._points = tuple(f"{self.device}/{n}" for n in self.names)
+        return self._points
 
     def __len__(self) -> int:
         return len(self.names)

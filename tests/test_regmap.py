@@ -752,3 +752,27 @@ def test_fuzz_encode_gives_registers_or_encodeerror(name, value):
     assert addr == p.address and len(regs) == p.size and all(0 <= r <= 0xFFFF for r in regs)
     block = rm.ReadBlock(p.table, p.address, p.size, (name,))
     assert rm.decode(ENC_MAP, block, regs, "e", T0)[0].validity is not Validity.INVALID
+
+
+def test_one_map_file_is_one_map_in_memory_until_its_bytes_change(tmp_path):
+    """A hundred meters of one model share one RegisterMap and one decoding plan per block; only the device id
+    differs. Editing the file gives a new map (the cache is keyed by content, not by name)."""
+    src = rm.shipped_maps()["eastron_sdm630"]
+    path = tmp_path / "meter.toml"
+    path.write_bytes(src.read_bytes())
+    a, b = rm.load_map(path), rm.load_map(path)
+    assert a is b
+    block = rm.plan_reads(a)[0]
+    d1, d2 = rm.BlockDecoder(a, block, "m1"), rm.BlockDecoder(b, block, "m2")
+    assert d1._plan is d2._plan and d1.layout.index is d2.layout.index
+    regs = [0x4366, 0x8000] * (block.count // 2) + [0] * (block.count % 2)
+    s1, s2 = list(d1.decode(regs, 1)), list(d2.decode(regs, 1))
+    assert [s.point for s in s1] == [f"m1/{n}" for n in block.points]
+    assert [s.point for s in s2] == [f"m2/{n}" for n in block.points]
+    assert [(s.value, s.validity) for s in s1] == [(s.value, s.validity) for s in s2]
+    path.write_bytes(src.read_bytes().replace(b'manufacturer = "Eastron"', b'manufacturer = "Eastron Ltd"'))
+    c = rm.load_map(path)
+    assert c is not a and c.manufacturer == "Eastron Ltd"
+    path.write_bytes(b"not = [toml")
+    with pytest.raises(rm.MapError, match="invalid TOML"):
+        rm.load_map(path)
