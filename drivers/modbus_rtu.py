@@ -187,11 +187,9 @@ def _check_unit(unit_id: int) -> None:
         raise ValueError(f"unit_id must be 0..255, got {unit_id!r}")
 
 
-class ModbusLink:
-    """One physical path to one or more units; never more than one request outstanding.
-
-    Subclasses make the pymodbus client. No automatic reconnect or retry inside pymodbus: the scheduler's circuit
-    breaker decides when to try again, so a dead link costs one attempt per back-off, not a retry storm."""
+class Link:
+    """What every Modbus link shares: one lock (one request, or one connect, at a time), the request and failure
+    counters, and connect / close around the subclass's _connect_locked / _drop."""
 
     rtu = False                 # RTU framing: no transaction id, bad frames are only visible as bytes
 
@@ -201,11 +199,36 @@ class ModbusLink:
         self.name = name
         self.timeout_s = float(timeout_s)
         self._lock = asyncio.Lock()
+        self.requests = 0
+        self.failures = 0
+
+    async def connect(self) -> None:
+        """Open the link; raises DeviceError(COMM_FAILURE / TIMEOUT) with a clear message."""
+        async with self._lock:
+            await self._connect_locked()
+
+    async def close(self) -> None:
+        async with self._lock:
+            self._drop()
+
+    async def _connect_locked(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _drop(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class ModbusLink(Link):
+    """One physical path to one or more units on pymodbus; never more than one request outstanding.
+
+    Subclasses make the pymodbus client. No automatic reconnect or retry inside pymodbus: the scheduler's circuit
+    breaker decides when to try again, so a dead link costs one attempt per back-off, not a retry storm."""
+
+    def __init__(self, name: str, timeout_s: float):
+        super().__init__(name, timeout_s)
         self._client = None
         self._rx = b""                   # bytes seen since the current request was sent
         self._last_rx = 0.0              # monotonic time of the last byte received
-        self.requests = 0
-        self.failures = 0
         quiet_pymodbus_log()
 
     # -- subclass hooks
@@ -227,11 +250,6 @@ class ModbusLink:
     @property
     def connected(self) -> bool:
         return self._client is not None and self._client.connected
-
-    async def connect(self) -> None:
-        """Open the link; raises DeviceError(COMM_FAILURE / TIMEOUT) with a clear message."""
-        async with self._lock:
-            await self._connect_locked()
 
     async def _connect_locked(self) -> None:
         if self.connected:
@@ -264,10 +282,6 @@ class ModbusLink:
             except Exception:  # noqa: BLE001 - closing a broken client must not raise
                 pass
             self._client = None
-
-    async def close(self) -> None:
-        async with self._lock:
-            self._drop()
 
     # -- requests
     async def _execute(self, unit_id: int, what: str, call):
@@ -396,7 +410,7 @@ class RtuTcpLink(ModbusLink):
                                               reconnect_delay_max=0, trace_packet=self._trace)
 
 
-class TcpLink:
+class TcpLink(Link):
     """Plain Modbus TCP (MBAP framing with transaction ids) on gridedge's own codec (drivers/mbap.py) and an asyncio
     Protocol: the hot path of a gateway polling many meters, so no pymodbus objects per request.
 
@@ -404,27 +418,16 @@ class TcpLink:
     that is not Modbus TCP, or an answer to another transaction or unit, resets the connection (TCP: reopening is
     cheaper than resynchronising); a late answer after a timeout is recognised by its transaction id and dropped."""
 
-    rtu = False
-
     def __init__(self, host: str, port: int = 502, timeout_s: float = 1.0):
-        if not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
-        self.name = f"tcp://{host}:{port}"
-        self.host, self.port, self.timeout_s = host, port, float(timeout_s)
-        self._lock = asyncio.Lock()
+        super().__init__(f"tcp://{host}:{port}", timeout_s)
+        self.host, self.port = host, port
         self._transport: asyncio.Transport | None = None
         self._proto: _MbapProtocol | None = None
         self._tid = 0
-        self.requests = 0
-        self.failures = 0
 
     @property
     def connected(self) -> bool:
         return self._transport is not None and not self._transport.is_closing()
-
-    async def connect(self) -> None:
-        async with self._lock:
-            await self._connect_locked()
 
     async def _connect_locked(self) -> None:
         if self.connected:
@@ -444,10 +447,6 @@ class TcpLink:
         if self._transport is not None:
             self._transport.abort()
         self._transport = self._proto = None
-
-    async def close(self) -> None:
-        async with self._lock:
-            self._drop()
 
     async def _request(self, unit_id: int, what: str, frame_for) -> mbap.Response:
         async with self._lock:

@@ -108,13 +108,12 @@ class SunSpecDevice(BusMember):
         Every read of a model starts at its header, so a device whose model chain changed under us (a firmware
         update, a reconfigured inverter) gives BAD_REFERENCE samples and a fresh discovery, never values decoded from
         the wrong registers, and a write never lands in another model."""
-        expected = models.get(mid)
-        if expected is not None and list(header) == [mid, expected[1]]:
+        addr, length = models[mid]
+        if list(header) == [mid, length]:
             return True
         if self.models is models:    # the first to notice (not a late answer to a read of an older map)
-            log.warning("%s: model %d is no longer at %d (found ID %s, L %s): the device's SunSpec map changed; "
-                        "discovering it again", self.device_id, mid, (expected or (2, 0))[0] - 2,
-                        *(list(header) + [None, None])[:2])
+            log.warning("%s: model %d (L %d) is no longer at %d (found %s there): the device's SunSpec map changed; "
+                        "discovering it again", self.device_id, mid, length, addr - 2, list(header))
             self.models = {}
             self.discovery = None
             self.rediscoveries += 1

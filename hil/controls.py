@@ -10,7 +10,7 @@ import math
 
 
 class DeviceControls:
-    """Mixin for a plant: subclasses set CONTROL_RANGES and REVERSION, and call _check_reversion() from step()."""
+    """Mixin for a plant: subclasses set CONTROL_RANGES and REVERSION, and start every step() with _advance(dt)."""
 
     #: Controls a write may set, with their static valid range.
     CONTROL_RANGES: dict[str, tuple[float, float]] = {}
@@ -61,6 +61,13 @@ class DeviceControls:
         if tms <= 0 or self._last_write_t is None or timeout_point not in self._armed:
             return 0.0
         return max(0.0, tms - (self.t_s - self._last_write_t))
+
+    def _advance(self, dt_s: float) -> None:
+        """The start of every plant step: the clock moves on and the reversion timers are checked."""
+        if not dt_s >= 0:
+            raise ValueError("dt_s must be >= 0")
+        self.t_s += dt_s
+        self._check_reversion()
 
     def _check_reversion(self) -> None:
         if self._last_write_t is None:

@@ -71,7 +71,6 @@ class InverterSim(SunSpecSim):
         # layout (every point "not implemented" first): model id -> address of the ID register
         super().__init__(SunSpecImage([(m, MODEL_COUNTS.get(m, {})) for m in models], base, {**CURVE_SFS, **self.sf}),
                          host, port, unit_id, step_s)
-        self.model_addr: dict[int, int] = self.image.model_addr
         self._render_static()
         # 705/711/712 stored curves and 715 heartbeats: written by the gateway, adopted at the next step
         self.handlers = {m: CurveModel(self.image, m) for m in (705, 711, 712) if m in models}

@@ -205,10 +205,7 @@ class OpcUaSubstationSim:
         """Stop serving (clients see the connection drop); start() brings the same endpoint back."""
         if self._task is not None:
             self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         if self.server is not None:
             srv, self.server = self.server, None

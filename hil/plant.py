@@ -153,10 +153,7 @@ class PVInverterPlant(DeviceControls):
 
     def step(self, dt_s: float) -> None:
         """Advance by dt_s seconds: reversion timer, ramped active power, reactive power, energy counters."""
-        if not dt_s >= 0:
-            raise ValueError("dt_s must be >= 0")
-        self.t_s += dt_s
-        self._check_reversion()
+        self._advance(dt_s)
         target = self.target_w()
         max_dw = self.ramp_pct_per_s / 100.0 * self.w_max * dt_s
         # Never above what the PV gives, even mid-ramp (the sun does not wait for the ramp).
