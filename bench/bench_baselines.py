@@ -2,7 +2,7 @@
 once); prints a table for docs/PERFORMANCE.md.
 
 Run: .venv/bin/python bench/bench_baselines.py [--meters 1000] [--days 10] [--repeats 50]
-Input: generated mixed profiles (hil/profiles.py, seed 1), an event 14:00-16:00 UTC with the same-day
+Input: generated mixed profiles (edge/flex/synthetic.py, seed 1), an event 14:00-16:00 UTC with the same-day
 adjustment window before it, nominations for every ISP. Times are the compute() calls only (arrays in memory);
 reading the history from SQLite is timed separately, for 10 resources (what one gateway holds), and so is
 FlexEngine.tick() in a 2-hour run.
@@ -20,10 +20,10 @@ import numpy as np
 from gridedge.flex import ActivationWindow, FlexEngine, parse_flex
 from gridedge.flex.baselines import BaselineInput, make_baseline
 from gridedge.flex.history import History
-from gridedge.flex.isp import DAY_NS, NS_PER_S, IspGrid, date_ns, is_weekend
+from gridedge.core.isp import DAY_NS, NS_PER_S, IspGrid, date_ns, is_weekend
 from gridedge.flex.metering import IntervalEnergy
-from gridedge.hil.profiles import sites
-from gridedge.model import Sample
+from gridedge.flex.synthetic import sites
+from gridedge.core.model import Sample
 from measure import describe, median_ns  # bench/measure.py: the script's folder is on sys.path
 
 METHODS = [("x_of_y", {}), ("x_of_y", {"x": 4, "y": 5, "adjustment": "additive"}), ("meter_before_after", {}),

@@ -22,12 +22,13 @@ from pathlib import Path
 import pymodbus
 
 from gridedge.drivers import regmap
-from gridedge.drivers.modbus_rtu import SerialSettings, read_wire_time_s
+from gridedge.drivers.modbus_rtu import SerialSettings
+from gridedge.drivers.rtu import read_wire_time_s
 from gridedge.drivers.regmap_device import LinkSpec, RegmapDevice
 from gridedge.drivers.scheduler import BusPool, Read
 from gridedge.drivers.sunspec import split_reads
 from gridedge.drivers.sunspec_device import SunSpecDevice
-from gridedge.model import Validity
+from gridedge.core.model import Validity
 from measure import describe  # bench/measure.py: the script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]

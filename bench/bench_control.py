@@ -26,7 +26,7 @@ from gridedge import contract
 from gridedge.cext import twin
 from gridedge.config import parse_config
 from gridedge.control.engine import ControlEngine
-from gridedge.model import Sample
+from gridedge.core.model import Sample
 from measure import describe  # bench/measure.py: the script's folder is on sys.path
 
 try:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from gridedge import contract, telemetry
-from gridedge.model import Sample
+from gridedge.core.model import Sample
 from gridedge.outbox import Outbox
 
 SAMPLES_PER_RECORD = 50

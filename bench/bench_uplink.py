@@ -23,7 +23,7 @@ from pathlib import Path
 from gridedge import contract, telemetry
 from gridedge.hil.broker import Mosquitto
 from gridedge.hil.pki import make_pki
-from gridedge.model import Sample
+from gridedge.core.model import Sample
 from gridedge.mqtt import MqttClient, tls_context
 from gridedge.outbox import Outbox
 from gridedge.uplink import Publisher

@@ -1,12 +1,12 @@
 """What every Modbus link shares: the one error type, the request limits and the exception names.
 
 Every failure of a request (timeouts, lost links, exception responses, short or broken answers) becomes a
-DeviceError whose `detail` is a gridedge.model.Detail, so callers turn it into sample quality without knowing the
+DeviceError whose `detail` is a gridedge.core.model.Detail, so callers turn it into sample quality without knowing the
 link or the stack under it. The links themselves are in drivers/modbus_rtu.py.
 """
 from __future__ import annotations
 
-from gridedge.model import Detail
+from gridedge.core.model import Detail
 
 MAX_READ = 125
 MAX_WRITE = 123

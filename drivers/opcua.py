@@ -29,7 +29,7 @@ from asyncua import Client, ua
 from asyncua.common.subscription import DataChangeEvent, StatusChangeEvent
 from asyncua.crypto import security_policies
 
-from gridedge.model import Detail, Sample, Validity, invalid
+from gridedge.core.model import Detail, Sample, Validity, invalid
 
 from .modbus_tcp import DeviceError
 

@@ -4,7 +4,7 @@ sentinels, ranges) is tested without a device, and the same map serves Modbus TC
 
 A map says, per point, address / table / type / word and byte order / scale / offset / unit / sentinels / range;
 see docs/register-maps.md. Maps are checked up front with the same validator as the gateway config
-(gridedge.schema), so a bad map gives every problem at once as `<file>: points[3].type: ...`.
+(gridedge.core.schema), so a bad map gives every problem at once as `<file>: points[3].type: ...`.
 
 Register values are the 16-bit unsigned ints a Modbus client returns (the wire's big-endian pair already joined).
 `byte_order = "little"` means the device put the low byte of each word first on the wire (so we swap the two bytes
@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gridedge import schema as s
-from gridedge.model import BlockLayout, Detail, Sample, SampleBlock, Validity, invalid
+from gridedge.core import schema as s
+from gridedge.core.model import BlockLayout, Detail, Sample, SampleBlock, Validity, invalid
 
 __all__ = [
     "MapError", "EncodeError", "PlanError", "PointSpec", "ReadBlock", "RegisterMap", "load_map", "parse_map",

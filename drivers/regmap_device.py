@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from gridedge.model import Detail, Reading, SampleBlock
+from gridedge.core.model import Detail, Reading, SampleBlock
 
 from . import regmap
 from .modbus_rtu import RtuSerialLink, RtuTcpLink, SerialSettings, TcpLink

@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from gridedge.model import Detail
+from gridedge.core.model import Detail
 
 from .modbus_tcp import DeviceError
 

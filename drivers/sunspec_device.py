@@ -21,7 +21,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from gridedge.model import Detail, Sample, Validity, invalid
+from gridedge.core.model import Detail, Sample, Validity, invalid
 
 from . import sunspec as ss
 from .modbus_tcp import DeviceError, WriteError, write_runs

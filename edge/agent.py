@@ -15,7 +15,7 @@ from .devices import make_device
 from .image import ProcessImage
 from .flex.bridge import resources_of, window_for
 from .flex.nomination import NominationRejected
-from .model import BlockLayout, Detail, Reading, Sample, SampleBlock, Validity
+from .core.model import BlockLayout, Detail, Reading, Sample, SampleBlock, Validity
 from .mqtt import MqttClient, MqttError, tls_context
 from .outbox import Outbox
 from .uplink import Publisher

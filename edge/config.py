@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from gridedge import schema as s
+from gridedge.core import schema as s
 from gridedge.control.profiles import PROFILES, Q_MODES
 from gridedge.flex.settings import FLEX_SCHEMA, FlexConfig, build_flex, flex_issues
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
+from .core.utc import iso_utc, parse_iso_utc  # noqa: F401  (part of the contract's API)
 from .telemetry import SCHEMA_TELEMETRY  # noqa: F401  (part of the contract; telemetry payloads: edge/telemetry.py)
 
 SCHEMA_STATE = "gridedge.state/1"
@@ -36,18 +36,6 @@ RESULT_STATUSES = ("accepted", "rejected", "scheduled", "active", "completed", "
 TRAFFIC_LIGHTS = ("green", "amber", "red")
 MAX_COMMAND_BYTES = 16384
 CONTRACT_VERSION = "2.0"  # major: telemetry in blocks, prefix gridedge/v2/ (docs/mqtt-api.md, "Versions")
-
-
-def iso_utc(ts_ns: int) -> str:
-    return datetime.fromtimestamp(ts_ns / 1e9, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def parse_iso_utc(text: str) -> int:
-    """ISO 8601 with an explicit UTC offset -> ns. Naive times are refused: the gateway cannot guess a zone."""
-    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if dt.tzinfo is None:
-        raise ValueError("time has no UTC offset")
-    return int(dt.timestamp() * 1e9)
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # one encoder: json.dumps(**kw) builds one per call

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 
-from .model import BlockLayout, Sample, SampleBlock
+from .core.model import BlockLayout, Sample, SampleBlock
 
 
 class ProcessImage(Mapping[str, Sample]):

@@ -19,7 +19,7 @@ import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from .model import Detail, Sample, SampleBlock, Validity
+from .core.model import Detail, Sample, SampleBlock, Validity
 
 SCHEMA_TELEMETRY = "gridedge.telemetry/2"
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from hil.controls import DeviceControls
+from .controls import DeviceControls
 
 
 class BatteryPlant(DeviceControls):

@@ -43,7 +43,7 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from gridedge.drivers import regmap
-from gridedge.drivers.modbus_rtu import crc_ok, with_crc
+from gridedge.drivers.rtu import crc_ok, with_crc
 
 log = logging.getLogger("gridedge.hil.modbus_sim")
 

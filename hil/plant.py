@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from hil.controls import DeviceControls
+from .controls import DeviceControls
 
 PvProfile = Callable[[float], float]
 

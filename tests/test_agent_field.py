@@ -15,7 +15,7 @@ from gridedge.hil.dso_sim import DsoSimulator
 from gridedge.hil.modbus_sim import ModbusTcpSim, UnitSim
 from gridedge.hil.opcua_server import DBPOS_OFF, DBPOS_ON, OpcUaSubstationSim
 from gridedge.hil.pki import make_pki
-from gridedge.model import Validity
+from gridedge.core.model import Validity
 from gridedge.mqtt import tls_context
 
 from .conftest import validate_message

@@ -19,7 +19,7 @@ from gridedge.drivers.scheduler import BusPool
 from gridedge.drivers.sunspec_device import SunSpecDevice
 from gridedge.hil.battery import BatteryPlant
 from gridedge.hil.battery_sim import BatterySim
-from gridedge.model import Detail
+from gridedge.core.model import Detail
 
 from . import aio
 from .aio import until

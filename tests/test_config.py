@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gridedge import schema as s
+from gridedge.core import schema as s
 from gridedge.config import (
     DRIVERS, SCHEMA, Config, ConfigError, check_main, load_config, parse_config, register_driver,
 )

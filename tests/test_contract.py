@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from gridedge import contract, telemetry
 from gridedge.contract import CommandRejected, parse_command
-from gridedge.model import Detail, Sample, Validity
+from gridedge.core.model import Detail, Sample, Validity
 
 from .conftest import SCHEMAS, validate_message
 

@@ -13,7 +13,7 @@ from gridedge.control.activation import ActivationBook
 from gridedge.control.capability import Capability
 from gridedge.control.controllers import HEADROOM, Meas, Planner, PocLimit, read_meas
 from gridedge.control.profiles import EN50549_VDE4105, IEEE1547_CAT_B
-from gridedge.model import Sample, Validity
+from gridedge.core.model import Sample, Validity
 
 S = 1_000_000_000
 T0 = 1_800_000_000 * S

@@ -6,9 +6,7 @@ every message seen on the gateway's topics is validated against schemas/.
 import asyncio
 import json
 import signal
-import time
 
-import pytest
 
 import gridedge
 from gridedge import contract

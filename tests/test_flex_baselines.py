@@ -9,13 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from gridedge import schema as s
+from gridedge.core import schema as s
 from gridedge.flex.accuracy import metrics, placebo
 from gridedge.flex.baselines import (METHODS, Baseline, BaselineError, BaselineInput, BaselineResult, make_baseline,
                                      register)
-from gridedge.flex.isp import DAY_NS, IspGrid, date_ns, is_weekend
+from gridedge.core.isp import DAY_NS, IspGrid, date_ns, is_weekend
 from gridedge.flex.verification import Tolerance, delivered, judge
-from gridedge.hil.profiles import sites
+from gridedge.flex.synthetic import sites
 
 G60 = IspGrid(60)  # 24 ISPs a day keeps hand computations small
 TARGET = date_ns(dt.date(2026, 11, 23))  # Monday

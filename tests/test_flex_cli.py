@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 
 from gridedge.flex.baselines import METHODS, BaselineError
 from gridedge.flex.history import History
-from gridedge.flex.isp import DAY_NS, IspGrid, date_ns
+from gridedge.core.isp import DAY_NS, IspGrid, date_ns
 from gridedge.flex.metering import IntervalEnergy
 from gridedge.flex.report import parse_method
-from gridedge.hil.profiles import sites
+from gridedge.flex.synthetic import sites
 
 GRIDEDGE = [sys.executable, "-m", "gridedge", "baselines"]
 

@@ -8,11 +8,11 @@ import json
 
 import pytest
 
-from gridedge.contract import iso_utc
+from gridedge.core.utc import iso_utc
 from gridedge.flex import ActivationWindow, FlexEngine, NominationRejected, parse_flex
-from gridedge.flex.isp import DAY_NS, NS_PER_S, date_ns
+from gridedge.core.isp import DAY_NS, NS_PER_S, date_ns
 from gridedge.hil.plant import PVInverterPlant, clear_sky_pv
-from gridedge.model import Sample
+from gridedge.core.model import Sample
 from gridedge.outbox import Outbox
 
 from .conftest import validate_message

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gridedge.flex.history import History
-from gridedge.flex.isp import DAY_NS, ISP_MINUTES, NS_PER_S, IspGrid, date_ns, day_start, is_weekend
+from gridedge.core.isp import DAY_NS, ISP_MINUTES, NS_PER_S, IspGrid, date_ns, day_start, is_weekend
 from gridedge.flex.metering import IntervalEnergy, MeterSeries
-from gridedge.model import Detail, Sample, invalid
+from gridedge.core.model import Detail, Sample, invalid
 
 S = NS_PER_S
 T0 = date_ns(dt.date(2026, 11, 23))  # a Monday, 00:00 UTC

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gridedge.flex.isp import NS_PER_S, IspGrid
+from gridedge.core.isp import NS_PER_S, IspGrid
 from gridedge.flex.nomination import (MAX_NOMINATION_BYTES, SCHEMA_NOMINATION, Nomination, NominationRejected,
                                       exact_ns, parse_nomination)
 
@@ -130,7 +130,7 @@ def test_fuzz_mutated_documents(key, value):
        st.sampled_from(sorted(RESOURCES)), st.text(min_size=1, max_size=128))
 def test_fuzz_valid_schedules_are_accepted(isps_ahead, values, resource, nid):
     start = NOW - NOW % G.ns + (isps_ahead + 1) * G.ns
-    from gridedge.contract import iso_utc
+    from gridedge.core.utc import iso_utc
 
     n = parse(doc(start=iso_utc(start), w=values, resource=resource, nomination_id=nid))
     assert n.start_ns == start and list(n.values_w) == values and n.nomination_id == nid

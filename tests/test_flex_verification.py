@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gridedge.flex.availability import BatteryState, InverterState, LoadState, availability
-from gridedge.flex.isp import NS_PER_S, IspGrid
+from gridedge.core.isp import NS_PER_S, IspGrid
 from gridedge.flex.prequal import StepRecorder, analyse_step
 from gridedge.flex.verification import Tolerance, delivered, judge, settle
 from gridedge.flex.window import ActivationWindow

@@ -13,7 +13,7 @@ from gridedge.drivers import mbap
 from gridedge.drivers.modbus_rtu import TcpLink
 from gridedge.drivers.modbus_tcp import DeviceError
 from gridedge.hil.modbus_sim import ModbusTcpSim, UnitSim
-from gridedge.model import Detail
+from gridedge.core.model import Detail
 
 from .aio import arun
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from gridedge.drivers.opcua import OpcUaDevice, OpcUaError, quality, to_value, ts_ns, unit_for
 from gridedge.hil.opcua_certs import make_opcua_pki
 from gridedge.hil.opcua_server import DBPOS_OFF, DBPOS_ON, OpcUaSubstationSim, ServerSecurity
-from gridedge.model import Detail, Validity
+from gridedge.core.model import Detail, Validity
 
 from . import aio
 from .aio import until

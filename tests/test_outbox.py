@@ -5,7 +5,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -13,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from gridedge import contract, telemetry
-from gridedge.model import Sample
+from gridedge.core.model import Sample
 from gridedge.outbox import DATA_CLASSES, Outbox, OutboxError, Replay
 
 from .conftest import validate_message

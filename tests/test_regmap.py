@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gridedge.drivers import regmap as rm
-from gridedge.model import Detail, Validity
+from gridedge.core.model import Detail, Validity
 
 ORDERS = [("big", "big"), ("little", "big"), ("big", "little"), ("little", "little")]
 T0 = 1_700_000_000_000_000_000

@@ -14,7 +14,7 @@ from gridedge.drivers.regmap_device import LinkSpec, PollGroupSpec, RegmapDevice
 from gridedge.drivers.scheduler import BusPool
 from gridedge.drivers.sunspec_tcp import WriteError
 from gridedge.hil.modbus_sim import ModbusLineSim, ModbusTcpSim, UnitSim
-from gridedge.model import Detail, Validity, flatten
+from gridedge.core.model import Detail, Validity, flatten
 
 from .aio import arun
 

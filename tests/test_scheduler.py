@@ -16,7 +16,7 @@ from gridedge.drivers.modbus_rtu import RtuSerialLink, SerialSettings
 from gridedge.drivers.modbus_tcp import DeviceError
 from gridedge.drivers.scheduler import BreakerState, Bus, CircuitBreaker, Read
 from gridedge.hil.modbus_sim import ModbusLineSim
-from gridedge.model import Detail
+from gridedge.core.model import Detail
 
 from . import aio
 

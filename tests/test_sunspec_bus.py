@@ -23,7 +23,7 @@ from gridedge.drivers.scheduler import BusPool
 from gridedge.drivers.sunspec_device import ADOPT_COMPLETED, SunSpecDevice
 from gridedge.hil.inverter_sim import InverterSim
 from gridedge.hil.modbus_sim import ModbusLineSim, ModbusTcpSim, UnitSim
-from gridedge.model import Detail, Validity, flatten
+from gridedge.core.model import Detail, Validity, flatten
 
 from . import aio
 from .aio import until

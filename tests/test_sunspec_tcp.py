@@ -15,7 +15,7 @@ from gridedge.drivers.modbus_tcp import DeviceError
 from gridedge.drivers.sunspec_models import model_layout
 from gridedge.drivers.sunspec_tcp import SunSpecTcpDevice, WriteError
 from gridedge.hil.inverter_sim import InverterSim
-from gridedge.model import Detail, Validity
+from gridedge.core.model import Detail, Validity
 
 from .aio import arun, until
 

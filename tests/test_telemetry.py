@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from gridedge import telemetry
 from gridedge.image import ProcessImage
-from gridedge.model import BlockLayout, Detail, Sample, SampleBlock, Validity, flatten
+from gridedge.core.model import BlockLayout, Detail, Sample, SampleBlock, Validity, flatten
 from gridedge.outbox import Outbox
 
 from .conftest import validate_message

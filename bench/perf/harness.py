@@ -14,7 +14,6 @@ import datetime as dt
 import json
 import os
 import platform
-import re
 import select
 import shlex
 import signal
@@ -246,7 +245,6 @@ class Bench:
     """Broker and PKI shared by every run of one invocation; one farm, subscriber and agent per run."""
 
     def __init__(self, args: argparse.Namespace, workroot: Path) -> None:
-        from gridedge.hil.broker import Mosquitto
         from gridedge.hil.pki import make_pki
 
         self.args = args

@@ -34,7 +34,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
-from gridedge.contract import ACTIVATION_TYPES, Command, iso_utc
+from gridedge.contract import ACTIVATION_TYPES, Command
+from gridedge.core.utc import iso_utc
 
 from .capability import Capability
 

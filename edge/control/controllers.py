@@ -28,7 +28,6 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from gridedge.cext.twin import Curve, CycleInputs, CycleParams, QMode
-from gridedge.model import Sample, Validity
 
 from .activation import Activation
 from .capability import Capability

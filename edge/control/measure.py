@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from gridedge.model import Sample, Validity
+from gridedge.core.model import Sample, Validity
 
 
 @dataclass(frozen=True)

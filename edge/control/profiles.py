@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, replace
 
 
-from gridedge import schema as s
+from gridedge.core import schema as s
 
 Points = tuple[tuple[float, float], ...]
 

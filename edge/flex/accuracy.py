@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .baselines import Baseline, BaselineInput
-from .isp import DAY_NS, IspGrid
+from ..core.isp import DAY_NS, IspGrid
 
 SMALL_FRACTION = 0.01
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import schema as s
-from ..contract import iso_utc
-from .isp import DAY_NS, IspGrid, utc_date
+from ..core import schema as s
+from ..core.utc import iso_utc
+from ..core.isp import DAY_NS, IspGrid, utc_date
 
 ADJUSTMENTS = ("none", "additive", "multiplicative")
 _WHY = {
@@ -36,7 +36,7 @@ _WHY = {
 
 
 class BaselineError(ValueError):
-    """Bad method id or parameters; `issues` name each key (gridedge.schema.Issue)."""
+    """Bad method id or parameters; `issues` name each key (gridedge.core.schema.Issue)."""
 
     def __init__(self, issues: list[s.Issue]) -> None:
         self.issues = issues
@@ -115,7 +115,7 @@ class BaselineResult:
 
 
 class Baseline:
-    """A baseline method. Subclasses set `id`, `PARAMS` (a gridedge.schema.Dict with defaults) and compute()."""
+    """A baseline method. Subclasses set `id`, `PARAMS` (a gridedge.core.schema.Dict with defaults) and compute()."""
 
     id = ""
     PARAMS = s.Dict({})

@@ -27,14 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import iso_utc
-from ..model import Sample
+from ..core.utc import iso_utc
+from ..core.model import Sample
 from . import messages as msg
 from .accuracy import placebo
 from .availability import BatteryState, InverterState, LoadState, availability
 from .baselines import METHODS, Baseline, BaselineError, BaselineInput, BaselineResult, make_baseline
 from .history import History
-from .isp import DAY_NS, IspGrid, day_start, is_weekend
+from ..core.isp import DAY_NS, IspGrid, day_start, is_weekend
 from .metering import QUALITIES, MeterSeries
 from .nomination import Nomination, parse_nomination
 from .prequal import StepRecorder

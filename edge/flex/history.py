@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .isp import DAY_NS, IspGrid
+from ..core.isp import DAY_NS, IspGrid
 from .metering import IntervalEnergy
 
 log = logging.getLogger("gridedge.flex.history")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from ..contract import iso_utc
+from ..core.utc import iso_utc
 
 SCHEMAS = {
     "verification": "gridedge.verification/1",

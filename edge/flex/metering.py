@@ -22,8 +22,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..model import Sample
-from .isp import IspGrid
+from ..core.model import Sample
+from ..core.isp import IspGrid
 
 NS_PER_H = 3_600 * 1_000_000_000
 GOOD_COMPLETENESS = 0.999

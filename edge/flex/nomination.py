@@ -18,8 +18,9 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from ..contract import ISSUERS, iso_utc
-from .isp import IspGrid
+from ..contract import ISSUERS
+from ..core.utc import iso_utc
+from ..core.isp import IspGrid
 
 SCHEMA_NOMINATION = "gridedge.nomination/1"
 MAX_NOMINATION_BYTES = 262_144

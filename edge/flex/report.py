@@ -1,6 +1,6 @@
 """`gridedge baselines`: placebo-day accuracy of the baselines, on the gateway's history or on generated profiles.
 
-    gridedge baselines                                 # generated profiles (hil/profiles.py), every method
+    gridedge baselines                                 # generated profiles (edge/flex/synthetic.py), every method
     gridedge baselines --kind pv --sites 200 --seed 3
     gridedge baselines --config /etc/gridedge/gateway.toml      # the gateway's history and its configured methods
     gridedge baselines --history var/flex.sqlite --method x_of_y:x=4,y=5,adjustment=none
@@ -17,10 +17,10 @@ import sys
 
 import numpy as np
 
-from .. import schema as s
+from ..core import schema as s
 from .accuracy import placebo
 from .baselines import Baseline, BaselineError, make_baseline
-from .isp import DAY_NS, ISP_MINUTES, IspGrid, date_ns, day_start, is_weekend
+from ..core.isp import DAY_NS, ISP_MINUTES, IspGrid, date_ns, day_start, is_weekend
 from .settings import parse_window
 
 DEFAULT_METHODS = ("x_of_y", "x_of_y:adjustment=additive", "x_of_y:adjustment=none",
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         hist, weekend, event, first, nominated, source = loaded
     else:
-        from ..hil.profiles import sites
+        from .synthetic import sites
 
         first_day = _dt.date(2026, 1, 5)
         hist = sites(args.sites, args.days, isp_min=grid.minutes, first_day=first_day, seed=args.seed, kind=args.kind)

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .. import schema as s
-from .isp import ISP_MINUTES
+from ..core import schema as s
+from ..core.isp import ISP_MINUTES
 
 PREQUAL_KEYS = ("full_activation_time_s", "ramp_rate_w_per_s", "min_quantity_w", "max_quantity_w",
                 "min_duration_s", "max_duration_s", "preparation_period_s", "deactivation_period_s")

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 
 from ..contract import ISSUERS
-from .isp import IspGrid
+from ..core.isp import IspGrid
 
 DIRECTIONS = ("up", "down")
 

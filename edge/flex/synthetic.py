@@ -21,7 +21,7 @@ import datetime as _dt
 
 import numpy as np
 
-from gridedge.flex.isp import IspGrid, date_ns
+from gridedge.core.isp import IspGrid, date_ns
 
 
 def _hours(grid: IspGrid) -> np.ndarray:
