@@ -317,6 +317,8 @@ def encode_point(pd: PointDef, value, sf: int | None = None) -> list[int]:
         return encode_raw(pd.type, raw, pd.size)
     # Values between two steps of the device's resolution are rounded to the nearest step.
     scaled = value * 10 ** (-exp) if exp else value
+    if not math.isfinite(scaled):  # a finite value times 10**-sf can still overflow a float
+        raise EncodeError(f"{pd.name}={value!r} does not fit the register at scale factor {exp}")
     raw_int = int(round(scaled))
     try:
         return encode_raw(pd.type, raw_int, pd.size)

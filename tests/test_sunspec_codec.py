@@ -298,6 +298,13 @@ def test_fuzz_encode_point(mid, data):
     assert len(regs) == p.size and all(0 <= r <= 0xFFFF for r in regs)
 
 
+def test_encode_point_refuses_a_value_that_overflows_at_its_scale_factor():
+    """Found by the fuzzer above: 1.8e307 at A_SF = -1 is infinity once scaled; refused, not an OverflowError."""
+    amps = model_layout(101).points["A"]
+    with pytest.raises(ss.EncodeError, match="does not fit"):
+        ss.encode_point(amps, 1.797693134862316e+307, sf=-1)
+
+
 # ------------------------------------------------------------------ discovery
 
 def _run_discovery(mem: dict[int, int], bases=ss.BASE_ADDRESSES):
