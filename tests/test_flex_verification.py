@@ -169,6 +169,30 @@ def test_step_analysis_down_step_with_overshoot_and_no_settling():
     assert not r.settled and r.full_activation_time_s is None  # the last sample is outside the band
 
 
+def test_step_crossings_before_the_first_sample_are_interpolated_from_the_step():
+    """Defect 20: a battery ramping at 5000 W/s from the step on, first sampled at 0.367 s (already past 5 % and
+    10 %): the response is at before_w at the step (t = 0), so those crossings lie on the line from there."""
+    t = np.array([-1.0, -0.5, 0.367, 0.5, 0.7, 0.9, 1.5, 2.0])
+    w = np.clip(t * 5000.0, 0.0, 4000.0)
+    r = analyse_step(t, w, 0.0, 4000.0)
+    assert r.delay_s == pytest.approx(0.04) and r.t10_s == pytest.approx(0.08)  # 200 W and 400 W at 5000 W/s
+    assert r.t90_s == pytest.approx(0.74)                    # between 3500 W at 0.7 s and 4000 W at 0.9 s
+    assert r.ramp_w_per_s <= 5000.0 and r.samples == 6
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0.001, 30.0), min_size=2, max_size=40, unique=True), st.floats(100.0, 10000.0),
+       st.floats(0.0, 5.0), st.sampled_from((-1.0, 1.0)))
+def test_step_crossings_are_ordered_and_never_before_the_step(times, ramp, dead_s, sign):
+    t = np.sort(np.asarray(times))
+    w = 1000.0 + sign * np.clip((t - dead_s) * ramp, 0.0, 4000.0)
+    r = analyse_step(t, w, 1000.0, 1000.0 + sign * 4000.0)
+    crossings = [c for c in (r.delay_s, r.t10_s, r.t90_s) if c is not None]
+    assert crossings == sorted(crossings) and all(0.0 <= c <= t[-1] for c in crossings)
+    if r.t90_s is not None:  # a linear ramp sampled coarsely: interpolation never makes it steeper than it is
+        assert r.ramp_w_per_s <= ramp * (1 + 1e-9)
+
+
 def test_step_analysis_rejects_bad_input():
     with pytest.raises(ValueError, match="zero"):
         analyse_step([0, 1], [0, 1], 5.0, 5.0)
