@@ -257,3 +257,24 @@ def test_a_stored_activation_of_a_resource_no_longer_configured_is_closed(tmp_pa
     assert sim.engine.active == {}
     sim.run(1000)
     assert sim.engine.errors == 0 and sim.engine.history.open_activations() == []
+
+
+# ---------------------------------------------------------------- issue 11 (an outside head-end's recomputation)
+
+def test_activation_latency_makes_no_sliver_isp_and_counts_against_delivery(tmp_path):
+    """Defect 18: offered for 11:00-11:15, the activation goes active 0.03 s after 11:00 and control ends it at its
+    start + duration_s; the 0.03 s past 11:15 must not become a settlement record of its own."""
+    sim = Sim(tmp_path, {"resources": [PV1]}, THU - 3 * DAY_NS)
+    history_days(sim, 3)
+    sim.run(11 * 3600 - 600, dt_s=60.0)  # until 10:50
+    start = THU + 11 * 3600 * S + 30_000_000
+    window = ActivationWindow("dso-43", "dso", ("pv1",), "down", start, start + 900 * S, limit_w=4000.0)
+    sim.run(1800 + 600, at={start: lambda: (sim.curtail(40.0)(), sim.engine.activation(window)),
+                            start + 900 * S: sim.curtail(100.0)})
+    docs = sim.published("settlement")
+    assert [d["isp"]["start"] for d in docs] == ["2026-11-26T11:00:00.000Z"]
+    (doc,) = docs
+    assert doc["active_s"] == 900.0
+    assert doc["requested_wh"] == pytest.approx(doc["baseline_wh"] - 1000.0, abs=1e-6)  # the whole ISP was asked for
+    assert doc["delivered_wh"] < doc["requested_wh"] and doc["pass"] is True  # the plant's second of latency and ramp
+    assert sim.engine.active == {} and sim.engine.errors == 0

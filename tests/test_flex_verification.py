@@ -13,7 +13,7 @@ from gridedge.flex.availability import BatteryState, InverterState, LoadState, a
 from gridedge.core.isp import NS_PER_S, IspGrid
 from gridedge.flex.prequal import StepRecorder, analyse_step
 from gridedge.flex.verification import Tolerance, delivered, judge, settle
-from gridedge.flex.window import ActivationWindow
+from gridedge.flex.window import LATENCY_NS, ActivationWindow
 from gridedge.hil.plant import PVInverterPlant
 
 S = NS_PER_S
@@ -76,6 +76,30 @@ def test_requested_energy_per_isp():
     assert per.requested_wh(T + 900 * S, G, None) == pytest.approx(50.0)
     with pytest.raises(ValueError, match="spans 3 ISPs"):
         ActivationWindow("a3", "tso", ("pv1",), "up", T, T + 1801 * S, requested_w=(1.0, 2.0)).check(G)
+
+
+def test_activation_latency_is_aligned_away():
+    """Defect 18: the edges of an activation asked for whole ISPs come late by the gateway's own latency; the
+    settlement window moves them back to the boundary, so latency counts against delivery and makes no ISP."""
+    late = ActivationWindow("a1", "dso", ("pv1",), "down", T + 30_000_000, T + 900 * S + 30_000_000, limit_w=1.0)
+    assert (late.aligned(G).start_ns, late.aligned(G).end_ns) == (T, T + 900 * S)
+    assert G.starts(late.aligned(G).start_ns, late.aligned(G).end_ns) == range(T, T + 900 * S, 900 * S)
+    on_time = ActivationWindow("a2", "dso", ("pv1",), "down", T + 10 * S, T + 910 * S, requested_w=1.0)
+    assert on_time.aligned(G) == on_time  # 10 s after the boundary is not latency: a request from then on
+    brief = ActivationWindow("a3", "dso", ("pv1",), "down", T + 30_000_000, T + 500_000_000, requested_w=1.0)
+    assert (brief.aligned(G).start_ns, brief.aligned(G).end_ns) == (T, T + 500_000_000)  # never empty
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from((1, 5, 15, 60)), st.integers(0, 10**13), st.integers(1, 10**13))
+def test_alignment_moves_edges_back_by_less_than_the_latency(minutes, start, length):
+    grid = IspGrid(minutes)
+    w = ActivationWindow("a", "tso", ("r",), "up", T + start, T + start + length, requested_w=1.0)
+    a = w.aligned(grid)
+    allowance = min(LATENCY_NS, grid.ns // 50)
+    assert a.start_ns < a.end_ns and a.aligned(grid) == a
+    for old, new in ((w.start_ns, a.start_ns), (w.end_ns, a.end_ns)):
+        assert new == old or (new % grid.ns == 0 and 0 < old - new < allowance)
 
 
 def test_a_limit_requests_how_far_the_baseline_lies_beyond_it():

@@ -150,6 +150,7 @@ class FlexEngine:
         if unknown:
             raise ValueError(f"resources: unknown flex resource(s) {', '.join(unknown)}; "
                              f"known: {', '.join(self.resources) or 'none'}")
+        window = window.aligned(self.grid)
         window.check(self.grid)
         act = self.active.get(window.activation_id)
         if act is None:
