@@ -12,7 +12,7 @@ from gridedge.core.utc import iso_utc
 from gridedge.flex import ActivationWindow, FlexEngine, NominationRejected, parse_flex
 from gridedge.core.isp import DAY_NS, NS_PER_S, date_ns
 from gridedge.hil.plant import PVInverterPlant, clear_sky_pv
-from gridedge.core.model import Sample
+from gridedge.core.model import Detail, Sample, invalid
 from gridedge.outbox import Outbox
 
 from .conftest import validate_message
@@ -36,10 +36,13 @@ class Sim:
         self.engine = FlexEngine(self.flex_cfg, tmp_path, now_ns=start_ns)
         self.outbox = Outbox(tmp_path / "outbox.sqlite", gateway_id="gw1")
         self.records = []
+        self.also: dict = {}  # more points fed every step: point -> (unit, value of the plant)
         self._docs: list[tuple[str, dict]] = []
         self._seen = 0
 
-    def run(self, seconds: float, dt_s: float = 1.0, at=None) -> None:
+    def run(self, seconds: float, dt_s: float = 1.0, at=None, device: str = "live") -> None:
+        """device: "live"; "silent" (it answers nothing: the engine only ticks); "timeouts" (every read times out:
+        invalid samples)."""
         end = self.t + int(seconds * S)
         step = int(dt_s * S)
         while self.t < end:
@@ -50,13 +53,21 @@ class Sim:
                         del at[when]
             self.plant.step(dt_s)
             self.t += step
-            self.engine.feed([Sample("inv1/W", self.t, self.plant.W, "W"),
-                              Sample("inv1/TotWhExp", self.t, self.plant.TotWhExp, "Wh"),
-                              Sample("inv1/WMaxLimPct", self.t, self.plant.WMaxLimPct, "%"),
-                              Sample("inv1/WMaxLimPctEna", self.t, self.plant.WMaxLimPctEna, "")])
+            if device == "timeouts":
+                self.engine.feed([invalid(p, self.t, Detail.TIMEOUT) for p in self.points])
+            elif device == "live":
+                self.engine.feed([Sample("inv1/W", self.t, self.plant.W, "W"),
+                                  Sample("inv1/TotWhExp", self.t, self.plant.TotWhExp, "Wh"),
+                                  Sample("inv1/WMaxLimPct", self.t, self.plant.WMaxLimPct, "%"),
+                                  Sample("inv1/WMaxLimPctEna", self.t, self.plant.WMaxLimPctEna, "")]
+                                 + [Sample(p, self.t, value(), unit) for p, (unit, value) in self.also.items()])
             for rec in self.engine.tick(self.t):
                 self.outbox.append(rec.kind, f"gridedge/v2/gw1/{rec.kind}", rec.body, rec.data_class)
                 self.records.append(rec)
+
+    @property
+    def points(self) -> list[str]:
+        return ["inv1/W", "inv1/TotWhExp", "inv1/WMaxLimPct", "inv1/WMaxLimPctEna", *self.also]
 
     def published(self, kind: str) -> list[dict]:
         """What the head-end would receive: the outbox's payloads, each validated against its schema (once)."""
@@ -192,6 +203,7 @@ def test_availability_prequalification_and_a_step_test(tmp_path):
             "horizon_isps": 4}
     sim = Sim(tmp_path, flex, THU + 10 * 3600 * S)
     sim.engine.feed([Sample("bat1/W", sim.t, 0.0, "W"), Sample("bat1/SoC", sim.t, 50.0, "%")])
+    sim.also.update({"bat1/W": ("W", lambda: 0.0), "bat1/SoC": ("%", lambda: 50.0)})  # an idle battery, read on
     step = sim.t + 120 * S
     sim.engine.start_step_test("st-1", "pv1", step, target_w=4000.0, duration_s=60.0)
     sim.run(900 + 60, dt_s=0.5, at={step: sim.curtail(40.0)})
@@ -260,6 +272,21 @@ def test_a_stored_activation_of_a_resource_no_longer_configured_is_closed(tmp_pa
 
 
 # ---------------------------------------------------------------- issue 11 (an outside head-end's recomputation)
+
+def test_verification_never_reports_stale_power_as_measured(tmp_path):
+    """Defect 17: a device silent for 70 s (max_gap_s 30) kept its last power as measured_w."""
+    sim = Sim(tmp_path, {"resources": [{**PV1, "max_gap_s": 30.0}], "verification_interval_s": 5}, THU + 11 * 3600 * S)
+    sim.engine.activation(ActivationWindow("a1", "dso", ("pv1",), "down", sim.t, sim.t + 900 * S, limit_w=4000.0))
+    sim.run(60)
+    last = sim.t
+    sim.run(70, device="silent")
+    docs = sim.published("verification")
+    fresh = [d for d in docs if d["ts"] <= iso_utc(last + 30 * S)]
+    stale = [d for d in docs if d["ts"] > iso_utc(last + 30 * S)]
+    assert len(stale) >= 7 and all(d["measured_w"] == pytest.approx(8000.0) for d in fresh)
+    assert [(d["measured_w"], d["activated_w"], d["resources"][0]["measured_w"]) for d in stale] == \
+        [(None, None, None)] * len(stale)
+
 
 def test_activation_latency_makes_no_sliver_isp_and_counts_against_delivery(tmp_path):
     """Defect 18: offered for 11:00-11:15, the activation goes active 0.03 s after 11:00 and control ends it at its

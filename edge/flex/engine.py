@@ -315,7 +315,7 @@ class FlexEngine:
         rows, meas_total, base_total = [], 0.0, 0.0
         for rid in w.resources:
             m = self.meters[rid]
-            measured = m.latest_w()
+            measured = m.latest_w(now)
             res_i = bl.get(rid)
             base_wh = float(res_i[0].wh[res_i[1], j]) if res_i is not None else float("nan")
             base_w = None if np.isnan(base_wh) else base_wh / self.grid.hours
@@ -388,8 +388,9 @@ class FlexEngine:
         prof = res.wh[0] / self.grid.hours
         return [float(prof[(j0 + k) % self.grid.per_day]) for k in range(n)]
 
-    def _state(self, r: ResourceConfig, start: int, n: int):
-        w = self.meters[r.id].latest_w()
+    def _state(self, r: ResourceConfig, start: int, n: int, now: int):
+        m = self.meters[r.id]
+        w = m.latest_w(now)
         if w is None:
             return None, "no recent power measurement"
         if r.kind == "inverter":
@@ -419,7 +420,7 @@ class FlexEngine:
         n = self.config.horizon_isps
         up_total, down_total, rows = np.zeros(n), np.zeros(n), []
         for r in flexible:
-            st, why = self._state(r, start, n)
+            st, why = self._state(r, start, n, now)
             if st is None:
                 rows.append({"resource": r.id, "kind": r.kind, "up_w": None, "down_w": None, "basis": None,
                              "reason": why})
