@@ -211,10 +211,10 @@ def test_availability_prequalification_and_a_step_test(tmp_path):
     assert len(avail) == 2 and avail[0]["n"] == 4
     pv = next(r for r in avail[1]["resources"] if r["resource"] == "pv1")
     bat = next(r for r in avail[1]["resources"] if r["resource"] == "bat1")
-    # curtailed at 4000 W; without history the output is assumed to persist: no headroom known
-    assert (pv["up_w"], pv["down_w"], pv["basis"]) == ([0.0] * 4, [4000.0] * 4, "persistence")
+    # curtailed at 4000 W; without history the output it had before the limit (8000 W) is assumed to persist
+    assert (pv["up_w"], pv["down_w"], pv["basis"]) == ([4000.0] * 4, [4000.0] * 4, "persistence")
     assert bat["up_w"] == [4000.0] * 4 and bat["down_w"] == [4000.0] * 4
-    assert avail[1]["up_w"] == [4000.0] * 4 and avail[1]["down_w"] == [8000.0] * 4
+    assert avail[1]["up_w"] == [8000.0] * 4 and avail[1]["down_w"] == [8000.0] * 4
     pre = sim.published("prequalification")
     assert [p["test"] is None for p in pre] == [True, False]
     assert pre[0]["declared"]["full_activation_time_s"] == 10.0
@@ -305,3 +305,35 @@ def test_activation_latency_makes_no_sliver_isp_and_counts_against_delivery(tmp_
     assert doc["requested_wh"] == pytest.approx(doc["baseline_wh"] - 1000.0, abs=1e-6)  # the whole ISP was asked for
     assert doc["delivered_wh"] < doc["requested_wh"] and doc["pass"] is True  # the plant's second of latency and ramp
     assert sim.engine.active == {} and sim.engine.errors == 0
+
+
+def test_availability_while_curtailed_offers_the_unconstrained_output(tmp_path):
+    """Defect 21: without history, a PV unit capped at 40 % has the headroom up to what it could produce: the
+    device's available power (WAval) where it reports it, else its output before the limit."""
+    ups = []
+    for k, reports in enumerate((None, "plant", float("nan"))):
+        sim = Sim(tmp_path / str(k), {"resources": [PV1]}, THU + 10 * 3600 * S,
+                  pv=lambda t_s: 8000.0 if t_s < (THU + 10 * 3600 * S) / 1e9 + 300 else 7000.0)  # a cloud at 10:05
+        if reports is not None:
+            sim.also["inv1/WAval"] = ("W", sim.plant.available_w if reports == "plant" else lambda: reports)
+        sim.run(900 + 10, at={sim.t + 120 * S: sim.curtail(40.0)})  # capped at 4000 W from 10:02
+        (pv,) = sim.published("availability")[-1]["resources"]
+        assert (pv["down_w"], pv["basis"]) == ([4000.0] * 4, "persistence")
+        ups.append(pv["up_w"])
+    # the level before the limit (8000 W); what the device says (7000 W); a NaN from the device is no figure
+    assert ups == [[4000.0] * 4, [3000.0] * 4, [4000.0] * 4]
+
+
+def test_a_frozen_or_silent_device_has_no_recent_power_measurement(tmp_path):
+    """Defect 21: a device that stopped answering got "no w_max configured" (its WMax reading was invalid) or a
+    figure from its last power reading, instead of the documented reason."""
+    pv1 = {k: v for k, v in PV1.items() if k != "w_max"}  # the rating comes from the device's WMax point
+    for frozen in (True, False):
+        sim = Sim(tmp_path / str(frozen), {"resources": [{**pv1, "max_gap_s": 30.0}]}, THU + 10 * 3600 * S)
+        sim.also["inv1/WMax"] = ("W", lambda: 10000.0)
+        sim.run(600)
+        assert sim.published("availability")[-1]["resources"][0]["up_w"] is not None
+        sim.run(310, device="timeouts" if frozen else "silent")
+        last = sim.published("availability")[-1]
+        assert last["start"] == "2026-11-26T10:15:00.000Z"
+        assert last["resources"][0]["reason"] == "no recent power measurement" and last["up_w"] == [0.0] * 4

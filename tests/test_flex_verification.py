@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gridedge.flex.availability import BatteryState, InverterState, LoadState, availability
+from gridedge.flex.availability import BatteryState, InverterState, LoadState, PreLimit, availability
 from gridedge.core.isp import NS_PER_S, IspGrid
 from gridedge.flex.prequal import StepRecorder, analyse_step
 from gridedge.flex.verification import Tolerance, delivered, judge, settle
@@ -168,6 +168,25 @@ def test_battery_availability_is_never_negative_and_respects_power_limits(w, soc
     assert (up <= pd + max(0.0, -w) + 1e-6).all()  # from the present power to at most full discharge
     assert (down <= pc + max(0.0, w) + 1e-6).all()
     assert np.isfinite(up).all() and np.isfinite(down).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.permutations(["inv1/W", "inv1/WMaxLimPct", "inv1/WMaxLimPctEna"]),
+       st.permutations(["inv1/W", "inv1/WMaxLimPct", "inv1/WMaxLimPctEna"]))
+def test_the_level_before_a_limit_never_takes_a_reading_of_the_limited_poll(first, second):
+    """Defect 21: what a curtailed inverter could give is its output before the limit; the poll that shows the
+    limit already shows the output falling, in whatever order its samples come."""
+    pre = PreLimit("inv1/W", "inv1/WMaxLimPct", "inv1/WMaxLimPctEna")
+    polls = [(1, {"inv1/W": 8000.0, "inv1/WMaxLimPct": 100.0, "inv1/WMaxLimPctEna": 0}),
+             (2, {"inv1/W": 7900.0, "inv1/WMaxLimPct": 100.0, "inv1/WMaxLimPctEna": 0}),
+             (3, {"inv1/W": 7000.0, "inv1/WMaxLimPct": 40.0, "inv1/WMaxLimPctEna": 1}),
+             (4, {"inv1/W": 4000.0, "inv1/WMaxLimPct": 40.0, "inv1/WMaxLimPctEna": 1})]
+    for (ts, values), order in zip(polls, (first, first, second, second)):
+        for point in order:
+            pre.feed(point, ts, values[point])
+    assert pre.limited() and pre.level in (8000.0, 7900.0)  # 7900 once a limit reading after it confirmed it
+    pre.feed("inv1/WMaxLimPctEna", 5, None)                 # an invalid reading confirms nothing
+    assert pre.level in (8000.0, 7900.0)
 
 
 # ---------------------------------------------------------------- step tests
