@@ -278,7 +278,12 @@ class MqttClient:
         self._loop.call_soon_threadsafe(self._connected, failures)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        reason = self._why[0] if self._why else str(reason_code)
+        if self._why:
+            reason = self._why[0]
+        elif reason_code == "Unspecified error" and not flags.is_disconnect_packet_from_server:
+            reason = "closed by the peer without a DISCONNECT"  # what paho calls an end of stream
+        else:
+            reason = str(reason_code)
         self._loop.call_soon_threadsafe(self._disconnected, reason)
 
     def _on_message(self, client, userdata, msg) -> None:
