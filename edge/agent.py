@@ -38,6 +38,7 @@ class Agent:
         self.image = ProcessImage()
         self.buffer: list[tuple[list[bytes], int]] = []  # encoded telemetry blocks, and how many values each holds
         self.buffered_values = self.buffered_bytes = 0
+        self.buffered_newest_ns = 0  # the newest sample time in the buffer: stored with it, for last_stored_t
         self.max_message_bytes = MAX_MESSAGE_BYTES
         self.dropped_samples = 0  # values lost because the outbox could not store them
         self.devices = {d.id: make_device(d) for d in config.devices}
@@ -46,6 +47,7 @@ class Agent:
         self.outbox = Outbox(st.dir / "outbox.sqlite", gateway_id=self.gateway_id,
                              quota_bytes=int(st.quota_mb * 2**20), max_age_s=st.max_age_h * 3600,
                              durability=st.durability)
+        self.last_stored_t = self.outbox.stats()["newest_sample_ns"]  # before this boot: the start of a loss window
         self.mqtt: MqttClient | None = None
         self.control = ControlEngine(config, self.devices, self.image, self._report, uplink_up=self._uplink_up,
                                      storage_dir=st.dir)
@@ -74,13 +76,13 @@ class Agent:
         for r in readings:
             if isinstance(r, SampleBlock):
                 if loose:
-                    self._buffer(telemetry.encode_samples(loose), len(loose))
+                    self._buffer(telemetry.encode_samples(loose), len(loose), max(s.ts_ns for s in loose))
                     loose = []
-                self._buffer([telemetry.encode_block(r)], len(r.values))
+                self._buffer([telemetry.encode_block(r)], len(r.values), r.ts_ns)
             else:
                 loose.append(r)
         if loose:
-            self._buffer(telemetry.encode_samples(loose), len(loose))
+            self._buffer(telemetry.encode_samples(loose), len(loose), max(s.ts_ns for s in loose))
         if self.flex is not None:
             self._feed_flex(readings)
 
@@ -101,9 +103,10 @@ class Agent:
         if wanted:
             self.flex.feed(wanted)
 
-    def _buffer(self, fragments: list[bytes], values: int) -> None:
+    def _buffer(self, fragments: list[bytes], values: int, newest_ns: int) -> None:
         self.buffer.append((fragments, values))
         self.buffered_values += values
+        self.buffered_newest_ns = max(self.buffered_newest_ns, newest_ns)
         self.buffered_bytes += sum(map(len, fragments))
         if self.buffered_bytes >= self.max_message_bytes:  # a full message: store it now, memory stays bounded
             self._flush_telemetry()
@@ -147,16 +150,26 @@ class Agent:
             await asyncio.sleep(delay)
 
     # -- uplink ----------------------------------------------------------------------------
+    def _identity(self) -> dict:
+        """What the state says that does not change while this agent runs: all that its last will can know."""
+        return {"version": __version__, "boot_id": self.boot_id, "config_sha256": self.config.sha256,
+                "devices": sorted(self.devices)}
+
     def _state(self, status: str) -> bytes:
         stats = self.outbox.stats()
         return contract.dumps(contract.state(
-            self.gateway_id, status, time.time_ns(), version=__version__, boot_id=self.boot_id,
-            config_sha256=self.config.sha256, next_seq=stats["next_seq"],
+            self.gateway_id, status, time.time_ns(), **self._identity(), next_seq=stats["next_seq"],
             dropped_samples=self.dropped_samples, dropped=stats["dropped"],
             outbox={"count": stats["count"], "bytes": stats["bytes"], "oldest_age_s": stats["oldest_age_s"],
                     "store_resets": stats["store_resets"]},
-            devices=sorted(self.devices),
+            last_stored_t=self.last_stored_t,
         ))
+
+    def _will(self) -> tuple[str, bytes]:
+        """The last will, made before every connect attempt (in the MQTT network thread, so it reads nothing that
+        changes): `ts` is that connect's time; the broker sends it when the connection dies."""
+        return self.topic(contract.TOPIC_STATE), contract.dumps(contract.state(
+            self.gateway_id, "offline", time.time_ns(), **self._identity(), will=True))
 
     async def _publish_state(self) -> None:
         try:
@@ -207,12 +220,12 @@ class Agent:
                 size += len(f) + 1
             values += n
         bodies.append(telemetry.body(ts, frags, values))
-        dropped = self.buffered_values
+        dropped, newest_ns = self.buffered_values, self.buffered_newest_ns
         self.buffer.clear()
-        self.buffered_values = self.buffered_bytes = 0
+        self.buffered_values = self.buffered_bytes = self.buffered_newest_ns = 0
         topic = self.topic(contract.TOPIC_TELEMETRY)
         try:
-            self.outbox.append_many([("telemetry", topic, b, "telemetry") for b in bodies])
+            self.outbox.append_many([("telemetry", topic, b, "telemetry") for b in bodies], newest_sample_ns=newest_ns)
         except Exception:  # the store failed (disk full, I/O error): count what is lost, keep running
             self.dropped_samples += dropped
             log.exception("telemetry of %d values not stored", dropped)
@@ -351,7 +364,7 @@ class Agent:
         up = self.config.uplink
         ctx = tls_context(up.ca_file, up.cert_file, up.key_file) if up.tls else None
         return MqttClient(up.broker, up.client_id, ssl_context=ctx, allow_plaintext=up.allow_plaintext,
-                          keepalive_s=up.keepalive_s, will=(self.topic(contract.TOPIC_STATE), self._state("offline")))
+                          keepalive_s=up.keepalive_s, will=self._will)
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("gridedge %s starting: gateway %s, config %s (sha256 %s), %s", __version__, self.gateway_id,

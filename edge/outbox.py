@@ -273,17 +273,22 @@ class Outbox:
         An Encoded body's raw JSON is spliced in after the envelope as it is (telemetry blocks)."""
         return self.append_many([(stream, topic, body, data_class)])[0]
 
-    def append_many(self, items: Iterable[tuple[str, str, dict, str]]) -> list[Record]:
+    def append_many(self, items: Iterable[tuple[str, str, dict, str]], *,
+                    newest_sample_ns: int | None = None) -> list[Record]:
         """Store several messages in one transaction (one fsync with durability="full"). All or none.
 
+        `newest_sample_ns`: the time of the newest sample in them, kept in the same transaction, so that after a
+        crash stats()["newest_sample_ns"] is exactly where the stored data ends (what memory held is lost).
         Raises ValueError/TypeError for a bad item (nothing is stored then). Records returned may already have
         been dropped again by the quota when the batch itself overflows it."""
         items = list(items)
         for stream, topic, body, data_class in items:
             _check_item(stream, topic, body, data_class, self.gateway_id)
-        return self._guard(self._append_many, items)
+        if newest_sample_ns is not None and type(newest_sample_ns) is not int:  # not a bool, not a float
+            raise TypeError(f"newest_sample_ns must be an int (ns), got {newest_sample_ns!r}")
+        return self._guard(self._append_many, items, newest_sample_ns)
 
-    def _append_many(self, items: list) -> list[Record]:
+    def _append_many(self, items: list, newest_sample_ns: int | None) -> list[Record]:
         db = self._db
         now = self._clock()
         out: list[Record] = []
@@ -317,6 +322,8 @@ class Outbox:
             db.executemany("INSERT INTO seqs VALUES (?, ?, ?) ON CONFLICT (gateway, stream) "
                            "DO UPDATE SET next_seq = excluded.next_seq",
                            [(self.gateway_id, s, n) for s, n in next_seq.items()])
+            if newest_sample_ns is not None:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('newest_sample_ns', ?)", (newest_sample_ns,))
             self._enforce_quota(db)
             self._enforce_age(db, now)
         self._seq_cache.update(next_seq)
@@ -470,6 +477,7 @@ class Outbox:
             "seq_floor": meta.get("seq_floor", 0),  # the first seq of a stream not in next_seq
             "store_resets": meta.get("store_resets", 0),
             "last_reset": json.loads(last) if last else None,
+            "newest_sample_ns": meta.get("newest_sample_ns"),  # of the last append that gave one; None: none yet
             "durability": self.durability,
         }
 

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["Pki", "make_pki", "make_rogue_client"]
+__all__ = ["Pki", "make_pki", "make_rogue_client", "reissue_server"]
 
 _CLOCK_SKEW = _dt.timedelta(minutes=5)  # not_before back-dated so a slightly slow peer clock still accepts
 _SAFE_STEM = re.compile(r"[^A-Za-z0-9._-]")
@@ -297,3 +297,20 @@ def make_rogue_client(directory: Path, name: str, *, expired: bool = False) -> t
     _write_key(key_path, key)
     _write_cert(cert_path, cert)
     return cert_path, key_path
+
+
+def reissue_server(pki: Pki, *, server_names: tuple[str, ...] | list[str] = ("localhost", "127.0.0.1"),
+                   expired: bool = False) -> Pki:
+    """Replace the broker's certificate, signed by the same CA: for other host names, or one that has expired
+    (for the agent's TLS diagnostics). Restart the broker to load it."""
+    names = [server_names] if isinstance(server_names, str) else [n.strip() for n in server_names]
+    if not names or any(not n for n in names):
+        raise ValueError(f"server_names must be a non-empty list of host names / IPs, got {server_names!r}")
+    ca_cert, ca_key = _load_ca(pki.dir)
+    now = _now()
+    validity = dict(not_before=now - _dt.timedelta(days=10), not_after=now - _dt.timedelta(days=1)) if expired else {}
+    cert, key = _issue(ca_cert, ca_key, names[0], kind=_key_kind(ca_key), eku=ExtendedKeyUsageOID.SERVER_AUTH,
+                       sans=[_san(n) for n in names], **validity)
+    _write_key(pki.server_key, key)
+    _write_cert(pki.server_cert, cert)
+    return pki

@@ -113,6 +113,24 @@ def test_bad_input_is_refused_and_consumes_no_seq(tmp_path):
         ob.append("telemetry", "t", tel_body(5), "telemetry")
 
 
+def test_newest_sample_time_is_stored_with_the_records_it_describes(tmp_path):
+    """stats()["newest_sample_ns"] is where the stored data ends (docs/durability.md): written in the append's own
+    transaction, kept across a reopen, untouched by a batch that was refused."""
+    path = tmp_path / "o.db"
+    with Outbox(path, gateway_id=GW) as ob:
+        assert ob.stats()["newest_sample_ns"] is None
+        ob.append_many([("telemetry", "t", tel_body(), "telemetry")], newest_sample_ns=5 * S)
+        with pytest.raises(ValueError):
+            ob.append_many([("telemetry", "t", {"v": float("nan")}, "telemetry")], newest_sample_ns=9 * S)
+        for bad in (1.5, True, "5"):
+            with pytest.raises(TypeError):
+                ob.append_many([("telemetry", "t", tel_body(), "telemetry")], newest_sample_ns=bad)
+        ob.append("result", "r", result_body(), "result")  # an append without sample time leaves it as it is
+    with Outbox(path, gateway_id=GW) as ob:
+        assert ob.stats()["newest_sample_ns"] == 5 * S
+        assert ob.next_seq() == {"result": 1, "telemetry": 1}
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
     lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4), max_leaves=12)
