@@ -345,6 +345,9 @@ class SunSpecSim:
         self.image = image
         self.host, self.port, self.unit_id, self.step_s = host, port, unit_id, step_s
         self.handlers: dict[int, object] = {}
+        #: Still starting: "SunS" answers, but the chain is empty (end marker right after it) and writes are refused
+        #: with SERVER_DEVICE_BUSY, as a slow-booting inverter does before its models are up. Clear it to boot.
+        self.booting = False
         self.writes_applied = 0
         self.writes_refused = 0
         self._server = None          # a ModbusTcpSim serving this unit
@@ -367,8 +370,18 @@ class SunSpecSim:
         """Advance the plant by dt_s seconds."""
 
     # -- Modbus side
+    def read(self, address: int, count: int) -> list[int]:
+        """What a read answers: the image, or while booting the marker and an empty chain (zeros after it)."""
+        if not self.booting:
+            return self.image.read(address, count)
+        boot = (*ss.SUNS_MARKER, ss.END_MODEL_ID, 0)
+        return [boot[a - self.base] if 0 <= a - self.base < len(boot) else 0 for a in range(address, address + count)]
+
     def apply_write(self, address: int, values: list[int]) -> ExcCodes | None:
         """A write as a device would take it: refused (exception code, nothing changed) or applied."""
+        if self.booting:
+            self.writes_refused += 1
+            return ExcCodes.DEVICE_BUSY
         mid = self.image.model_of(address, len(values))
         result = write_to_handler(self.image, self.handlers.get(mid), mid, address, values)
         if isinstance(result, ExcCodes):
@@ -382,8 +395,7 @@ class SunSpecSim:
                       current_registers: list[int], set_values) -> ExcCodes | None:
         if set_values is None:
             # A read: serve the latest image (the background task renders into it).
-            current_registers[address - start_address:address - start_address + count] = \
-                self.image.read(address, count)
+            current_registers[address - start_address:address - start_address + count] = self.read(address, count)
             return None
         values = [int(v) for v in (set_values if isinstance(set_values, list) else [set_values])]
         exc = self.apply_write(address, values)
