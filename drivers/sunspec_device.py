@@ -409,13 +409,19 @@ class SunSpecDevice(BusMember):
                           adopt: bool = True, enable: bool | None = None, **settings: float) -> dict[str, object]:
         """Write a curve (705 volt-var: (V %, var %) pairs; 706 volt-watt; 712 watt-var) into stored curve `index`,
         read it back, then (adopt=True) ask the device to adopt it and wait until the active curve (curve 1) reads
-        back as written. `settings` are other points of the curve (705: DeptRef, Pri, VRef, RspTms...); `enable`
-        writes the model's Ena afterwards. Returns the curve as read back. Raises WriteError (nothing written if the
-        request is refused before the first register: wrong index, read-only curve, too many points)."""
+        back as written. `settings` are other points of the curve (705: Pri, VRef, RspTms...) and must include
+        `DeptRef`, the rating the dependent values are a percentage of (705/712: 0 WMax, 1 VarMax, 2 VarAval,
+        3 VAMax; 706: 0 WMax, 1 WAval): a curve is meaningless without it, and the stored curve's own may be
+        anything. IEEE 1547's reactive power is in % of the rated apparent power: DeptRef=3. `enable` writes the
+        model's Ena afterwards. Returns the curve as read back. Raises WriteError (nothing written if the request is
+        refused before the first register: no DeptRef, wrong index, read-only curve, too many points)."""
         if model_id not in CURVES:
             raise WriteError(f"{self.device_id}: model {model_id} has no curves gridedge writes "
                              f"(curve models: {sorted(CURVES)})", Detail.BAD_REFERENCE)
         group, x, y, req, rslt = CURVES[model_id]
+        if "DeptRef" not in settings:
+            raise WriteError(f"{self.device_id}: a curve of model {model_id} needs DeptRef, the rating its {y} values "
+                             f"are a percentage of (e.g. 3 = VAMax for volt-var and watt-var)", Detail.BAD_REFERENCE)
         await self._ready_to_write()
         if model_id not in self.models:
             raise WriteError(f"{self.device_id}: device has no model {model_id}", Detail.NOT_IMPLEMENTED)
