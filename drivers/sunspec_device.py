@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from gridedge.core.model import Detail, Sample, Validity, invalid
 
 from . import sunspec as ss
-from .modbus_tcp import DeviceError, WriteError, write_runs
+from .modbus import DeviceError, WriteError, write_runs
 from .regmap_device import BusMember, LinkSpec
 from .scheduler import POOL, BusDevice, BusPool, Read, Result
 from .sunspec_models import ModelLayout, model_layout

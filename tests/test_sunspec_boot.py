@@ -13,7 +13,7 @@ from gridedge.agent import Agent
 from gridedge.config import parse_config
 from gridedge.core.model import Detail, Validity, flatten
 from gridedge.drivers import sunspec as ss
-from gridedge.drivers.modbus_tcp import WriteError
+from gridedge.drivers.modbus import WriteError
 from gridedge.drivers.regmap_device import LinkSpec
 from gridedge.drivers.scheduler import BusPool
 from gridedge.drivers.sunspec_device import SunSpecDevice

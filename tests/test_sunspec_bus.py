@@ -17,7 +17,7 @@ from gridedge.devices import make_device
 from gridedge.drivers import regmap
 from gridedge.drivers import sunspec as ss
 from gridedge.drivers.modbus_rtu import SerialSettings
-from gridedge.drivers.modbus_tcp import WriteError
+from gridedge.drivers.modbus import WriteError
 from gridedge.drivers.regmap_device import LinkSpec, RegmapDevice
 from gridedge.drivers.scheduler import BusPool
 from gridedge.drivers.sunspec_device import ADOPT_COMPLETED, SunSpecDevice

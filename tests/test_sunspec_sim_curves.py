@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gridedge.drivers import sunspec as ss
-from gridedge.drivers.modbus_rtu import TcpLink
-from gridedge.drivers.modbus_tcp import DeviceError, write_runs
+from gridedge.drivers.modbus import DeviceError, write_runs
+from gridedge.drivers.modbus_tcp import TcpLink
 from gridedge.hil.inverter_sim import InverterSim
 from gridedge.hil.sunspec_sim import ADOPT_COMPLETED, ADOPT_FAILED, ADOPT_IN_PROGRESS
 
