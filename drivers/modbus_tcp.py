@@ -139,11 +139,9 @@ class _MbapProtocol(asyncio.Protocol):
         return tid
 
     def give_up(self, tid: int | None) -> None:
-        """The request is over (answered, timed out or cancelled): a later answer to it is a LateAnswer."""
-        if tid is not None:
-            self._waiting.pop(tid, None)
-            if self.closed is None:
-                self.client.cancel(tid)
+        """The request is over (answered, timed out or cancelled); if unanswered, a later answer is a LateAnswer."""
+        if self._waiting.pop(tid, None) is not None and self.closed is None:
+            self.client.cancel(tid)
 
     def data_received(self, data: bytes) -> None:
         if self.closed is not None:

@@ -5,6 +5,7 @@ the bus directly and through the agent's run loop (edge/agent.py _poll_loop -> d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 
 import pytest
@@ -39,16 +40,28 @@ def test_the_codec_refuses_an_empty_chain():
         gen.send([ss.END_MODEL_ID, 0])
 
 
+@contextlib.asynccontextmanager
+async def running(sim: InverterSim, points: list[str]):
+    """The simulator served on TCP and a SunSpecDevice on it in run(); yields (device, batches of samples by name)."""
+    port = await sim.start()
+    dev = SunSpecDevice("inv1", LinkSpec("tcp", host="127.0.0.1", port=port, timeout_s=0.5), 1, pool=BusPool(),
+                        points=points, period_s=0.05)
+    batches: list[dict] = []
+    task = asyncio.create_task(dev.run(lambda samples: batches.append(by_name(samples))))
+    try:
+        yield dev, batches
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await dev.close()
+        await sim.stop()
+
+
 def test_a_booting_inverter_is_rediscovered_and_reports_invalid_samples_meanwhile():
     async def main():
         sim = InverterSim()
         sim.booting = True
-        port = await sim.start()
-        dev = SunSpecDevice("inv1", LinkSpec("tcp", host="127.0.0.1", port=port, timeout_s=0.5), 1, pool=BusPool(),
-                            points=["W", "WMax"], period_s=0.05)
-        batches: list[dict] = []
-        task = asyncio.create_task(dev.run(lambda samples: batches.append(by_name(samples))))
-        try:
+        async with running(sim, ["W", "WMax"]) as (dev, batches):
             await until(lambda: len(batches) >= 3)        # unfixed: one batch, then silence for good
             assert all(b["W"].validity is Validity.INVALID and b["W"].detail is Detail.MALFORMED for b in batches)
             s = by_name(await dev.poll())                   # an explicit poll says the same
@@ -61,33 +74,17 @@ def test_a_booting_inverter_is_rediscovered_and_reports_invalid_samples_meanwhil
             assert batches[-1]["WMax"].value == 10000
             assert set(dev.models) >= {1, 701, 702, 704}
             assert await dev.write_points({"WMaxLimPct": 50}) == {"WMaxLimPct": 50.0}
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await dev.close()
-            await sim.stop()
     arun(main())
 
 
 def test_a_device_without_the_configured_models_is_looked_at_again():
-    """A chain that is up but lacks the models of the configured points (model 1 first, the rest later) is not
-    final either: NOT_IMPLEMENTED samples keep coming, and the points are read once their model appears."""
+    """A chain that is up but lacks the models of the configured points (a device whose models come up one by one)
+    is not final either: NOT_IMPLEMENTED samples keep coming, and the device is discovered again each time."""
     async def main():
-        sim = InverterSim(models=(1, 701, 704))
-        port = await sim.start()
-        dev = SunSpecDevice("inv1", LinkSpec("tcp", host="127.0.0.1", port=port, timeout_s=0.5), 1, pool=BusPool(),
-                            points=["SoC"], period_s=0.05)
-        batches: list[dict] = []
-        task = asyncio.create_task(dev.run(lambda samples: batches.append(by_name(samples))))
-        try:
+        async with running(InverterSim(models=(1, 701, 704)), ["SoC"]) as (dev, batches):
             await until(lambda: len(batches) >= 3)
             assert all(b["SoC"].detail is Detail.NOT_IMPLEMENTED for b in batches)
             assert dev.rediscoveries >= 2
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await dev.close()
-            await sim.stop()
     arun(main())
 
 
