@@ -12,7 +12,8 @@
 - `SunSpecSim`: a pymodbus server for an image, on Modbus TCP or as a unit on a pseudo-terminal RTU line
   (hil/modbus_sim.py), that refuses writes like a device would: ILLEGAL_DATA_ADDRESS for a read-only or unimplemented
   register or half a point, ILLEGAL_DATA_VALUE for a value the device does not accept (an enumerated point outside
-  its symbols in the model definition, a value its model refuses); nothing changes then.
+  its symbols in the model definition, a value its model refuses); nothing changes then. With `booting` set it
+  answers like an inverter still starting: "SunS" and an empty model chain, writes SERVER_DEVICE_BUSY.
 """
 from __future__ import annotations
 
