@@ -31,7 +31,7 @@ from asyncua.crypto import security_policies
 
 from gridedge.core.model import Detail, Sample, Validity, invalid
 
-from .modbus_tcp import DeviceError
+from .modbus import DeviceError
 
 log = logging.getLogger("gridedge.drivers.opcua")
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from gridedge.core.model import Detail
 
-from .modbus_tcp import DeviceError
+from .modbus import DeviceError
 
 __all__ = [
     "BreakerState", "CircuitBreaker", "Read", "Write", "Result", "BusDevice", "PollGroup", "Bus", "BusPool", "POOL",

@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gridedge.drivers.modbus_rtu import RtuSerialLink, RtuTcpLink, SerialSettings, TcpLink
+from gridedge.drivers.modbus_rtu import RtuSerialLink, RtuTcpLink, SerialSettings
+from gridedge.drivers.modbus_tcp import TcpLink
 from gridedge.drivers.rtu import classify_rtu_answer, crc16, crc_ok, frame_gap_s, read_wire_time_s, with_crc
-from gridedge.drivers.modbus_tcp import DeviceError
+from gridedge.drivers.modbus import DeviceError
 from gridedge.hil.modbus_sim import (
     ModbusLineSim, ModbusTcpSim, UnitSim, rtu_request_length, rtu_response_length, split_frames,
 )
