@@ -5,13 +5,17 @@ import argparse
 import asyncio
 import logging
 import signal
+import sqlite3
 import sys
 
 from . import __version__
 
+log = logging.getLogger("gridedge.cli")
+
 
 def _run(args) -> int:
-    from .agent import Agent
+    """A config fault: the lines `check` prints, exit 2. A fault of the machine that only running meets (the
+    storage vanished, its database cannot be opened): one log line, exit 1 (systemd restarts it)."""
     from .config import ConfigError, load_config
 
     try:
@@ -21,16 +25,39 @@ def _run(args) -> int:
         return 2
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_agent(config)
+
+
+def run_agent(config) -> int:
+    from .agent import Agent
+
+    phase = "cannot start"
 
     async def main() -> None:
+        nonlocal phase
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await Agent(config).run(stop)
+        agent = Agent(config)
+        phase = "stopped"
+        await agent.run(stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except (OSError, sqlite3.Error) as exc:
+        log.debug("%s", phase, exc_info=True)
+        log.error("%s: %s (storage.dir %s)", phase, _fault(exc), config.storage.dir)
+        return 1
     return 0
+
+
+def _fault(exc: BaseException) -> str:
+    """The reason in one escaped line: file names and messages come from outside."""
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+    if getattr(exc, "filename", None):
+        text += f": {exc.filename}"
+    return text.encode("unicode_escape").decode("ascii")
 
 
 def _check(args) -> int:

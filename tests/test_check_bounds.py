@@ -1,0 +1,61 @@
+"""Numbers that pass `check` must be numbers the agent can run with (issue 11, defect 4): every numeric key has an
+upper bound below what overflows time arithmetic (asyncio, ns timestamps) or SQLite, and the devices sharing a TCP
+endpoint are told apart."""
+from __future__ import annotations
+
+import pytest
+
+from gridedge.config import SCHEMA, ConfigError, parse_config
+from gridedge.core import schema as s
+
+NUMERIC = [(path, key) for path, key in s.walk(SCHEMA) if isinstance(key.schema, (s.Int, s.Float))]
+
+
+def minimal(**more) -> dict:
+    data = {"gateway": {"id": "gw1"}, "uplink": {"broker": "mqtt://127.0.0.1", "allow_plaintext": True}}
+    data.update(more)
+    return data
+
+
+def errors_of(data) -> list[str]:
+    with pytest.raises(ConfigError) as ei:
+        parse_config(data, "gateway.toml", check_files=False)
+    return ei.value.errors
+
+
+def test_the_sweep_sees_the_numeric_keys():
+    names = {".".join(p) for p, _ in NUMERIC}
+    assert {"storage.max_age_h", "devices.[].poll_ms", "devices.[].poll_groups.[].period_ms",
+            "uplink.telemetry_interval_ms", "control.max_activation_s", "flex.resources.[].capacity_wh"} <= names
+
+
+@pytest.mark.parametrize("path", [p for p, _ in NUMERIC], ids=lambda p: ".".join(p))
+def test_every_numeric_key_has_an_upper_bound(path):
+    key = dict(NUMERIC)[path]
+    assert key.schema.le is not None or key.schema.lt is not None, f"{'.'.join(path)} has no upper bound"
+
+
+def test_the_values_of_the_issue_are_refused_with_their_key():
+    dev = {"id": "m1", "driver": "sunspec_tcp", "host": "10.0.0.5", "poll_ms": 2**63 - 1, "timeout_ms": 2**31}
+    assert errors_of(minimal(storage={"max_age_h": 1e300}, devices=[dev])) == [
+        "gateway.toml: storage.max_age_h: must be <= 87600, got 1e+300",
+        "gateway.toml: devices[0].poll_ms: must be <= 86400000, got 9223372036854775807",
+        "gateway.toml: devices[0].timeout_ms: must be <= 60000, got 2147483648",
+    ]
+
+
+def test_a_meter_read_every_day_is_fine():
+    dev = {"id": "m1", "driver": "modbus_tcp", "map": "eastron_sdm630", "host": "10.0.0.5", "poll_ms": 86_400_000,
+           "poll_groups": [{"name": "daily", "period_ms": 86_400_000, "points": ["TotWhImp"]}]}
+    (d,) = parse_config(minimal(devices=[dev], storage={"max_age_h": 87600.0})).devices
+    assert d.poll_ms == 86_400_000
+
+
+def test_two_tcp_devices_at_one_endpoint_need_distinct_unit_ids():
+    """docs/configuration.md: devices at one host:port share the connection and need distinct unit ids."""
+    a = {"id": "inv1", "driver": "sunspec_tcp", "host": "10.0.0.5", "unit_id": 3}
+    b = {"id": "m1", "driver": "modbus_tcp", "map": "eastron_sdm630", "host": "10.0.0.5", "unit_id": 3}
+    c = {"id": "inv2", "driver": "sunspec_tcp", "host": "10.0.0.5", "port": 1502, "unit_id": 3}   # another port
+    d = {"id": "inv3", "driver": "sunspec_rtu_tcp", "host": "10.0.0.5", "unit_id": 3}   # RTU framing: another link
+    assert errors_of(minimal(devices=[a, b, c, d])) == [
+        "gateway.toml: devices[1].unit_id: unit 3 is already used by devices[0] on endpoint 10.0.0.5:502"]
