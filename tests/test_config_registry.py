@@ -54,7 +54,7 @@ def test_a_registered_driver_is_checked_and_built():
 
 def test_a_driver_without_a_factory_cannot_be_registered():
     with pytest.raises(TypeError):
-        register_driver("half_tcp", transport="tcp")  # noqa: the missing factory is the point
+        register_driver("half_tcp", transport="tcp")   # the missing factory is the point
     with pytest.raises(ValueError, match="transport"):
         register_driver("odd", transport="carrier-pigeon", factory=Probe)
     assert "half_tcp" not in devices.DRIVERS and "odd" not in devices.DRIVERS
