@@ -1,4 +1,4 @@
-"""The `gridedge` command: run the agent, check a configuration, run the demo, or evaluate baselines."""
+"""The `gridedge` command: run the agent, check a configuration, make a lab, run the demo, or evaluate baselines."""
 from __future__ import annotations
 
 import argparse
@@ -72,6 +72,12 @@ def _demo(args) -> int:
     return run_demo(limit_pct=args.limit_pct, duration_s=args.duration_s, keep=args.keep)
 
 
+def _lab(args) -> int:
+    from .lab import main as lab_main
+
+    return lab_main(args)
+
+
 def _baselines(argv: list[str]) -> int:
     from .flex.report import main as baselines_main
 
@@ -94,6 +100,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration-s", type=float, default=10.0)
     p.add_argument("--keep", action="store_true", help="keep the work directory (certificates, logs)")
     p.set_defaults(func=_demo)
+    p = sub.add_parser("lab", help="make a lab: throwaway CA and certificates, mosquitto.conf, a gateway.toml")
+    lab = p.add_subparsers(dest="lab_cmd", required=True)
+    p = lab.add_parser("init", help="write DIR/pki/*, DIR/mosquitto.conf, DIR/acl and DIR/gateway.toml")
+    p.add_argument("dir", help="directory of the lab (created)")
+    p.add_argument("--device", default="192.0.2.10", metavar="HOST[:PORT]",
+                   help="the SunSpec Modbus TCP device to read (default: a placeholder to edit; port 502)")
+    p.add_argument("--unit-id", type=int, default=1, choices=range(256), metavar="0..255", help="its Modbus unit id")
+    p.add_argument("--role", default="inverter", choices=["inverter", "battery", "meter", "load"])
+    p.add_argument("--gateway-id", default="gw-lab-001")
+    p.add_argument("--port", type=int, default=8883, choices=range(1, 65536), metavar="1..65535",
+                   help="the broker's TLS port")
+    p.add_argument("--broker-host", action="append", default=[], metavar="NAME",
+                   help="a name or address the broker is reached by from other machines (repeatable; the broker then "
+                        "listens on every interface); default: this machine only")
+    p.add_argument("--days", type=int, default=365, help="validity of the certificates, days")
+    p.add_argument("--force", action="store_true", help="replace the CA and certificates of an existing lab")
+    p.set_defaults(func=_lab)
     sub.add_parser("baselines", add_help=False,  # its own parser: gridedge baselines --help
                    help="placebo-day accuracy of the baselines (MdAPE, bias, RRMSE)")
     argv = sys.argv[1:] if argv is None else argv
