@@ -3,12 +3,15 @@ upper bound below what overflows time arithmetic (asyncio, ns timestamps) or SQL
 endpoint are told apart."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from gridedge.config import SCHEMA, ConfigError, parse_config
 from gridedge.core import schema as s
 
 NUMERIC = [(path, key) for path, key in s.walk(SCHEMA) if isinstance(key.schema, (s.Int, s.Float))]
+DOCS = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text().splitlines()
 
 
 def minimal(**more) -> dict:
@@ -59,3 +62,21 @@ def test_two_tcp_devices_at_one_endpoint_need_distinct_unit_ids():
     d = {"id": "inv3", "driver": "sunspec_rtu_tcp", "host": "10.0.0.5", "unit_id": 3}   # RTU framing: another link
     assert errors_of(minimal(devices=[a, b, c, d])) == [
         "gateway.toml: devices[1].unit_id: unit 3 is already used by devices[0] on endpoint 10.0.0.5:502"]
+
+
+def _spellings(bound: float) -> set[str]:
+    """How docs/configuration.md may write a bound: 86400000, 86,400,000 or 1e9."""
+    out = {f"{bound:.0e}".replace("e+0", "e").replace("e+", "e")}
+    if float(bound).is_integer():
+        out |= {str(int(bound)), f"{int(bound):,}"}
+    return out
+
+
+@pytest.mark.parametrize("path", [p for p, _ in NUMERIC], ids=lambda p: ".".join(p))
+def test_the_reference_gives_each_upper_bound(path):
+    """docs/configuration.md's Range column says the bound the schema enforces."""
+    schema = dict(NUMERIC)[path].schema
+    bound = schema.le if schema.le is not None else schema.lt
+    dotted = ".".join(p for p in path if p != "[]")
+    row = next(line for line in DOCS if line.startswith(f"| `{dotted}` |"))
+    assert any(word in row.split("|")[4] for word in _spellings(bound)), f"{dotted}: range {row.split('|')[4]!r}"

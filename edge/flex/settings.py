@@ -102,7 +102,7 @@ RESOURCE_SCHEMA = s.Dict({
                             doc="samples further apart than this make a gap, s"),
     "min_completeness": s.Optional(s.Float(gt=0, le=1), default=0.9,
                                    doc="an ISP measured less than this fraction is missing"),
-    "rollover_wh": s.Optional(s.Float(gt=0, le=2.0**64), doc="energy registers wrap at this value, Wh"),
+    "rollover_wh": s.Optional(s.Float(gt=0, le=1e20), doc="energy registers wrap at this value, Wh"),
     "max_power_w": s.Optional(s.Float(gt=0, le=_GW), doc="a register jump above this mean power is implausible, W"),
     "baseline": s.Optional(s.Dict({"method": s.Required(s.All(s.Str(), s.Custom(_method)), "baseline method id")},
                                   allow_unknown=True), default={"method": "x_of_y"},
