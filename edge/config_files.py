@@ -55,17 +55,24 @@ class _Bad(Exception):
 
 def _certs(data: bytes, *, der: bool) -> list:
     from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
 
     what = "not a certificate (PEM or DER)" if der else "not a PEM certificate"
+    certs = None
     try:
         if b"-----BEGIN" in data:
-            return x509.load_pem_x509_certificates(data)
-        if der:
-            return [x509.load_der_x509_certificate(data)]
-    except ValueError as e:
-        if b"-----BEGIN CERTIFICATE-----" in data:   # the right kind of file, damaged: say how
+            certs = x509.load_pem_x509_certificates(data)
+        elif der:
+            certs = [x509.load_der_x509_certificate(data)]
+        else:
+            raise _Bad(what)
+        for c in certs:   # decoded lazily by cryptography: a damaged part fails here, not in a later check
+            c.public_key(), c.extensions, c.not_valid_before_utc, c.not_valid_after_utc
+        return certs
+    except (ValueError, UnsupportedAlgorithm) as e:
+        if certs is not None or b"-----BEGIN CERTIFICATE-----" in data:   # the right kind of file, damaged
             raise _Bad(f"{what} ({e})") from None
-    raise _Bad(what)
+        raise _Bad(what) from None
 
 
 def _key(data: bytes, *, der: bool):
@@ -135,8 +142,6 @@ def _load(path: Path, loader, *, der: bool):
         return loader(data, der=der), None
     except _Bad as e:
         return None, f"{e}: {path}"
-    except ValueError as e:   # a certificate whose extensions do not parse, read lazily
-        return None, f"{'not a certificate' if der else 'not a PEM certificate'} ({e}): {path}"
 
 
 def uplink_tls_issues(ca: Path, cert: Path, key: Path) -> Found:

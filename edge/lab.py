@@ -61,10 +61,12 @@ def init_lab(directory: Path, *, gateway_id: str = "gw-lab-001", broker_hosts: t
 
 
 def _host_port(device: str) -> tuple[str, int]:
-    """HOST, HOST:PORT or [IPv6]:PORT."""
+    """HOST, HOST:PORT, an IPv6 address, [IPv6] or [IPv6]:PORT."""
+    if device.startswith("[") and device.endswith("]"):
+        return device[1:-1], 502
     host, sep, port = device.rpartition(":")
-    if not sep or host.count(":") and not host.startswith("["):   # no port, or a bare IPv6 address
-        return device.strip("[]"), 502
+    if not sep or ":" in host and not host.startswith("["):   # no port, or a bare IPv6 address
+        return device, 502
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ValueError(f"--device must be HOST or HOST:PORT, got {device!r}")
     return host.strip("[]"), int(port)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -173,3 +175,75 @@ def test_run_refuses_what_check_refuses_with_the_same_lines(site, tmp_path):
     ]
     assert "Traceback" not in run.stderr
 
+
+
+# ---------------------------------------------------------------- fuzz: any bytes in any of the files
+
+def _pem(kind: str, der: bytes) -> bytes:
+    import base64
+    import textwrap
+
+    body = "\n".join(textwrap.wrap(base64.b64encode(der).decode(), 64))
+    return f"-----BEGIN {kind}-----\n{body}\n-----END {kind}-----\n".encode()
+
+
+def _damaged(pem: bytes, flips: list[tuple[int, int]]) -> bytes:
+    """A real PEM object with some bytes of its DER changed: it still looks like a certificate or key."""
+    import base64
+
+    lines = pem.decode().strip().splitlines()
+    der = bytearray(base64.b64decode("".join(lines[1:-1])))
+    for at, value in flips:
+        der[at % len(der)] = value
+    return _pem(lines[0][11:-5], bytes(der))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(which=st.sampled_from(["ca", "cert", "key"]), how=st.sampled_from(["raw", "damaged", "wrapped"]),
+       blob=st.binary(max_size=600), flips=st.lists(st.tuples(st.integers(0, 4096), st.integers(0, 255)),
+                                                    min_size=1, max_size=6))
+def test_fuzz_tls_files(site, tmp_path, which, how, blob, flips):
+    """Whatever is in the CA, certificate or key file: check names the file or passes, and a pass means the agent's
+    own TLS call accepts the three."""
+    original = {"ca": site.ca, "cert": site.cert, "key": site.key}[which]
+    bad = tmp_path / f"fuzz-{which}"
+    kind = "PRIVATE KEY" if which == "key" else "CERTIFICATE"
+    bad.write_bytes({"raw": lambda: blob, "wrapped": lambda: _pem(kind, blob),
+                     "damaged": lambda: _damaged(original.read_bytes(), flips)}[how]())
+    path = site.write(**{which: bad})
+    try:
+        cfg = load_config(path)
+    except ConfigError as e:
+        assert all(line.startswith(f"{path}: uplink.") for line in e.errors), e.errors
+        return
+    from gridedge.mqtt import tls_context
+
+    tls_context(cfg.uplink.ca_file, cfg.uplink.cert_file, cfg.uplink.key_file)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(which=st.sampled_from(["client_cert", "client_key", "server_cert"]), blob=st.binary(max_size=600),
+       flips=st.lists(st.tuples(st.integers(0, 4096), st.integers(0, 255)), min_size=1, max_size=6),
+       damaged=st.booleans())
+def test_fuzz_opcua_files(site, tmp_path, which, blob, flips, damaged):
+    """Whatever is in the OPC UA certificate, key or pinned server certificate: check names the key or passes."""
+    ua = tmp_path / "ua"
+    if not ua.exists():
+        make_opcua_pki(ua)
+    files = {"client_cert": ua / "client.der", "client_key": ua / "client.key", "server_cert": ua / "server.der"}
+    src = files[which].read_bytes()
+    if not damaged:
+        data = blob
+    elif src.startswith(b"-----"):
+        data = _damaged(src, flips)
+    else:
+        data = bytearray(src)
+        for at, value in flips:
+            data[at % len(data)] = value
+    bad = tmp_path / f"fuzz-{which}"
+    bad.write_bytes(bytes(data))
+    path = site.write(devices=opcua_device(**dict(files, **{which: bad})))
+    try:
+        load_config(path)
+    except ConfigError as e:
+        assert all(line.startswith(f"{path}: devices[0].") for line in e.errors), e.errors

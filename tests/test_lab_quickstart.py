@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gridedge.hil.broker import find_mosquitto
 from gridedge.mqtt import MqttClient, tls_context
@@ -184,3 +186,21 @@ def test_lab_keeps_its_ca_unless_forced(tmp_path):
     assert "listener 8883\n" in (tmp_path / "mosquitto.conf").read_text()   # reached from other machines
     init_lab(tmp_path, force=True)
     assert (tmp_path / "pki" / "ca.crt").read_bytes() != ca
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(device=st.text(max_size=30) | st.from_regex(r"\[?[0-9a-f:.]{1,20}\]?(:[0-9]{1,6})?", fullmatch=True),
+       gateway_id=st.text(max_size=12) | st.just("gw-lab-001"))
+def test_fuzz_lab_arguments(tmp_path_factory, device, gateway_id):
+    """Whatever is typed after --device and --gateway-id: a clear refusal, or a lab whose gateway.toml checks OK."""
+    from gridedge.config import load_config
+    from gridedge.lab import init_lab
+
+    lab = tmp_path_factory.mktemp("lab")
+    try:
+        init_lab(lab, device=device, gateway_id=gateway_id)
+    except ValueError as e:
+        assert str(e)
+        return
+    cfg = load_config(lab / "gateway.toml")
+    assert cfg.gateway.id == gateway_id and cfg.devices[0].host in device
