@@ -7,23 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from gridedge.config import SCHEMA, ConfigError, parse_config
+from gridedge.config import SCHEMA, parse_config
 from gridedge.core import schema as s
+
+from .test_config import errors_of, minimal
 
 NUMERIC = [(path, key) for path, key in s.walk(SCHEMA) if isinstance(key.schema, (s.Int, s.Float))]
 DOCS = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text().splitlines()
 
 
-def minimal(**more) -> dict:
-    data = {"gateway": {"id": "gw1"}, "uplink": {"broker": "mqtt://127.0.0.1", "allow_plaintext": True}}
-    data.update(more)
-    return data
-
-
-def errors_of(data) -> list[str]:
-    with pytest.raises(ConfigError) as ei:
-        parse_config(data, "gateway.toml", check_files=False)
-    return ei.value.errors
+def site(**sections) -> dict:
+    return dict(minimal(), **sections)
 
 
 def test_the_sweep_sees_the_numeric_keys():
@@ -40,7 +34,7 @@ def test_every_numeric_key_has_an_upper_bound(path):
 
 def test_the_values_of_the_issue_are_refused_with_their_key():
     dev = {"id": "m1", "driver": "sunspec_tcp", "host": "10.0.0.5", "poll_ms": 2**63 - 1, "timeout_ms": 2**31}
-    assert errors_of(minimal(storage={"max_age_h": 1e300}, devices=[dev])) == [
+    assert errors_of(site(storage={"max_age_h": 1e300}, devices=[dev])) == [
         "gateway.toml: storage.max_age_h: must be <= 87600, got 1e+300",
         "gateway.toml: devices[0].poll_ms: must be <= 86400000, got 9223372036854775807",
         "gateway.toml: devices[0].timeout_ms: must be <= 60000, got 2147483648",
@@ -50,7 +44,7 @@ def test_the_values_of_the_issue_are_refused_with_their_key():
 def test_a_meter_read_every_day_is_fine():
     dev = {"id": "m1", "driver": "modbus_tcp", "map": "eastron_sdm630", "host": "10.0.0.5", "poll_ms": 86_400_000,
            "poll_groups": [{"name": "daily", "period_ms": 86_400_000, "points": ["TotWhImp"]}]}
-    (d,) = parse_config(minimal(devices=[dev], storage={"max_age_h": 87600.0})).devices
+    (d,) = parse_config(site(devices=[dev], storage={"max_age_h": 87600.0})).devices
     assert d.poll_ms == 86_400_000
 
 
@@ -60,7 +54,7 @@ def test_two_tcp_devices_at_one_endpoint_need_distinct_unit_ids():
     b = {"id": "m1", "driver": "modbus_tcp", "map": "eastron_sdm630", "host": "10.0.0.5", "unit_id": 3}
     c = {"id": "inv2", "driver": "sunspec_tcp", "host": "10.0.0.5", "port": 1502, "unit_id": 3}   # another port
     d = {"id": "inv3", "driver": "sunspec_rtu_tcp", "host": "10.0.0.5", "unit_id": 3}   # RTU framing: another link
-    assert errors_of(minimal(devices=[a, b, c, d])) == [
+    assert errors_of(site(devices=[a, b, c, d])) == [
         "gateway.toml: devices[1].unit_id: unit 3 is already used by devices[0] on endpoint 10.0.0.5:502"]
 
 

@@ -205,4 +205,6 @@ def test_a_device_polled_every_15_minutes_is_polled(driver):
             await asyncio.gather(task, return_exceptions=True)
             await device.close()
             await tcp.stop()
+            if isinstance(sim, InverterSim):
+                await sim.stop()
     arun(main())
