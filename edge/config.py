@@ -35,10 +35,12 @@ log = logging.getLogger(__name__)
 
 
 class ConfigError(Exception):
-    """All problems found in one config; `.errors` holds one rendered message per problem."""
+    """All problems found in one config; `.errors` holds one rendered message per problem, each one printable line
+    (paths and library messages come from outside: a newline in a file name must not forge a second message)."""
 
     def __init__(self, errors: list[str]) -> None:
-        self.errors = list(errors)
+        self.errors = [m if m.isprintable() else "".join(c if c.isprintable() else c.encode("unicode_escape").decode()
+                                                         for c in m) for m in errors]
         super().__init__(self.errors)  # args round-trip through pickle
 
     def __str__(self) -> str:
