@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="a name or address the broker is reached by from other machines (repeatable; the broker then "
                         "listens on every interface); default: this machine only")
     p.add_argument("--days", type=int, default=365, help="validity of the certificates, days")
-    p.add_argument("--force", action="store_true", help="replace the CA and certificates of an existing lab")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing lab: its CA, certificates, mosquitto.conf, acl and gateway.toml")
     p.set_defaults(func=_lab)
     sub.add_parser("baselines", add_help=False,  # its own parser: gridedge baselines --help
                    help="placebo-day accuracy of the baselines (MdAPE, bias, RRMSE)")

@@ -37,7 +37,8 @@ def init_lab(directory: Path, *, gateway_id: str = "gw-lab-001", broker_hosts: t
         if not _HOST.fullmatch(name):
             raise ValueError(f"not a host name or IP address: {name!r}")
     if (pki_dir / "ca.crt").exists() and not force:
-        raise FileExistsError(f"{directory} already holds a lab (pki/ca.crt); --force replaces its CA and certificates")
+        raise FileExistsError(f"{directory} already holds a lab (pki/ca.crt); --force replaces it, "
+                              "gateway.toml included")
     names = tuple(dict.fromkeys(("localhost", "127.0.0.1", *broker_hosts)))
     pki = make_pki(pki_dir, server_names=names, days=days)
     for cn, stem in ((gateway_id, "gateway"), (HEADEND, HEADEND)):
@@ -104,7 +105,7 @@ def _mosquitto_conf(directory: Path, port: int, *, listen_all: bool) -> str:
 def _gateway_toml(gateway_id: str, broker_host: str, port: int, host: str, dev_port: int, unit_id: int,
                   role: str) -> str:
     url_host = f"[{broker_host}]" if _is_ipv6(broker_host) else broker_host
-    return f'''# A lab gateway, written by `gridedge lab init`. Every key: examples/gateway.toml and docs/configuration.md.
+    return f'''# A lab gateway, written by `gridedge lab init`. Every key: examples/gateway.toml, docs/configuration.md.
 # Check it with:  gridedge check -c gateway.toml      Run it with:  gridedge run -c gateway.toml
 
 [gateway]

@@ -125,7 +125,8 @@ def test_a_file_name_cannot_forge_a_second_message(site):
     where = "file/line one\nsite.toml: uplink.broker: all fine"
     (site.dir / "file").write_text("")
     assert errors(site.write(storage=where.replace("\n", "\\n"))) == [
-        f"storage.dir: cannot create {site.dir / 'file'}/line one\\nsite.toml: uplink.broker: all fine: Not a directory"]
+        f"storage.dir: cannot create {site.dir / 'file'}/line one\\nsite.toml: uplink.broker: all fine: "
+        "Not a directory"]
 
 
 def test_storage_dir_that_cannot_be_written(site):
