@@ -6,8 +6,11 @@ happens. Every function returns (key, message) pairs; the caller adds the key pa
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
+import re
 import tempfile
+import warnings
 from pathlib import Path
 
 from gridedge.core import schema as s
@@ -53,26 +56,33 @@ class _Bad(Exception):
     """A file that does not hold what it should; the message says what it is not."""
 
 
-def _certs(data: bytes, *, der: bool) -> list:
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+
+
+def _certs(data: bytes, *, der: bool, bundle: bool = False) -> list:
+    """The certificates of a file, decoded whole (cryptography decodes lazily: a damaged part would fail in a later
+    check). The first must decode, except in a CA bundle: OpenSSL, which the agent's TLS uses, skips a certificate it
+    cannot read there (system bundles hold a few that cryptography refuses), so one good CA is enough."""
     from cryptography import x509
     from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.utils import CryptographyDeprecationWarning
 
     what = "not a certificate (PEM or DER)" if der else "not a PEM certificate"
-    certs = None
-    try:
-        if b"-----BEGIN" in data:
-            certs = x509.load_pem_x509_certificates(data)
-        elif der:
-            certs = [x509.load_der_x509_certificate(data)]
-        else:
-            raise _Bad(what)
-        for c in certs:   # decoded lazily by cryptography: a damaged part fails here, not in a later check
-            c.public_key(), c.extensions, c.not_valid_before_utc, c.not_valid_after_utc
-        return certs
-    except (ValueError, UnsupportedAlgorithm) as e:
-        if certs is not None or b"-----BEGIN CERTIFICATE-----" in data:   # the right kind of file, damaged
-            raise _Bad(f"{what} ({e})") from None
-        raise _Bad(what) from None
+    pem = b"-----BEGIN" in data
+    blocks = _PEM_CERT.findall(data) if pem else [data] if der else []
+    good, error = [], None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        for block in blocks if bundle else blocks[:1]:
+            try:
+                c = x509.load_pem_x509_certificate(block) if pem else x509.load_der_x509_certificate(block)
+                c.public_key(), c.extensions, c.not_valid_before_utc, c.not_valid_after_utc
+                good.append(c)
+            except (ValueError, UnsupportedAlgorithm) as e:
+                error = error or e
+    if good:
+        return good
+    raise _Bad(f"{what} ({error})" if pem and error else what)   # a damaged certificate says how
 
 
 def _key(data: bytes, *, der: bool):
@@ -147,7 +157,7 @@ def _load(path: Path, loader, *, der: bool):
 def uplink_tls_issues(ca: Path, cert: Path, key: Path) -> Found:
     """mqtts: the CA that verifies the broker, the gateway's certificate and its key."""
     found: Found = []
-    cas, msg = _load(ca, _certs, der=False)
+    cas, msg = _load(ca, functools.partial(_certs, bundle=True), der=False)
     if msg is None:
         msg = _ca_problem(cas, ca)
     if msg:

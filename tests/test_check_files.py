@@ -75,6 +75,17 @@ def test_unparsable_certificate_ca_and_key(site, tmp_path):
     assert msg.startswith("uplink.cert_file: not a PEM certificate (") and msg.endswith(f"): {broken}")
 
 
+SYSTEM_CAS = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+@pytest.mark.skipif(not SYSTEM_CAS.is_file(), reason="no system CA bundle")
+def test_the_system_ca_bundle_passes(site, recwarn):
+    """It holds certificates cryptography frowns on (a negative serial) that OpenSSL loads: check judges the bundle as
+    the agent's TLS will, and says nothing about them."""
+    load_config(site.write(ca=SYSTEM_CAS))
+    assert not [w for w in recwarn if "serial" in str(w.message)]
+
+
 def test_key_that_does_not_match_the_certificate(site):
     _, other_key = site.pki.client("gw2")
     assert errors(site.write(key=other_key)) == [f"uplink.key_file: not the private key of cert_file {site.cert}: "
