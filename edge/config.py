@@ -1,7 +1,9 @@
 """The gateway config: a TOML file checked up front, so a bad config stops the agent with a list of
 every problem (file, key path, what is wrong) rather than a traceback an hour later.
 
-See docs/configuration.md for every key and examples/gateway.toml for an annotated example.
+This module reads, checks and builds it; the sections' keys and checks are in config_devices (by transport, from the
+driver registry in devices.py), config_control and config_files (the files behind the keys, opened as the agent
+will open them). See docs/configuration.md for every key and examples/gateway.toml for an annotated example.
 """
 from __future__ import annotations
 
@@ -20,15 +22,15 @@ from gridedge.control.profiles import PROFILES
 from gridedge.core import schema as s
 from gridedge.flex.settings import FLEX_SCHEMA, FlexConfig, build_flex, flex_issues
 
-from .config_control import ACTORS, CONTROL, control_issues
-from .config_devices import DEVICES, ID, ROLES, device_issues, find_map, link_issues
+from .config_control import CONTROL, control_issues
+from .config_devices import DEVICES, ID, device_issues, find_map, link_issues
 from .config_files import PATH, file_problem, reason, resolve, storage_problem, uplink_tls_issues
 from .devices import DRIVERS, DriverSpec, register_driver
 
 __all__ = [
     "ConfigError", "Config", "GatewayConfig", "UplinkConfig", "DeviceConfig", "ControlConfig", "StorageConfig",
     "DriverSpec", "DRIVERS", "register_driver", "load_config", "parse_config", "check_main", "SCHEMA",
-    "PollGroupConfig", "FlexConfig", "PocConfig", "DeviceControlConfig", "ACTORS", "ROLES",
+    "PollGroupConfig", "FlexConfig", "PocConfig", "DeviceControlConfig",
 ]
 
 log = logging.getLogger(__name__)
