@@ -258,19 +258,20 @@ class WanPath:
         return await self.set()
 
     def _netem_set(self, settings: dict) -> dict:
-        self._netem.update(settings)
-        loss = 100.0 if self._netem["blackhole"] else self._netem["loss"] * 100
+        want = dict(self._netem, **settings)
+        loss = 100.0 if want["blackhole"] else want["loss"] * 100
         counts = {"passed": 0, "lost": 0}
         for dev in ("m0", "m1"):
             if settings:
-                delay_ms = f"{self._netem['latency_s'] * 1000:.3f}ms"
+                delay_ms = f"{want['latency_s'] * 1000:.3f}ms"
                 done = self._tc("qdisc", "replace", "dev", dev, "root", "netem", "delay", delay_ms, "loss", f"{loss}%")
                 if done.returncode != 0:
                     raise RuntimeError(f"tc netem on {dev}: {done.stderr.strip()}")
             for q in json.loads(self._tc("-s", "-j", "qdisc", "show", "dev", dev).stdout or "[]"):
                 counts["passed"] += q.get("packets", 0)
                 counts["lost"] += q.get("drops", 0)
-        return dict(counts, **self._netem)
+        self._netem = want
+        return dict(counts, **want)
 
     async def stop(self) -> None:
         bridge, self._bridge = self._bridge, None
