@@ -190,13 +190,18 @@ class WanPath:
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
-        await asyncio.to_thread(self._build)
-        if self.netem is None:
-            self.netem = await asyncio.to_thread(self._kernel_has_netem)
-        if self.netem:
-            await asyncio.to_thread(self._kernel_bridge)
-        else:
-            await self._start_userspace_bridge()
+        """Build the namespaces and the path; on any failure, remove what was built."""
+        try:
+            await asyncio.to_thread(self._build)
+            if self.netem is None:
+                self.netem = await asyncio.to_thread(self._kernel_has_netem)
+            if self.netem:
+                await asyncio.to_thread(self._kernel_bridge)
+            else:
+                await self._start_userspace_bridge()
+        except BaseException:
+            await self.stop()
+            raise
 
     def _build(self) -> None:
         net = _free_subnet()
@@ -291,11 +296,7 @@ class WanPath:
             subprocess.run(cmd, capture_output=True)
 
     async def __aenter__(self) -> WanPath:
-        try:
-            await self.start()
-        except BaseException:
-            await self.stop()
-            raise
+        await self.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -130,6 +130,11 @@ def test_nothing_is_left_behind():
             assert wan.gateway_ns in names and wan.path_ns in names
         assert wan.gateway_ns not in netns._run("ip", "netns", "list")
         assert wan.host_if not in netns._run("ip", "-o", "link")
+        broken = netns.WanPath()
+        broken.host_if = "x" * 16                   # longer than IFNAMSIZ: the veth cannot be made
+        with pytest.raises(RuntimeError, match="ip link add"):
+            await broken.start()                    # fails half-way, and removes the namespaces it made
+        assert broken.gateway_ns not in netns._run("ip", "netns", "list")
     aio.arun(main())
 
 
