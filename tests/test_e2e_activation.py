@@ -29,7 +29,7 @@ def validate_all(rig: Rig, *, commands: bool = True) -> int:
 
 def applied_writes(rig: Rig) -> list[str]:
     """Lines in which the simulator logged a register write it applied."""
-    return [l for l in rig.sim_log.read_text().splitlines() if "write" in l.lower()]
+    return [line for line in rig.sim_log.read_text().splitlines() if "applied write at" in line]
 
 
 def test_curtailment_reaches_limit_acks_in_order_and_restores(tmp_path):

@@ -88,7 +88,8 @@ def test_round_trip_property(items, ts):
     blk = SampleBlock(lay, ts, [v for v, _ in items], quality if any(q is not None for q in quality) else None)
     doc = {"schema": telemetry.SCHEMA_TELEMETRY, "blocks": [json.loads(telemetry.encode_block(blk))]}
     got = list(telemetry.samples_of(doc))
-    for want, s in zip(blk, got):
+    assert len(got) == len(items)
+    for want, s in zip(blk, got, strict=True):
         finite = not (isinstance(want.value, float) and not math.isfinite(want.value))
         assert s.point == want.point and s.ts_ns == ts
         if finite:
