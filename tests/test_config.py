@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import copy
+import json
 import datetime as dt
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -260,13 +263,18 @@ def test_tls_file_relative_to_base_dir(tmp_path: Path):
     ]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
 def test_tls_file_unreadable(pki_dir: Path):
+    """As root the check runs in a child without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH, so mode 0 really denies."""
     key = pki_dir / "pki" / "gateway.key"
     key.chmod(0)
-    with pytest.raises(ConfigError) as ei:
-        load_config(pki_dir / "gateway.toml")
-    assert ei.value.errors == [f"{pki_dir / 'gateway.toml'}: uplink.key_file: cannot read {key}: Permission denied"]
+    code = ("import json, sys\nfrom gridedge.config import ConfigError, load_config\n"
+            "try:\n    load_config(sys.argv[1])\nexcept ConfigError as e:\n    print(json.dumps(e.errors))\n")
+    drop = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    out = subprocess.run(drop + [sys.executable, "-c", code, str(pki_dir / "gateway.toml")], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [f"{pki_dir / 'gateway.toml'}: uplink.key_file: cannot read {key}: "
+                                      "Permission denied"]
 
 
 def test_overlong_paths_are_errors_not_crashes(tmp_path: Path):

@@ -168,7 +168,7 @@ def test_fuzz_opcua_config(nodes, endpoint):
     try:
         cfg = parse_config(minimal(opcua(nodes=nodes, endpoint=endpoint)))
     except ConfigError as e:
-        assert all(line.startswith("<config>: devices[0].") or line.startswith("gateway.toml: devices[0].")
+        assert e.errors and all(line.startswith("<config>: devices[0].") or line.startswith("gateway.toml: devices[0].")
                    or ": devices[0]." in line for line in e.errors)
         return
     assert isinstance(make_device(cfg.devices[0]), OpcUaDevice)
