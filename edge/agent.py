@@ -378,7 +378,8 @@ class Agent:
         up = self.config.uplink
         ctx = tls_context(up.ca_file, up.cert_file, up.key_file) if up.tls else None
         return MqttClient(up.broker, up.client_id, ssl_context=ctx, allow_plaintext=up.allow_plaintext,
-                          keepalive_s=up.keepalive_s, will=(self.topic(contract.TOPIC_STATE), self._state("offline")))
+                          keepalive_s=up.keepalive_s, will=(self.topic(contract.TOPIC_STATE), self._state("offline")),
+                          session_expiry_s=up.session_expiry_s)
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("gridedge %s starting: gateway %s, config %s (sha256 %s), %s", __version__, self.gateway_id,

@@ -28,9 +28,9 @@ log = logging.getLogger(__name__)
 #: Inbound flow control, by default. The broker sends at most RECEIVE_MAXIMUM QoS 1 messages that are not yet
 #: acknowledged (MQTT 5 Receive Maximum), and a message is acknowledged when the consumer takes it off `messages`:
 #: a flood, or what a persistent session kept through an outage, waits at the broker, not in our memory. 1, not
-#: more: mosquitto before 2.0.13 lets a larger window grow with every PUBACK (its issue #2306), and commands are few
-#: (about 100/s on loopback with 1). QoS 0 has no flow control: beyond INBOX_LIMIT waiting messages it is dropped
-#: and counted in `dropped`.
+#: more: mosquitto before 2.0.13 sends past a larger window after each PUBACK (eclipse/mosquitto#2301), and
+#: commands are few (about 100/s on loopback with 1). QoS 0 has no flow control: beyond INBOX_LIMIT waiting
+#: messages it is dropped and counted in `dropped`.
 RECEIVE_MAXIMUM = 1
 INBOX_LIMIT = 64
 
