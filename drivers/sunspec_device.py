@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from gridedge.core.model import Detail, Sample, Validity, invalid
+from gridedge.core.text import escape
 
 from . import sunspec as ss
 from .modbus_tcp import DeviceError, WriteError, write_runs
@@ -225,7 +226,7 @@ class SunSpecDevice(BusMember):
         while True:
             backoff = self.period_s
             while (err := await self._discovered()) is not None:
-                log.warning("%s: %s (retry in %.1f s)", self.device_id, err, backoff)
+                log.warning("%s: %s (retry in %.1f s)", self.device_id, escape(err), backoff)
                 ts = time.time_ns()
                 sink([invalid(self._pid(n), ts, err.detail, ss.CANONICAL[n].unit) for n in self._configured()])
                 await asyncio.sleep(backoff)

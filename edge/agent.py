@@ -142,7 +142,7 @@ class Agent:
                     backoff = period
                     log.info("device %s connected", cfg.id)
                 except Exception as exc:
-                    log.warning("device %s: connect failed: %s (retry in %.1f s)", cfg.id, exc, backoff)
+                    log.warning("device %s: connect failed: %s (retry in %.1f s)", cfg.id, escape(exc), backoff)
                     self._take([Sample(f"{cfg.id}/comm", time.time_ns(), None, "", Validity.INVALID, Detail.COMM_FAILURE)])
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 60.0)

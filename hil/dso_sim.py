@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from gridedge import contract, telemetry
+from gridedge.core.text import escape
 from gridedge.mqtt import MqttClient, tls_context
 
 from .stream_audit import StreamAudit
@@ -91,7 +92,7 @@ class DsoSimulator:
                     for s in telemetry.samples_of(doc):
                         self.latest[s.point.split("/", 1)[-1]] = s.value
                 except ValueError as exc:  # the audit keeps the message; a bad one must not stop the simulator
-                    log.warning("telemetry not understood: %s", exc)
+                    log.warning("telemetry not understood: %s", escape(exc))
                 if self.on_telemetry:
                     self.on_telemetry(self.latest)
             async with self._changed:
