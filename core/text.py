@@ -20,7 +20,10 @@ def escape(value: object, limit: int = MAX_LOGGED_CHARS) -> str:
         text = bytes(value[:limit * 4]).decode("utf-8", "surrogateescape")
         cut = len(value) > limit * 4
     else:
-        text = value if isinstance(value, str) else str(value)
+        try:
+            text = value if isinstance(value, str) else str(value)
+        except Exception:  # an exception with a broken __str__ must not break the log call that reports it
+            text = f"<{type(value).__name__}>"
         cut = False
     if len(text) > limit:
         text, cut = text[:limit], True

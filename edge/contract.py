@@ -105,7 +105,7 @@ def parse_command(payload: bytes, now_ns: int, *, max_activation_s: int, clock_s
     """
     if len(payload) > MAX_COMMAND_BYTES:
         raise CommandRejected(None, f"command too large: {len(payload)} bytes > {MAX_COMMAND_BYTES}")
-    if _nesting(payload) > MAX_COMMAND_DEPTH:
+    if _too_deep(payload):
         raise CommandRejected(None, f"malformed command: nested deeper than {MAX_COMMAND_DEPTH} levels")
     try:
         doc = json.loads(payload, parse_int=_parse_int)
@@ -247,22 +247,23 @@ _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 _BRACKET = re.compile(rb"[\[\]{}]")
 
 
-def _nesting(payload: bytes) -> int:
-    """The deepest bracket nesting outside strings, counted up to MAX_COMMAND_DEPTH + 1."""
+def _too_deep(payload: bytes) -> bool:
+    """True if brackets outside strings nest deeper than MAX_COMMAND_DEPTH anywhere. json.loads recurses once per
+    open bracket of what it has read so far, so this bounds its recursion (it stops at the first stray closer)."""
     text = _STRING.sub(b"", payload)
     open_quote = text.find(b'"')  # an unterminated string: malformed, json.loads will say so
     depth = 0
     for m in _BRACKET.finditer(text, 0, len(text) if open_quote < 0 else open_quote):
         depth += 1 if m[0] in b"[{" else -1
         if depth > MAX_COMMAND_DEPTH:
-            break
-    return depth
+            return True
+    return False
 
 
 def _parse_int(digits: str) -> int | float:
     """Short integers exactly; a long one as a float (inf beyond 1e308), which the range checks refuse by name
     (int() of more than 4300 digits raises, and a huge int breaks float formatting in the reasons). NaN and
-    Infinity, not JSON but what Python's json writes, are kept as floats for the same checks."""
+    Infinity (not JSON, but what Python's json writes) stay floats and are refused by the same checks."""
     return int(digits) if len(digits) <= 20 else float(digits)
 
 

@@ -53,6 +53,17 @@ def test_hostile_payloads_are_rejected_by_name(payload, expected):
     assert expected in rej.reason, rej.reason[:300]
 
 
+def test_nesting_is_decoded_up_to_the_limit_and_refused_beyond():
+    def deep(levels: int) -> bytes:  # the command object plus `levels` arrays inside it
+        value = 1
+        for _ in range(levels):
+            value = [value]
+        return json.dumps(dict(GOOD, extra=value)).encode()
+    assert outcome(deep(contract.MAX_COMMAND_DEPTH - 1)).reason == "unknown key 'extra'"
+    assert "nested deeper than" in outcome(deep(contract.MAX_COMMAND_DEPTH)).reason
+    assert "nested deeper" not in outcome(b'{"cmd_id": "c1", "s": "' + b"[" * 100 + b'"}').reason  # in a string
+
+
 def test_a_rejection_keeps_the_cmd_id_when_only_a_number_is_huge():
     rej = outcome(json.dumps(dict(GOOD, params={"limit_pct": 10**400, "duration_s": 30})).encode())
     assert rej.cmd_id == "c1"

@@ -17,6 +17,15 @@ def test_printable_text_passes_unchanged():
     assert escape(None) == "None" and escape(42) == "42"
 
 
+class Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError("no")
+
+
+def test_an_object_that_cannot_be_shown_is_named_by_its_type():
+    assert escape(Unprintable()) == "<Unprintable>"
+
+
 def test_bytes_show_invalid_utf8_as_hex():
     assert escape(b"ok\xff\xfe\n") == "ok\\xff\\xfe\\n"
     assert escape("é".encode()) == "é"
