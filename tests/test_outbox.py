@@ -252,7 +252,7 @@ def test_age_bound_per_class_and_counted(tmp_path):
     path = tmp_path / "o.db"
     ages = {"telemetry": 3600, "result": 10 * 86400}
     with Outbox(path, gateway_id=GW, max_age_s=ages, clock=clock) as ob:
-        old_t = ob.append("telemetry", "t", {}, "telemetry")
+        ob.append("telemetry", "t", {}, "telemetry")
         old_e = ob.append("event", "e", {}, "event")  # default age: 30 days
         old_r = ob.append("result", "r", {}, "result")
         clock.t += 3000 * S
