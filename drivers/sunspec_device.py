@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from gridedge.core.model import Detail, Sample, Validity, invalid
+from gridedge.core.text import escape
 
 from . import sunspec as ss
 from .modbus import DeviceError, WriteError, write_runs
@@ -234,7 +235,7 @@ class SunSpecDevice(BusMember):
             ts = time.time_ns()
             names = self._configured()
             if err is not None:
-                log.warning("%s: %s (retry in %.1f s)", self.device_id, err, backoff)
+                log.warning("%s: %s (retry in %.1f s)", self.device_id, escape(str(err)), backoff)
                 sink([invalid(self._pid(n), ts, err.detail, ss.CANONICAL[n].unit) for n in names])
             else:
                 self._remap.clear()

@@ -73,6 +73,7 @@ class UplinkConfig:
     allow_plaintext: bool
     backfill_rate: float = 20.0
     backfill_jitter_s: float = 30.0
+    session_expiry_s: int = 3600
 
 
 @dataclass(frozen=True)
@@ -268,6 +269,9 @@ SCHEMA = s.Dict({
                                     doc="stored messages replayed per second after a reconnect"),
         "backfill_jitter_s": s.Optional(s.Float(ge=0, le=3600), default=30.0,
                                         doc="replay starts after a random delay up to this, s (fleet jitter)"),
+        "session_expiry_s": s.Optional(s.Int(ge=0, le=30 * 86400), default=3600,
+                                       doc="the broker keeps the MQTT session, and the commands sent to it, this "
+                                           "long while the gateway is away, s; 0: no session"),
     })),
     "storage": s.Optional(s.Dict({
         "dir": s.Optional(PATH, default="var", doc="durable state directory"),
@@ -386,7 +390,7 @@ def _build(c: dict, base: Path) -> Config:
         ca_file=opt_path("ca_file"), cert_file=opt_path("cert_file"), key_file=opt_path("key_file"),
         keepalive_s=up["keepalive_s"], telemetry_interval_ms=up["telemetry_interval_ms"],
         allow_plaintext=up["allow_plaintext"], backfill_rate=up["backfill_rate"],
-        backfill_jitter_s=up["backfill_jitter_s"],
+        backfill_jitter_s=up["backfill_jitter_s"], session_expiry_s=up["session_expiry_s"],
     )
     if not uplink.tls:
         log.warning("uplink %s is plaintext MQTT: telemetry and commands travel unencrypted", uplink.broker)

@@ -24,11 +24,23 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
 
+from .core.rate import TokenBucket
+from .core.text import escape
+
 log = logging.getLogger(__name__)
 _paho_log = logging.getLogger("gridedge.paho")
 
 CLOSE_TIMEOUT_S = 3.0  # a clean close waits this long for the DISCONNECT to go out, then drops the socket
 Will = tuple[str, bytes]  # (topic, payload), retained, QoS 1
+
+#: Inbound flow control, by default. The broker sends at most RECEIVE_MAXIMUM QoS 1 messages that are not yet
+#: acknowledged (MQTT 5 Receive Maximum), and a message is acknowledged when the consumer takes it off `messages`:
+#: a flood, or what a persistent session kept through an outage, waits at the broker, not in our memory. 1, not
+#: more: mosquitto before 2.0.13 sends past a larger window after each PUBACK (eclipse/mosquitto#2301), and
+#: commands are few (about 100/s on loopback with 1). QoS 0 has no flow control: beyond INBOX_LIMIT waiting
+#: messages it is dropped and counted in `dropped`.
+RECEIVE_MAXIMUM = 1
+INBOX_LIMIT = 64
 
 
 class MqttError(Exception):
@@ -65,10 +77,27 @@ class Message:
     topic: str
     payload: bytes
     retain: bool
+    qos: int = 0
+    mid: int = 0
+    link: int = 0  # the connection it came on: its PUBACK may go on that connection only
+
+
+class _Inbox(asyncio.Queue):
+    """The inbound queue, bounded; a message is acknowledged to the broker as the consumer takes it."""
+
+    def __init__(self, maxsize: int, on_take) -> None:
+        super().__init__(maxsize)
+        self._on_take = on_take
+
+    def _get(self) -> Message:
+        msg = super()._get()
+        self._on_take(msg)
+        return msg
 
 
 class MqttClient:
-    """One MQTT 5 session. publish() resolves on PUBACK (QoS 1); messages arrive on `messages`.
+    """One MQTT 5 session. publish() resolves on PUBACK (QoS 1); messages arrive on `messages` (bounded; a QoS 1
+    message is acknowledged when it is taken off it).
 
     `will`: the last will (topic, payload), or a callable that makes it: called in the network thread before every
     connect attempt (so it may only read what does not change, and the time), because MQTT 5 sets the will at
@@ -85,7 +114,11 @@ class MqttClient:
         keepalive_s: int = 30,
         will: Will | Callable[[], Will] | None = None,
         session_expiry_s: int = 0,
+        receive_maximum: int = RECEIVE_MAXIMUM,
+        inbox_limit: int = INBOX_LIMIT,
     ) -> None:
+        """receive_maximum and inbox_limit bound what arrives (see RECEIVE_MAXIMUM); a consumer that must see every
+        message of a busy stream, like the rig's head-end, passes a large window and inbox_limit=0 (unbounded)."""
         self.endpoint = Endpoint.parse(url)
         if self.endpoint.tls and ssl_context is None:
             raise MqttError("mqtts:// needs a TLS context")
@@ -94,7 +127,12 @@ class MqttClient:
         self.allow_plaintext = allow_plaintext
         self.keepalive_s = keepalive_s
         self.session_expiry_s = session_expiry_s
-        self.messages: asyncio.Queue[Message] = asyncio.Queue()
+        self.receive_maximum = receive_maximum
+        self.messages: asyncio.Queue[Message] = _Inbox(inbox_limit, self._ack)
+        self.dropped = 0  # inbound messages dropped: the queue was full (QoS 0) or the topic was not UTF-8
+        self._drop_log = TokenBucket(rate=1 / 60, burst=1)
+        self._link = 0  # +1 at every disconnect (paho thread, under _link_lock): acks of older messages are stale
+        self._link_lock = threading.Lock()
         self.connected = asyncio.Event()
         self.on_connect_hooks: list = []  # async callables run after every (re)connect
         self._loop = asyncio.get_running_loop()
@@ -114,7 +152,7 @@ class MqttClient:
         self._failure: str | None = None
         self._failures = 0
 
-        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5, manual_ack=True)
         if ssl_context is not None:
             c.tls_set_context(ssl_context)
         self.backoff = Backoff()
@@ -129,9 +167,14 @@ class MqttClient:
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        """Connect in the background; the network thread retries with back-off until it gets through."""
+        """Connect in the background; the network thread retries with back-off until it gets through.
+
+        With session_expiry_s > 0 every connect, the first of a process included, resumes the broker's session
+        (clean start off): what was sent at QoS 1 to our subscriptions while we were away, restarts included,
+        is delivered when we are back. With 0 the session ends with each connection."""
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.session_expiry_s
+        props.ReceiveMaximum = self.receive_maximum
         self._client.connect_async(
             self.endpoint.host, self.endpoint.port, keepalive=self.keepalive_s,
             clean_start=self.session_expiry_s == 0, properties=props,
@@ -179,6 +222,7 @@ class MqttClient:
                 will = self._will() if callable(self._will) else self._will
                 if will is not None:
                     c.will_set(will[0], will[1], qos=1, retain=True)
+                self._new_link()
                 c.reconnect()  # TCP and the TLS handshake; CONNECT is queued
             except Exception as exc:  # OSError: refused, unreachable, TLS; anything else must not end the thread
                 self._attempt_failed(*explain(exc, self.endpoint))
@@ -210,11 +254,17 @@ class MqttClient:
 
     def _drop(self, reason: str) -> None:
         """Close the socket without a word to the broker (it is gone, or never heard our CONNECT)."""
+        self._new_link()
         sock = self._client.socket()
         if sock is not None:
             sock.close()
         if self._session_up:
             self._loop.call_soon_threadsafe(self._disconnected, reason)
+
+    def _new_link(self) -> None:
+        """A connection ended or a new one starts: acknowledgements of messages taken before are not sent."""
+        with self._link_lock:
+            self._link += 1
 
     def _attempt_failed(self, reason: str, operator: bool) -> None:
         """Log a failed attempt once per distinct reason (then at DEBUG): a broker down for a day is one line."""
@@ -278,6 +328,7 @@ class MqttClient:
         self._loop.call_soon_threadsafe(self._connected, failures)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._new_link()
         if self._why:
             reason = self._why[0]
         elif reason_code == "Unspecified error" and not flags.is_disconnect_packet_from_server:
@@ -287,7 +338,12 @@ class MqttClient:
         self._loop.call_soon_threadsafe(self._disconnected, reason)
 
     def _on_message(self, client, userdata, msg) -> None:
-        self._loop.call_soon_threadsafe(self.messages.put_nowait, Message(msg.topic, msg.payload, msg.retain))
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:  # paho refuses a topic that is not UTF-8; a broker should never forward one
+            topic = None
+        self._loop.call_soon_threadsafe(self._receive, Message(topic, msg.payload, msg.retain, msg.qos, msg.mid,
+                                                               self._link))
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         with self._lock:
@@ -299,6 +355,23 @@ class MqttClient:
         self._loop.call_soon_threadsafe(_settle, fut, err)
 
     # -- loop-side handlers ------------------------------------------------------------------
+    def _receive(self, msg: Message) -> None:
+        if msg.topic is not None and not self.messages.full():
+            self.messages.put_nowait(msg)
+            return
+        self.dropped += 1
+        self._ack(msg)  # not handled, but acknowledged: an unacknowledged message holds a flow-control slot
+        if self._drop_log.take():
+            log.warning("inbound message on %s dropped (queue full or topic not UTF-8); %d dropped so far",
+                        escape(msg.topic), self.dropped)
+
+    def _ack(self, msg: Message) -> None:
+        """PUBACK a QoS 1 message, on the connection it came on only (a mid means nothing on another)."""
+        if msg.qos:
+            with self._link_lock:
+                if msg.link == self._link:
+                    self._client.ack(msg.mid, msg.qos)
+
     def _resolve_first(self, err: Exception | None) -> None:
         if not self._first_connect.done():
             if err is None:

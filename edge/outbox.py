@@ -55,6 +55,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .contract import dumps
+from .core.rate import TokenBucket
 from .telemetry import Encoded
 
 log = logging.getLogger("gridedge.outbox")
@@ -540,12 +541,10 @@ class Replay:
         self.mark = outbox.mark()
         self.backlog_rate = float(backlog_rate)
         self.burst = burst
-        self._clock = clock
         self._live_after = self.mark
         self._backlog_after = 0
         self._backlog_done = self.mark == 0
-        self._tokens = float(burst)
-        self._t = clock()
+        self._bucket = TokenBucket(backlog_rate, burst, clock)
 
     @property
     def backlog_done(self) -> bool:
@@ -554,29 +553,23 @@ class Replay:
     def take(self, limit: int = 100, *, backlog: bool = True) -> list[tuple[Record, bool]]:
         """Up to `limit` records to publish next, each with True if it is backfill. Each record is handed out
         once per Replay; ack it after its PUBACK. backlog=False holds the backlog back (fleet jitter)."""
-        now = self._clock()
-        self._tokens = min(float(self.burst), self._tokens + (now - self._t) * self.backlog_rate)
-        self._t = now
         out = [(r, False) for r in self.outbox.pending(limit, after_id=self._live_after)]
         if out:
             self._live_after = out[-1][0].id
-        room = min(limit - len(out), int(self._tokens))
+        room = min(limit - len(out), int(self._bucket.level()))
         if room > 0 and backlog and not self._backlog_done:
             backlog = self.outbox.pending(room, after_id=self._backlog_after, upto=self.mark)
             if len(backlog) < room:
                 self._backlog_done = True
             if backlog:
                 self._backlog_after = backlog[-1].id
-                self._tokens -= len(backlog)
+                self._bucket.spend(len(backlog))
                 out.extend((r, True) for r in backlog)
         return out
 
     def wait_s(self) -> float | None:
         """Seconds until backlog can be sent again (0 now), or None when the backlog is done."""
-        if self._backlog_done:
-            return None
-        missing = 1.0 - (self._tokens + (self._clock() - self._t) * self.backlog_rate)
-        return max(0.0, missing / self.backlog_rate)
+        return None if self._backlog_done else self._bucket.wait_s()
 
 
 class _transaction:

@@ -38,8 +38,7 @@ def tel_body(n: int = 1) -> dict:
 
 
 def result_body(cmd_id: str = "c1") -> dict:
-    return {"schema": contract.SCHEMA_RESULT, "ts": contract.iso_utc(1_800_000_000 * S), "cmd_id": cmd_id,
-            "status": "accepted", "reason": None}
+    return contract.result(1_800_000_000 * S, cmd_id, "accepted")
 
 
 def test_envelope_is_valid_contract_message(tmp_path):

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.text import escape
 from ..core.utc import iso_utc
 from ..core.model import Sample
 from . import messages as msg
@@ -108,12 +109,12 @@ class FlexEngine:
             try:
                 w = ActivationWindow.from_json(doc)
             except (KeyError, TypeError, ValueError) as exc:
-                log.error("flex: stored activation not readable, skipped: %s", exc)
+                log.error("flex: stored activation not readable, skipped: %s", escape(exc))
                 continue
             gone = [r for r in w.resources if r not in self.resources]
             if gone:  # the configuration changed under it: it cannot be settled any more
                 log.error("flex: activation %s names resources no longer configured (%s); not settled further",
-                          w.activation_id, ", ".join(gone))
+                          escape(w.activation_id), escape(", ".join(gone)))
                 self.history.save_activation(w.activation_id, w.start_ns, w.end_ns, w.resources, doc, done=True)
                 continue
             self.active[w.activation_id] = _Active(w, self.history.settled(w.activation_id))
