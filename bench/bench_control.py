@@ -46,7 +46,8 @@ class NoDevice:
 def engine_for(n: int, kernels) -> tuple[ControlEngine, dict]:
     data = {"gateway": {"id": "bench"}, "uplink": {"broker": "mqtt://h", "allow_plaintext": True},
             "control": {"q_mode": "volt_var", "volt_watt": True, "freq_watt": True},
-            "devices": [{"id": f"inv{i}", "driver": "sunspec_tcp", "host": "h", "writable": True, "poll_ms": 200}
+            "devices": [{"id": f"inv{i}", "driver": "sunspec_tcp", "host": "h", "port": 1502 + i, "writable": True,
+                         "poll_ms": 200}
                         for i in range(n)]}
     cfg = parse_config(data, check_files=False)
     image: dict = {}

@@ -63,7 +63,8 @@ async def setup(work: Path):
     broker = Mosquitto(work / "broker", pki)
     await asyncio.to_thread(broker.start)
     gw, sub = pki.client("gw-bench"), pki.client("counter")
-    subscriber = MqttClient(broker.url, "counter", ssl_context=tls_context(pki.ca_cert, *sub))
+    subscriber = MqttClient(broker.url, "counter", ssl_context=tls_context(pki.ca_cert, *sub), receive_maximum=65535,
+                            inbox_limit=0)
     await subscriber.subscribe(PREFIX + "#")
     await subscriber.connect()
     counter = Counter()

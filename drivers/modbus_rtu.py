@@ -1,14 +1,10 @@
-"""Modbus links for the bus scheduler: RTU over a serial line, RTU framing over a TCP gateway, and plain Modbus TCP.
+"""Modbus RTU links for the bus scheduler, on pymodbus: RTU on a serial line, and RTU frames over a TCP gateway
+(serial device servers). Plain Modbus TCP is drivers/modbus_tcp.py; what all links share is drivers/modbus.py.
 
-A link is one physical path (a serial port, or one TCP connection) shared by every unit id behind it, so unit id is a
-per-request argument. One request at a time per link: Modbus has no pipelining, and on RS-485 a second request
-before the answer would collide on the wire. The scheduler (drivers/scheduler.py) decides the order; the lock here
-only guards against misuse.
-
-Every failure becomes a DeviceError (drivers/modbus_tcp.py) whose `detail` is a gridedge.core.model.Detail, so callers
-turn it into sample quality without knowing pymodbus. On RTU, pymodbus silently drops a frame with a bad CRC or
-from another unit and then times out; we keep the bytes that arrived (trace_packet) and tell a silent device
-(TIMEOUT) from a broken or foreign answer (MALFORMED) in the error and the log.
+Every failure becomes a DeviceError whose `detail` is a gridedge.core.model.Detail, so callers turn it into sample
+quality without knowing pymodbus. On RTU, pymodbus silently drops a frame with a bad CRC or from another unit and
+then times out; we keep the bytes that arrived (trace_packet) and tell a silent device (TIMEOUT) from a broken or
+foreign answer (MALFORMED) in the error and the log.
 """
 from __future__ import annotations
 
@@ -19,17 +15,14 @@ from dataclasses import dataclass
 
 from gridedge.core.model import Detail
 
-from . import mbap
+from .modbus import DeviceError, Link, check_read, check_unit, check_write, exception_error
 from .rtu import char_time_s, classify_rtu_answer, frame_gap_s
-from .modbus_tcp import EXCEPTION_NAMES, MAX_READ, MAX_WRITE, DeviceError
 
-__all__ = ["SerialSettings", "ModbusLink", "RtuSerialLink", "RtuTcpLink", "TcpLink", "TABLES", "PARITIES"]
+__all__ = ["SerialSettings", "ModbusLink", "RtuSerialLink", "RtuTcpLink", "PARITIES"]
 
 log = logging.getLogger(__name__)
 
-TABLES = ("holding", "input")
 PARITIES = ("N", "E", "O")
-_READ_FC = {"holding": 3, "input": 4}
 
 
 # ---------------------------------------------------------------- settings
@@ -73,21 +66,6 @@ class SerialSettings:
 
 # ---------------------------------------------------------------- links
 
-def _check_read(table: str, address: int, count: int) -> None:
-    if table not in TABLES:
-        raise ValueError(f"table must be one of {TABLES}, got {table!r}")
-    if not (isinstance(address, int) and isinstance(count, int) and 0 <= address and 1 <= count <= MAX_READ
-            and address + count <= 0x10000):
-        raise ValueError(f"bad read: address={address!r} count={count!r} (count 1..{MAX_READ}, within 0..65535)")
-
-
-def _check_write(address: int, values: list[int]) -> None:
-    if not (isinstance(address, int) and 0 <= address and 1 <= len(values) <= MAX_WRITE
-            and address + len(values) <= 0x10000
-            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 0xFFFF for v in values)):
-        raise ValueError(f"bad write: address={address!r} values={values!r} (1..{MAX_WRITE} uint16 values)")
-
-
 def quiet_pymodbus_log() -> None:
     """pymodbus logs every timeout at ERROR with frame dumps; our links log one line per failure themselves. Only
     applied when nobody has set a level for the "pymodbus" logger."""
@@ -103,42 +81,6 @@ def _pymodbus():
     import pymodbus.exceptions
     import pymodbus.framer
     return pymodbus
-
-
-def _check_unit(unit_id: int) -> None:
-    if not isinstance(unit_id, int) or isinstance(unit_id, bool) or not 0 <= unit_id <= 255:
-        raise ValueError(f"unit_id must be 0..255, got {unit_id!r}")
-
-
-class Link:
-    """What every Modbus link shares: one lock (one request, or one connect, at a time), the request and failure
-    counters, and connect / close around the subclass's _connect_locked / _drop."""
-
-    rtu = False                 # RTU framing: no transaction id, bad frames are only visible as bytes
-
-    def __init__(self, name: str, timeout_s: float):
-        if not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
-        self.name = name
-        self.timeout_s = float(timeout_s)
-        self._lock = asyncio.Lock()
-        self.requests = 0
-        self.failures = 0
-
-    async def connect(self) -> None:
-        """Open the link; raises DeviceError(COMM_FAILURE / TIMEOUT) with a clear message."""
-        async with self._lock:
-            await self._connect_locked()
-
-    async def close(self) -> None:
-        async with self._lock:
-            self._drop()
-
-    async def _connect_locked(self) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def _drop(self) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
 
 
 class ModbusLink(Link):
@@ -245,9 +187,7 @@ class ModbusLink(Link):
         if rsp is None:
             raise DeviceError(f"{label}: empty answer", Detail.MALFORMED)
         if rsp.isError():
-            code = getattr(rsp, "exception_code", None)
-            name = EXCEPTION_NAMES.get(code, "unknown")
-            raise DeviceError(f"{label}: device answered exception {code} ({name})", Detail.DEVICE_EXCEPTION, code)
+            raise exception_error(label, getattr(rsp, "exception_code", None))
         return rsp
 
     def _no_answer(self, label: str, unit_id: int) -> DeviceError:
@@ -261,8 +201,8 @@ class ModbusLink(Link):
 
     async def read(self, unit_id: int, table: str, address: int, count: int) -> list[int]:
         """Read `count` registers of `table` ("holding": function 3, "input": function 4) from `address`."""
-        _check_unit(unit_id)
-        _check_read(table, address, count)
+        check_unit(unit_id)
+        check_read(table, address, count)
         what = f"read {table} {count} @ {address}"
         if table == "holding":
             rsp = await self._execute(unit_id, what, lambda c: c.read_holding_registers(
@@ -277,9 +217,9 @@ class ModbusLink(Link):
 
     async def write(self, unit_id: int, address: int, values: list[int]) -> None:
         """Write holding registers from `address` (function 16)."""
-        _check_unit(unit_id)
+        check_unit(unit_id)
         values = list(values)
-        _check_write(address, values)
+        check_write(address, values)
         await self._execute(unit_id, f"write {len(values)} @ {address}",
                             lambda c: c.write_registers(address, values, device_id=unit_id))
 
@@ -331,155 +271,3 @@ class RtuTcpLink(ModbusLink):
         return pm.client.AsyncModbusTcpClient(self.host, port=self.port, framer=pm.framer.FramerType.RTU,
                                               timeout=self.timeout_s, retries=0, reconnect_delay=0,
                                               reconnect_delay_max=0, trace_packet=self._trace)
-
-
-class TcpLink(Link):
-    """Plain Modbus TCP (MBAP framing with transaction ids) on gridedge's own codec (drivers/mbap.py) and an asyncio
-    Protocol: the hot path of a gateway polling many meters, so no pymodbus objects per request.
-
-    Same contract as the other links: one request at a time, every failure a DeviceError with a Detail. A frame
-    that is not Modbus TCP, or an answer to another transaction or unit, resets the connection (TCP: reopening is
-    cheaper than resynchronising); a late answer after a timeout is recognised by its transaction id and dropped."""
-
-    def __init__(self, host: str, port: int = 502, timeout_s: float = 1.0):
-        super().__init__(f"tcp://{host}:{port}", timeout_s)
-        self.host, self.port = host, port
-        self._transport: asyncio.Transport | None = None
-        self._proto: _MbapProtocol | None = None
-        self._tid = 0
-
-    @property
-    def connected(self) -> bool:
-        return self._transport is not None and not self._transport.is_closing()
-
-    async def _connect_locked(self) -> None:
-        if self.connected:
-            return
-        self._drop()
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(self.timeout_s * 2 + 0.5):
-                transport, proto = await loop.create_connection(_MbapProtocol, self.host, self.port)
-        except TimeoutError:
-            raise DeviceError(f"{self.name}: connect timed out after {self.timeout_s} s", Detail.TIMEOUT) from None
-        except (OSError, ValueError, UnicodeError) as exc:
-            raise DeviceError(f"{self.name}: cannot open: {exc}", Detail.COMM_FAILURE) from None
-        self._transport, self._proto = transport, proto
-
-    def _drop(self) -> None:
-        if self._transport is not None:
-            self._transport.abort()
-        self._transport = self._proto = None
-
-    async def _request(self, unit_id: int, what: str, frame_for) -> mbap.Response:
-        async with self._lock:
-            await self._connect_locked()
-            self.requests += 1
-            self._tid = (self._tid + 1) & 0xFFFF
-            tid = self._tid
-            label = f"{self.name}/{unit_id}: {what}"
-            proto = self._proto
-            fut = proto.expect(tid)
-            self._transport.write(frame_for(tid))
-            loop = asyncio.get_running_loop()
-            timer = loop.call_later(self.timeout_s, _expire, fut)
-            try:
-                rsp = await fut
-            except TimeoutError:
-                self.failures += 1
-                raise DeviceError(f"{label}: no answer within {self.timeout_s} s", Detail.TIMEOUT) from None
-            except (ConnectionError, OSError) as exc:
-                self.failures += 1
-                self._drop()
-                raise DeviceError(f"{label}: link lost: {exc or 'connection closed'}", Detail.COMM_FAILURE) from None
-            except mbap.FrameError as exc:
-                self.failures += 1
-                self._drop()
-                raise DeviceError(f"{label}: bad answer: {exc}", Detail.MALFORMED) from None
-            finally:
-                timer.cancel()
-                proto.forget(tid)
-            if rsp.unit != unit_id:
-                self.failures += 1
-                self._drop()
-                raise DeviceError(f"{label}: answer from unit {rsp.unit}, not {unit_id}", Detail.MALFORMED)
-            if rsp.exception is not None:
-                self.failures += 1
-                name = EXCEPTION_NAMES.get(rsp.exception, "unknown")
-                raise DeviceError(f"{label}: device answered exception {rsp.exception} ({name})",
-                                  Detail.DEVICE_EXCEPTION, rsp.exception)
-            return rsp
-
-    async def read(self, unit_id: int, table: str, address: int, count: int) -> list[int]:
-        """Read `count` registers of `table` ("holding": function 3, "input": function 4) from `address`."""
-        _check_unit(unit_id)
-        _check_read(table, address, count)
-        fc = _READ_FC[table]
-        what = f"read {table} {count} @ {address}"
-        rsp = await self._request(unit_id, what, lambda tid: mbap.encode_read(tid, unit_id, fc, address, count))
-        if rsp.function != fc or rsp.registers is None or len(rsp.registers) != count:
-            self.failures += 1
-            got = "no" if rsp.registers is None else len(rsp.registers)
-            raise DeviceError(f"{self.name}/{unit_id}: {what}: got {got} registers (function {rsp.function})",
-                              Detail.MALFORMED)
-        return list(rsp.registers)
-
-    async def write(self, unit_id: int, address: int, values: list[int]) -> None:
-        """Write holding registers from `address` (function 16)."""
-        _check_unit(unit_id)
-        values = list(values)
-        _check_write(address, values)
-        what = f"write {len(values)} @ {address}"
-        rsp = await self._request(unit_id, what, lambda tid: mbap.encode_write(tid, unit_id, address, values))
-        if rsp.function != mbap.WRITE_MULTIPLE or (rsp.address, rsp.count) != (address, len(values)):
-            self.failures += 1
-            raise DeviceError(f"{self.name}/{unit_id}: {what}: answer echoes {rsp.count} @ {rsp.address}",
-                              Detail.MALFORMED)
-
-
-def _expire(fut: asyncio.Future) -> None:
-    if not fut.done():
-        fut.set_exception(TimeoutError())
-
-
-class _MbapProtocol(asyncio.Protocol):
-    """Bytes in, responses out to the one request waiting for that transaction id; anything else is dropped."""
-
-    def __init__(self) -> None:
-        self._decoder = mbap.Decoder()
-        self._waiting: dict[int, asyncio.Future] = {}
-        self._closed: BaseException | None = None
-
-    def expect(self, tid: int) -> asyncio.Future:
-        fut = asyncio.get_running_loop().create_future()
-        if self._closed is not None:
-            fut.set_exception(ConnectionError(str(self._closed)))
-        else:
-            self._waiting[tid] = fut
-        return fut
-
-    def forget(self, tid: int) -> None:
-        self._waiting.pop(tid, None)
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            responses = self._decoder.feed(data)
-        except mbap.FrameError as exc:
-            self._fail(exc)
-            return
-        for rsp in responses:
-            fut = self._waiting.pop(rsp.tid, None)
-            if fut is None:
-                log.debug("dropping an answer to transaction %d nobody waits for (late, after a timeout)", rsp.tid)
-            elif not fut.done():
-                fut.set_result(rsp)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(exc or ConnectionError("connection closed by the device"))
-
-    def _fail(self, exc: BaseException) -> None:
-        self._closed = exc
-        waiting, self._waiting = self._waiting, {}
-        for fut in waiting.values():
-            if not fut.done():
-                fut.set_exception(exc)

@@ -30,8 +30,9 @@ from asyncua.common.subscription import DataChangeEvent, StatusChangeEvent
 from asyncua.crypto import security_policies
 
 from gridedge.core.model import Detail, Sample, Validity, invalid
+from gridedge.core.text import escape
 
-from .modbus_tcp import DeviceError
+from .modbus import DeviceError
 
 log = logging.getLogger("gridedge.drivers.opcua")
 
@@ -414,7 +415,7 @@ class OpcUaDevice:
                     backoff = self.backoff_s[0]
                 except OpcUaError as exc:
                     self.connect_failures += 1
-                    log.warning("%s (retry in %.1f s)", exc, backoff)
+                    log.warning("%s (retry in %.1f s)", escape(exc, 500), backoff)
                     self._report_down(exc.detail)
                     try:  # not wait_for: on 3.11 it can swallow a cancel racing the event
                         async with asyncio.timeout(backoff):
@@ -425,7 +426,7 @@ class OpcUaDevice:
                     continue
             session = self._session
             await session.lost.wait()
-            log.warning("%s: session lost (%s); reconnecting", self.device_id, session.reason)
+            log.warning("%s: session lost (%s); reconnecting", self.device_id, escape(session.reason))
             await self._drop(report=True)
 
     def _report_down(self, detail: Detail) -> None:

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from gridedge.core.model import Detail, Reading, SampleBlock
 
 from . import regmap
-from .modbus_rtu import RtuSerialLink, RtuTcpLink, SerialSettings, TcpLink
-from .modbus_tcp import DeviceError, WriteError, write_runs
+from .modbus import DeviceError, WriteError, write_runs
+from .modbus_rtu import RtuSerialLink, RtuTcpLink, SerialSettings
+from .modbus_tcp import TcpLink
 from .scheduler import POOL, Bus, BusDevice, BusPool, Read, Result
 
 __all__ = ["LinkSpec", "PollGroupSpec", "RegmapDevice", "KINDS"]

@@ -29,8 +29,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from gridedge.core.model import Detail
+from gridedge.core.text import escape
 
-from .modbus_tcp import DeviceError
+from .modbus import DeviceError
 
 __all__ = [
     "BreakerState", "CircuitBreaker", "Read", "Write", "Result", "BusDevice", "PollGroup", "Bus", "BusPool", "POOL",
@@ -392,10 +393,10 @@ class Bus:
             if b.success():
                 log.info("%s: answering again, circuit closed", dev.name)
             return
-        log.debug("%s: %s", dev.name, exc)
+        log.debug("%s: %s", dev.name, escape(exc))
         if b.failure(self.clock(), exc.detail, str(exc)):
             log.warning("%s: circuit open for %.1f s after %d failure(s): %s", dev.name, b.backoff_s, b.failures,
-                        exc)
+                        escape(exc))
 
     async def _run_urgent(self, link, u: _Urgent) -> None:
         dev = u.device

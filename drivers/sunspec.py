@@ -356,7 +356,7 @@ def discover(bases: Sequence[int] = BASE_ADDRESSES, max_models: int = MAX_MODELS
     failed with a Modbus exception or a short answer), returns a DiscoveryResult.
 
     A chain that ends in a failed header read after at least one model is accepted (some devices omit the
-    0xFFFF end marker); a chain that runs past address 65535 or `max_models` raises DiscoveryError.
+    0xFFFF end marker); an empty chain, or one that runs past address 65535 or `max_models`, raises DiscoveryError.
     """
     for base in bases:
         regs = yield (base, 2)
@@ -376,6 +376,8 @@ def discover(bases: Sequence[int] = BASE_ADDRESSES, max_models: int = MAX_MODELS
                 raise DiscoveryError(f"cannot read the first model header at {addr} (base {base})")
             mid, length = hdr[0], hdr[1]
             if mid == END_MODEL_ID:
+                if not models:   # a device still starting shows "SunS" before its models are up
+                    raise DiscoveryError(f"'SunS' at base {base} but no models after it (the device may be starting)")
                 return DiscoveryResult(base, tuple(models))
             if mid == 0:
                 raise DiscoveryError(f"model id 0 at {addr} (base {base}): not a SunSpec chain")

@@ -22,9 +22,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from gridedge.core.model import Detail, Sample, Validity, invalid
+from gridedge.core.text import escape
 
 from . import sunspec as ss
-from .modbus_tcp import DeviceError, WriteError, write_runs
+from .modbus import DeviceError, WriteError, write_runs
 from .regmap_device import BusMember, LinkSpec
 from .scheduler import POOL, BusDevice, BusPool, Read, Result
 from .sunspec_models import ModelLayout, model_layout
@@ -114,11 +115,15 @@ class SunSpecDevice(BusMember):
         if self.models is models:    # the first to notice (not a late answer to a read of an older map)
             log.warning("%s: model %d (L %d) is no longer at %d (found %s there): the device's SunSpec map changed; "
                         "discovering it again", self.device_id, mid, length, addr - 2, list(header))
-            self.models = {}
-            self.discovery = None
-            self.rediscoveries += 1
-            self._remap.set()
+            self._forget_map()
         return False
+
+    def _forget_map(self) -> None:
+        """Drop the discovered map: the next request discovers the device again."""
+        self.models = {}
+        self.discovery = None
+        self.rediscoveries += 1
+        self._remap.set()
 
     def available_points(self) -> list[str]:
         """Canonical points this device has a source for (after discovery)."""
@@ -219,34 +224,40 @@ class SunSpecDevice(BusMember):
 
     async def run(self, sink: Callable[[list[Sample]], None]) -> None:
         """Poll every `period_s` as a poll group of the bus (staggered start, catch-up, breaker) and hand the samples
-        to `sink`, until cancelled. Until discovery succeeds, every try gives INVALID samples (with back-off); when
-        the device's map changes under it, it discovers again and goes on with the new map."""
+        to `sink`, until cancelled. While there is nothing to poll (discovery failed, e.g. a device still starting
+        shows "SunS" and an empty chain, or the chain lacks the models of every configured point), every try gives
+        INVALID samples and the device is discovered again with back-off; when the device's map changes under it,
+        it discovers again and goes on with the new map."""
         self._attach()
+        backoff = self.period_s
         while True:
-            backoff = self.period_s
-            while (err := await self._discovered()) is not None:
-                log.warning("%s: %s (retry in %.1f s)", self.device_id, err, backoff)
-                ts = time.time_ns()
-                sink([invalid(self._pid(n), ts, err.detail, ss.CANONICAL[n].unit) for n in self._configured()])
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 60.0)
-            self._remap.clear()
-            models = self.models
+            err = await self._discovered()
+            ts = time.time_ns()
             names = self._configured()
-            plan = self._poll_plan(names)
-            reads = [r for _, rs in plan for r in rs]
-            if not reads:
-                ts = time.time_ns()
+            if err is not None:
+                log.warning("%s: %s (retry in %.1f s)", self.device_id, escape(str(err)), backoff)
+                sink([invalid(self._pid(n), ts, err.detail, ss.CANONICAL[n].unit) for n in names])
+            else:
+                self._remap.clear()
+                models = self.models
+                plan = self._poll_plan(names)
+                reads = [r for _, rs in plan for r in rs]
+                if reads:
+                    backoff = self.period_s
+                    group = self._bus.add_group(self._dev, "sunspec", self.period_s, reads,
+                                                lambda results: sink(self._samples(names, plan, results, models)))
+                    try:
+                        await self._remap.wait()
+                    finally:
+                        if self._bus is not None:
+                            self._bus.remove_group(group)
+                    continue
+                log.warning("%s: the device has none of the models of %s (models %s; looking again in %.1f s)",
+                            self.device_id, names, sorted(models), backoff)
                 sink([self._sample(n, ts, {}, {}, models) for n in names])
-                await self._remap.wait()
-                continue
-            group = self._bus.add_group(self._dev, "sunspec", self.period_s, reads,
-                                        lambda results: sink(self._samples(names, plan, results, models)))
-            try:
-                await self._remap.wait()
-            finally:
-                if self._bus is not None:
-                    self._bus.remove_group(group)
+                self._forget_map()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self._breaker[2])
 
     async def _read_block(self, mid: int, *, urgent: bool) -> tuple[ModelLayout, list[int], dict[str, object]]:
         """The whole model (repeating groups included): (its layout, data registers, decoded values)."""
@@ -399,13 +410,19 @@ class SunSpecDevice(BusMember):
                           adopt: bool = True, enable: bool | None = None, **settings: float) -> dict[str, object]:
         """Write a curve (705 volt-var: (V %, var %) pairs; 706 volt-watt; 712 watt-var) into stored curve `index`,
         read it back, then (adopt=True) ask the device to adopt it and wait until the active curve (curve 1) reads
-        back as written. `settings` are other points of the curve (705: DeptRef, Pri, VRef, RspTms...); `enable`
-        writes the model's Ena afterwards. Returns the curve as read back. Raises WriteError (nothing written if the
-        request is refused before the first register: wrong index, read-only curve, too many points)."""
+        back as written. `settings` are other points of the curve (705: Pri, VRef, RspTms...) and must include
+        `DeptRef`, the rating the dependent values are a percentage of (705/712: 0 WMax, 1 VarMax, 2 VarAval,
+        3 VAMax; 706: 0 WMax, 1 WAval): a curve is meaningless without it, and the stored curve's own may be
+        anything. IEEE 1547's reactive power is in % of the rated apparent power: DeptRef=3. `enable` writes the
+        model's Ena afterwards. Returns the curve as read back. Raises WriteError (nothing written if the request is
+        refused before the first register: no DeptRef, wrong index, read-only curve, too many points)."""
         if model_id not in CURVES:
             raise WriteError(f"{self.device_id}: model {model_id} has no curves gridedge writes "
                              f"(curve models: {sorted(CURVES)})", Detail.BAD_REFERENCE)
         group, x, y, req, rslt = CURVES[model_id]
+        if "DeptRef" not in settings:
+            raise WriteError(f"{self.device_id}: a curve of model {model_id} needs DeptRef, the rating its {y} values "
+                             f"are a percentage of (e.g. 3 = VAMax for volt-var and watt-var)", Detail.BAD_REFERENCE)
         await self._ready_to_write()
         if model_id not in self.models:
             raise WriteError(f"{self.device_id}: device has no model {model_id}", Detail.NOT_IMPLEMENTED)

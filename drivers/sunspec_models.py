@@ -50,6 +50,7 @@ class PointDef:
     access: str               # "R" or "RW"
     mandatory: bool
     static: bool
+    symbols: tuple[int, ...] = ()     # the values an enumerated point may take (enum16/32); () = not enumerated
 
     @property
     def writable(self) -> bool:
@@ -160,6 +161,13 @@ def _group_size(g: dict, counts: Mapping[str, int]) -> int:
     return size
 
 
+def _symbol_values(p: dict) -> tuple[int, ...]:
+    """The values of an enumeration's symbols (bitfields have symbols too, but they name bits, not values)."""
+    if not str(p.get("type", "")).startswith("enum"):
+        return ()
+    return tuple(sorted(s["value"] for s in p.get("symbols", ()) if isinstance(s.get("value"), int)))
+
+
 class _Flattener:
     def __init__(self, counts: Mapping[str, int] | None, limit: int | None):
         self.counts = counts
@@ -182,7 +190,7 @@ class _Flattener:
             self.points[name] = PointDef(
                 name=name, offset=offset, size=size, type=p["type"], sf=_sf_ref(p.get("sf"), scopes),
                 units=p.get("units"), access=p.get("access", "R"), mandatory=p.get("mandatory") == "M",
-                static=p.get("static") == "S")
+                static=p.get("static") == "S", symbols=_symbol_values(p))
             offset += size
         for sub in g.get("groups", []):
             if self.stopped:

@@ -5,7 +5,7 @@ port; everything else (discovery, polling, verified writes, curves) is SunSpecDe
 """
 from __future__ import annotations
 
-from .modbus_tcp import WriteError
+from .modbus import WriteError
 from .regmap_device import LinkSpec
 from .scheduler import POOL, BusPool
 from .sunspec_device import SunSpecDevice

@@ -16,6 +16,8 @@ from .image import ProcessImage
 from .flex.bridge import resources_of, window_for
 from .flex.nomination import NominationRejected
 from .core.model import BlockLayout, Detail, Reading, Sample, SampleBlock, Validity
+from .core.rate import TokenBucket
+from .core.text import escape
 from .mqtt import MqttClient, MqttError, tls_context
 from .outbox import Outbox
 from .uplink import Publisher
@@ -27,6 +29,11 @@ MAX_MESSAGE_BYTES = 256 * 1024  # a telemetry message is stored as soon as it is
 STATE_INTERVAL_S = 60.0  # the retained state (drop counters, next seq) is refreshed this often
 FLEX_TICK_S = 1.0  # flex closes ISPs and emits its records this often
 FINAL_DRAIN_S = 3.0  # on a clean stop, try this long to publish what is stored; the rest waits in the outbox
+#: Answers to commands that could not be read (no cmd_id to answer to): this many at once, then one per
+#: UNREADABLE_EVERY_S; beyond that they are counted (state: commands.unanswered), so garbage on the cmd topic can
+#: neither grow the outbox nor push telemetry out of it.
+UNREADABLE_BURST = 10
+UNREADABLE_EVERY_S = 6.0
 
 
 class Agent:
@@ -38,6 +45,7 @@ class Agent:
         self.image = ProcessImage()
         self.buffer: list[tuple[list[bytes], int]] = []  # encoded telemetry blocks, and how many values each holds
         self.buffered_values = self.buffered_bytes = 0
+        self.buffered_newest_ns = 0  # the newest sample time in the buffer: stored with it, for last_stored_t
         self.max_message_bytes = MAX_MESSAGE_BYTES
         self.dropped_samples = 0  # values lost because the outbox could not store them
         self.devices = {d.id: make_device(d) for d in config.devices}
@@ -46,7 +54,11 @@ class Agent:
         self.outbox = Outbox(st.dir / "outbox.sqlite", gateway_id=self.gateway_id,
                              quota_bytes=int(st.quota_mb * 2**20), max_age_s=st.max_age_h * 3600,
                              durability=st.durability)
+        self.last_stored_t = self.outbox.stats()["newest_sample_ns"]  # before this boot: the start of a loss window
         self.mqtt: MqttClient | None = None
+        self.commands = {"received": 0, "unanswered": 0}  # payloads taken off cmd/nomination; ones not answered
+        self._unreadable = TokenBucket(1 / UNREADABLE_EVERY_S, UNREADABLE_BURST)
+        self._unanswered_log = TokenBucket(1 / 60, 1)
         self.control = ControlEngine(config, self.devices, self.image, self._report, uplink_up=self._uplink_up,
                                      storage_dir=st.dir)
         self.flex = None  # gridedge.flex.FlexEngine, loaded only with resources to settle (it needs numpy)
@@ -74,13 +86,13 @@ class Agent:
         for r in readings:
             if isinstance(r, SampleBlock):
                 if loose:
-                    self._buffer(telemetry.encode_samples(loose), len(loose))
+                    self._buffer(telemetry.encode_samples(loose), len(loose), max(s.ts_ns for s in loose))
                     loose = []
-                self._buffer([telemetry.encode_block(r)], len(r.values))
+                self._buffer([telemetry.encode_block(r)], len(r.values), r.ts_ns)
             else:
                 loose.append(r)
         if loose:
-            self._buffer(telemetry.encode_samples(loose), len(loose))
+            self._buffer(telemetry.encode_samples(loose), len(loose), max(s.ts_ns for s in loose))
         if self.flex is not None:
             self._feed_flex(readings)
 
@@ -101,9 +113,10 @@ class Agent:
         if wanted:
             self.flex.feed(wanted)
 
-    def _buffer(self, fragments: list[bytes], values: int) -> None:
+    def _buffer(self, fragments: list[bytes], values: int, newest_ns: int) -> None:
         self.buffer.append((fragments, values))
         self.buffered_values += values
+        self.buffered_newest_ns = max(self.buffered_newest_ns, newest_ns)
         self.buffered_bytes += sum(map(len, fragments))
         if self.buffered_bytes >= self.max_message_bytes:  # a full message: store it now, memory stays bounded
             self._flush_telemetry()
@@ -132,7 +145,7 @@ class Agent:
                     backoff = period
                     log.info("device %s connected", cfg.id)
                 except Exception as exc:
-                    log.warning("device %s: connect failed: %s (retry in %.1f s)", cfg.id, exc, backoff)
+                    log.warning("device %s: connect failed: %s (retry in %.1f s)", cfg.id, escape(exc), backoff)
                     self._take([Sample(f"{cfg.id}/comm", time.time_ns(), None, "", Validity.INVALID, Detail.COMM_FAILURE)])
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 60.0)
@@ -147,16 +160,27 @@ class Agent:
             await asyncio.sleep(delay)
 
     # -- uplink ----------------------------------------------------------------------------
+    def _identity(self) -> dict:
+        """What the state says that does not change while this agent runs: all that its last will can know."""
+        return {"version": __version__, "boot_id": self.boot_id, "config_sha256": self.config.sha256,
+                "devices": sorted(self.devices)}
+
     def _state(self, status: str) -> bytes:
         stats = self.outbox.stats()
         return contract.dumps(contract.state(
-            self.gateway_id, status, time.time_ns(), version=__version__, boot_id=self.boot_id,
-            config_sha256=self.config.sha256, next_seq=stats["next_seq"],
+            self.gateway_id, status, time.time_ns(), **self._identity(), next_seq=stats["next_seq"],
             dropped_samples=self.dropped_samples, dropped=stats["dropped"],
             outbox={"count": stats["count"], "bytes": stats["bytes"], "oldest_age_s": stats["oldest_age_s"],
                     "store_resets": stats["store_resets"]},
-            devices=sorted(self.devices),
+            last_stored_t=self.last_stored_t,
+            commands=dict(self.commands, dropped=self.mqtt.dropped if self.mqtt else 0),
         ))
+
+    def _will(self) -> tuple[str, bytes]:
+        """The last will, made before every connect attempt (in the MQTT network thread, so it reads nothing that
+        changes): `ts` is that connect's time; the broker sends it when the connection dies."""
+        return self.topic(contract.TOPIC_STATE), contract.dumps(contract.state(
+            self.gateway_id, "offline", time.time_ns(), **self._identity(), will=True))
 
     async def _publish_state(self) -> None:
         try:
@@ -207,12 +231,12 @@ class Agent:
                 size += len(f) + 1
             values += n
         bodies.append(telemetry.body(ts, frags, values))
-        dropped = self.buffered_values
+        dropped, newest_ns = self.buffered_values, self.buffered_newest_ns
         self.buffer.clear()
-        self.buffered_values = self.buffered_bytes = 0
+        self.buffered_values = self.buffered_bytes = self.buffered_newest_ns = 0
         topic = self.topic(contract.TOPIC_TELEMETRY)
         try:
-            self.outbox.append_many([("telemetry", topic, b, "telemetry") for b in bodies])
+            self.outbox.append_many([("telemetry", topic, b, "telemetry") for b in bodies], newest_sample_ns=newest_ns)
         except Exception:  # the store failed (disk full, I/O error): count what is lost, keep running
             self.dropped_samples += dropped
             log.exception("telemetry of %d values not stored", dropped)
@@ -221,7 +245,7 @@ class Agent:
 
     async def _report(self, cmd_id: str | None, status: str, reason: str | None = None, **detail) -> None:
         body = contract.result(time.time_ns(), cmd_id, status, reason, **detail)
-        log.info("command %s: %s%s", cmd_id, status, f" ({reason})" if reason else "")
+        log.info("command %s: %s%s", escape(cmd_id), status, f" ({escape(reason, 500)})" if reason else "")
         rec = self._append("result", contract.TOPIC_RESULT, body, "result")
         if cmd_id is not None:
             self.outbox.remember_result(cmd_id, rec.payload)
@@ -235,29 +259,44 @@ class Agent:
             handler = handlers.get(msg.topic)
             if handler is None:
                 continue
+            self.commands["received"] += 1
             try:
                 await handler(msg.payload)
-            except Exception:  # the agent keeps running whatever a command does
-                log.exception("command handling failed")
+            except Exception:  # the agent keeps running whatever a command does; the loss is counted
+                self._unanswered(f"handling a message on {msg.topic} failed", exc_info=True)
+
+    def _unanswered(self, why: str, exc_info: bool = False) -> None:
+        self.commands["unanswered"] += 1
+        if self._unanswered_log.take() or exc_info:
+            log.warning("command not answered: %s; %d unanswered so far", escape(why, 500), self.commands["unanswered"],
+                        exc_info=exc_info)
 
     async def _command(self, payload: bytes) -> None:
+        """Every command gets results, or is counted unanswered; a cmd_id seen before gets its results again."""
         received_ns = time.time_ns()
         ctl = self.config.control
         try:
             cmd = contract.parse_command(payload, received_ns, max_activation_s=ctl.max_activation_s,
                                          schedule_horizon_s=ctl.schedule_horizon_s)
         except CommandRejected as rej:
-            if rej.cmd_id is not None and await self._resend(rej.cmd_id):
-                return
-            await self._report(rej.cmd_id, "rejected", rej.reason)
+            if rej.cmd_id is None and not self._unreadable.take():
+                self._unanswered(f"unreadable ({rej.reason}), over the budget of {UNREADABLE_BURST} answers "
+                                 f"and one per {UNREADABLE_EVERY_S:g} s")
+            elif rej.cmd_id is None or not await self._resend(rej.cmd_id):
+                await self._report(rej.cmd_id, rej.status, rej.reason)
             return
         if await self._resend(cmd.cmd_id):
             return
-        log.info("command %s (%s from %s) received t_ns=%d", cmd.cmd_id, cmd.type, cmd.issuer, received_ns)
-        if cmd.type == "prequalification_test":
-            await self._step_test(cmd, received_ns)
-        else:
-            await self.control.submit(cmd)
+        log.info("command %s (%s from %s) received t_ns=%d", escape(cmd.cmd_id), cmd.type, cmd.issuer, received_ns)
+        try:
+            if cmd.type == "prequalification_test":
+                await self._step_test(cmd, received_ns)
+            else:
+                await self.control.submit(cmd)
+        except Exception:
+            log.exception("command %s: handling failed", escape(cmd.cmd_id))
+            if self.outbox.results_for(cmd.cmd_id) is None:  # nothing said yet: say that it failed here
+                await self._report(cmd.cmd_id, "rejected", "the gateway failed handling it (see its log)")
 
     # -- flexibility -------------------------------------------------------------------------
     async def _step_test(self, cmd: contract.Command, now_ns: int) -> None:
@@ -293,12 +332,12 @@ class Agent:
         if event.state is State.ACTIVE:
             found = window_for(event, self._flex_devices, self._latest_w)
             if isinstance(found, str):
-                log.info("activation %s: not settled by flex: %s", event.activation_id, found)
+                log.info("activation %s: not settled by flex: %s", escape(event.activation_id), found)
                 return
             try:
                 self.flex.activation(found)
             except ValueError as exc:
-                log.error("activation %s: flex refused its window: %s", event.activation_id, exc)
+                log.error("activation %s: flex refused its window: %s", escape(event.activation_id), escape(exc))
         elif event.state.final and event.state is not State.COMPLETED and event.activation_id in self.flex.active:
             self.flex.end_activation(event.activation_id, event.ts_ns)
 
@@ -338,7 +377,8 @@ class Agent:
         stored = self.outbox.results_for(cmd_id)
         if stored is None:
             return False
-        log.info("command %s seen before: re-sending its %d results, not executing it again", cmd_id, len(stored))
+        log.info("command %s seen before: re-sending its %d results, not executing it again", escape(cmd_id),
+                 len(stored))
         for payload in stored:
             try:
                 await self.mqtt.publish(self.topic(contract.TOPIC_RESULT), payload)
@@ -351,7 +391,7 @@ class Agent:
         up = self.config.uplink
         ctx = tls_context(up.ca_file, up.cert_file, up.key_file) if up.tls else None
         return MqttClient(up.broker, up.client_id, ssl_context=ctx, allow_plaintext=up.allow_plaintext,
-                          keepalive_s=up.keepalive_s, will=(self.topic(contract.TOPIC_STATE), self._state("offline")))
+                          keepalive_s=up.keepalive_s, will=self._will, session_expiry_s=up.session_expiry_s)
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("gridedge %s starting: gateway %s, config %s (sha256 %s), %s", __version__, self.gateway_id,

@@ -1,17 +1,21 @@
-"""The `gridedge` command: run the agent, check a configuration, run the demo, or evaluate baselines."""
+"""The `gridedge` command: run the agent, check a configuration, make a lab, run the demo, or evaluate baselines."""
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
 import signal
+import sqlite3
 import sys
 
 from . import __version__
 
+log = logging.getLogger("gridedge.cli")
+
 
 def _run(args) -> int:
-    from .agent import Agent
+    """A config fault: the lines `check` prints, exit 2. A fault of the machine that only running meets (the
+    storage vanished, its database cannot be opened): one log line, exit 1 (systemd restarts it)."""
     from .config import ConfigError, load_config
 
     try:
@@ -21,16 +25,39 @@ def _run(args) -> int:
         return 2
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_agent(config)
+
+
+def run_agent(config) -> int:
+    from .agent import Agent
+
+    phase = "cannot start"
 
     async def main() -> None:
+        nonlocal phase
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await Agent(config).run(stop)
+        agent = Agent(config)
+        phase = "stopped"
+        await agent.run(stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except (OSError, sqlite3.Error) as exc:
+        log.debug("%s", phase, exc_info=True)
+        log.error("%s: %s (storage.dir %s)", phase, _fault(exc), config.storage.dir)
+        return 1
     return 0
+
+
+def _fault(exc: BaseException) -> str:
+    """The reason in one escaped line: file names and messages come from outside."""
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+    if getattr(exc, "filename", None):
+        text += f": {exc.filename}"
+    return text.encode("unicode_escape").decode("ascii")
 
 
 def _check(args) -> int:
@@ -43,6 +70,12 @@ def _demo(args) -> int:
     from .demo import run_demo
 
     return run_demo(limit_pct=args.limit_pct, duration_s=args.duration_s, keep=args.keep)
+
+
+def _lab(args) -> int:
+    from .lab import main as lab_main
+
+    return lab_main(args)
 
 
 def _baselines(argv: list[str]) -> int:
@@ -67,6 +100,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration-s", type=float, default=10.0)
     p.add_argument("--keep", action="store_true", help="keep the work directory (certificates, logs)")
     p.set_defaults(func=_demo)
+    p = sub.add_parser("lab", help="make a lab: throwaway CA and certificates, mosquitto.conf, a gateway.toml")
+    lab = p.add_subparsers(dest="lab_cmd", required=True)
+    p = lab.add_parser("init", help="write DIR/pki/*, DIR/mosquitto.conf, DIR/acl and DIR/gateway.toml")
+    p.add_argument("dir", help="directory of the lab (created)")
+    p.add_argument("--device", default="192.0.2.10", metavar="HOST[:PORT]",
+                   help="the SunSpec Modbus TCP device to read (default: a placeholder to edit; port 502)")
+    p.add_argument("--unit-id", type=int, default=1, choices=range(256), metavar="0..255", help="its Modbus unit id")
+    p.add_argument("--role", default="inverter", choices=["inverter", "battery", "meter", "load"])
+    p.add_argument("--gateway-id", default="gw-lab-001")
+    p.add_argument("--port", type=int, default=8883, choices=range(1, 65536), metavar="1..65535",
+                   help="the broker's TLS port")
+    p.add_argument("--broker-host", action="append", default=[], metavar="NAME",
+                   help="a name or address the broker is reached by from other machines (repeatable; the broker then "
+                        "listens on every interface); default: this machine only")
+    p.add_argument("--days", type=int, default=365, help="validity of the certificates, days")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing lab: its CA, certificates, mosquitto.conf, acl and gateway.toml")
+    p.set_defaults(func=_lab)
     sub.add_parser("baselines", add_help=False,  # its own parser: gridedge baselines --help
                    help="placebo-day accuracy of the baselines (MdAPE, bias, RRMSE)")
     argv = sys.argv[1:] if argv is None else argv

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 
 from .core.utc import iso_utc, parse_iso_utc  # noqa: F401  (part of the contract's API)
@@ -34,7 +35,11 @@ COMMAND_TYPES = tuple(ACTIVATION_TYPES) + ACTION_TYPES + TEST_TYPES
 RESULT_STATUSES = ("accepted", "rejected", "scheduled", "active", "completed", "expired", "cancelled", "terminated",
                    "failed")
 TRAFFIC_LIGHTS = ("green", "amber", "red")
-MAX_COMMAND_BYTES = 16384
+MAX_COMMAND_BYTES = 16384  # a larger payload on the cmd topic is rejected unread
+#: A command nests two deep (the command, its params); json recurses once per level, so deeper input is refused
+#: before it is decoded (16 KiB of "[" would overflow the interpreter's stack).
+MAX_COMMAND_DEPTH = 8
+MAX_REASON_CHARS = 500  # a reason quotes what it refuses: bounded, so a result stays small whatever was sent
 CONTRACT_VERSION = "2.0"  # major: telemetry in blocks, prefix gridedge/v2/ (docs/mqtt-api.md, "Versions")
 
 
@@ -49,21 +54,31 @@ def state(gateway_id: str, status: str, ts_ns: int, **info) -> dict:
     return {"schema": SCHEMA_STATE, "gateway": gateway_id, "status": status, "ts": iso_utc(ts_ns), **info}
 
 
+#: The state (docs/mqtt-api.md, the life of an activation) a status reports, where the caller names none.
+STATE_OF_STATUS = {"accepted": "validated", **{s: s for s in RESULT_STATUSES if s != "accepted"}}
+
+
 def result(ts_ns: int, cmd_id: str | None, status: str, reason: str | None = None, **detail) -> dict:
-    """The body of a command result; the outbox adds gateway, stream, seq and msg_id."""
-    msg = {"schema": SCHEMA_RESULT, "ts": iso_utc(ts_ns), "cmd_id": cmd_id, "status": status, "reason": reason}
-    if detail:
-        msg["detail"] = detail
-    return msg
+    """The body of a command result; the outbox adds gateway, stream, seq and msg_id. Every result names its
+    state in detail.state: the caller's, else the one its status reports."""
+    return {"schema": SCHEMA_RESULT, "ts": iso_utc(ts_ns), "cmd_id": cmd_id, "status": status,
+            "reason": None if reason is None else _bounded(reason), "detail": {"state": STATE_OF_STATUS[status], **detail}}
+
+
+def _bounded(reason: str) -> str:
+    return reason if len(reason) <= MAX_REASON_CHARS else reason[:MAX_REASON_CHARS - 20] + f"... ({len(reason)} chars)"
 
 
 class CommandRejected(Exception):
-    """A command that must be answered with status "rejected"; cmd_id is None when it could not be read."""
+    """A command answered at once with `status` ("rejected", or "expired" when its window closed before it
+    arrived) and the reason; cmd_id is None when it could not be read."""
 
-    def __init__(self, cmd_id: str | None, reason: str) -> None:
+    def __init__(self, cmd_id: str | None, reason: str, status: str = "rejected") -> None:
+        reason = _bounded(reason)
         super().__init__(reason)
         self.cmd_id = cmd_id
         self.reason = reason
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -90,15 +105,17 @@ def parse_command(payload: bytes, now_ns: int, *, max_activation_s: int, clock_s
     """
     if len(payload) > MAX_COMMAND_BYTES:
         raise CommandRejected(None, f"command too large: {len(payload)} bytes > {MAX_COMMAND_BYTES}")
+    if _too_deep(payload):
+        raise CommandRejected(None, f"malformed command: nested deeper than {MAX_COMMAND_DEPTH} levels")
     try:
-        doc = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        doc = json.loads(payload, parse_int=_parse_int)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise CommandRejected(None, f"malformed JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise CommandRejected(None, f"command must be a JSON object, got {type(doc).__name__}")
     cmd_id = doc.get("cmd_id")
-    if not isinstance(cmd_id, str) or not 1 <= len(cmd_id) <= 128:
-        raise CommandRejected(None, "cmd_id: must be a string of 1 to 128 characters")
+    if not isinstance(cmd_id, str) or not 1 <= len(cmd_id) <= 128 or not _encodable(cmd_id):
+        raise CommandRejected(None, "cmd_id: must be a string of 1 to 128 characters (valid Unicode)")
 
     def reject(reason: str) -> CommandRejected:
         return CommandRejected(cmd_id, reason)
@@ -132,7 +149,7 @@ def parse_command(payload: bytes, now_ns: int, *, max_activation_s: int, clock_s
     skew = int(clock_skew_s * 1e9)
     horizon = int(schedule_horizon_s * 1e9) if ctype in ACTIVATION_TYPES else 0
     if valid_until is not None and now_ns > valid_until:
-        raise reject(f"expired: valid_until {doc['valid_until']} is in the past")
+        raise CommandRejected(cmd_id, f"expired: valid_until {doc['valid_until']} is in the past", "expired")
     if valid_from is not None and valid_from > now_ns + skew + horizon:
         raise reject(f"not yet valid: valid_from {doc['valid_from']} is in the future"
                      + (f", beyond the scheduling horizon of {schedule_horizon_s:g} s" if horizon else ""))
@@ -224,3 +241,36 @@ def _traffic_light_params(params: dict, max_activation_s: int, reject) -> dict:
 
 def _raise(exc: Exception):
     raise exc
+
+
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def _too_deep(payload: bytes) -> bool:
+    """True if brackets outside strings nest deeper than MAX_COMMAND_DEPTH anywhere. json.loads recurses once per
+    open bracket of what it has read so far, so this bounds its recursion (it stops at the first stray closer)."""
+    text = _STRING.sub(b"", payload)
+    open_quote = text.find(b'"')  # an unterminated string: malformed, json.loads will say so
+    depth = 0
+    for m in _BRACKET.finditer(text, 0, len(text) if open_quote < 0 else open_quote):
+        depth += 1 if m[0] in b"[{" else -1
+        if depth > MAX_COMMAND_DEPTH:
+            return True
+    return False
+
+
+def _parse_int(digits: str) -> int | float:
+    """Short integers exactly; a long one as a float (inf beyond 1e308), which the range checks refuse by name
+    (int() of more than 4300 digits raises, and a huge int breaks float formatting in the reasons). NaN and
+    Infinity (not JSON, but what Python's json writes) stay floats and are refused by the same checks."""
+    return int(digits) if len(digits) <= 20 else float(digits)
+
+
+def _encodable(text: str) -> bool:
+    """False for unpaired surrogates (JSON "\\ud800"): they cannot be stored or sent back as UTF-8."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -1,11 +1,57 @@
-"""Driver registry: the config's `driver` name -> a device object with poll() (and run(sink) where the device
-keeps its own schedule) and, if it controls, write_points()."""
+"""The driver registry: per driver, the keys its devices take (by transport, see config_devices.py) and the factory
+that builds them. `check` validates with it and the agent builds with it, so no driver is known to one and not the
+other. A device object has poll() (and run(sink) where it keeps its own schedule) and, if it controls,
+write_points()."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .config import DeviceConfig
+if TYPE_CHECKING:
+    from .config import DeviceConfig
 
+__all__ = ["DriverSpec", "DRIVERS", "TRANSPORTS", "register_driver", "make_device"]
+
+#: "tcp" needs `host` (Modbus: unit_id...); "serial" needs `serial_port` and takes the line keys; "opcua" needs
+#: `endpoint` and `nodes`.
+TRANSPORTS = ("tcp", "serial", "opcua")
+#: The breaker's longest back-off for devices polled at least once a minute; slower ones back off one period.
+MAX_BACKOFF_S = 60.0
+
+
+@dataclass(frozen=True)
+class DriverSpec:
+    """What the config and the agent need to know about a driver."""
+
+    name: str
+    transport: str
+    factory: Callable[[DeviceConfig], object]
+    description: str = ""
+    needs_map: bool = False         # reads a register map (`map` key required)
+    link: str | None = None         # Modbus link kind (LinkSpec.kind): devices on one link share it and its settings
+    parallel: bool = False          # may keep several requests in flight (max_outstanding > 1)
+    read_only: bool = False         # `writable = true` is refused
+    points: Callable[[], Collection[str]] | None = None   # the point names it knows; None: any (or the map's)
+
+
+DRIVERS: dict[str, DriverSpec] = {}
+
+
+def register_driver(name: str, *, transport: str, factory: Callable[[DeviceConfig], object], **kw) -> DriverSpec:
+    """Make `driver = "<name>"` valid in configs and buildable by the agent; a re-register replaces."""
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
+    spec = DriverSpec(name, transport, factory, **kw)
+    DRIVERS[name] = spec
+    return spec
+
+
+def make_device(cfg: DeviceConfig):
+    return DRIVERS[cfg.driver].factory(cfg)
+
+
+# ---------------------------------------------------------------- the drivers shipped
 
 def _link(cfg: DeviceConfig):
     """The Modbus link of a device; devices with equal links share one bus (serial line or TCP connection)."""
@@ -13,36 +59,42 @@ def _link(cfg: DeviceConfig):
     from .drivers.regmap_device import LinkSpec
 
     timeout_s = cfg.timeout_ms / 1000
-    if cfg.driver in ("modbus_rtu", "sunspec_rtu"):
+    kind = DRIVERS[cfg.driver].link
+    if kind == "rtu":
         inter = cfg.inter_frame_ms / 1000 if cfg.inter_frame_ms is not None else None
         return LinkSpec("rtu", serial=SerialSettings(cfg.serial_port, cfg.baudrate, cfg.parity, cfg.stopbits,
                                                      cfg.bytesize, timeout_s, inter), timeout_s=timeout_s)
-    kind = "rtu_tcp" if cfg.driver in ("modbus_rtu_tcp", "sunspec_rtu_tcp") else "tcp"
     return LinkSpec(kind, host=cfg.host, port=cfg.port, timeout_s=timeout_s, max_outstanding=cfg.max_outstanding)
 
 
+def _backoff(cfg: DeviceConfig) -> dict[str, float]:
+    """The circuit breaker's back-off: one poll period (at least 1 s), doubling up to a minute, or up to one period
+    for devices polled less often (a 15-minute meter is not probed more often than it is read)."""
+    period_s = max(1.0, cfg.poll_ms / 1000)
+    return {"backoff_s": period_s, "max_backoff_s": max(MAX_BACKOFF_S, period_s)}
+
+
 def _sunspec(cfg: DeviceConfig):
-    """sunspec_tcp / sunspec_rtu / sunspec_rtu_tcp: a SunSpec device on the shared bus of its link."""
+    """A SunSpec device on the shared bus of its link."""
     from .drivers.sunspec_device import SunSpecDevice
 
     return SunSpecDevice(cfg.id, _link(cfg), cfg.unit_id, role=cfg.role,
                          points=list(cfg.points) if cfg.points else None, period_s=cfg.poll_ms / 1000,
-                         writable=cfg.writable, backoff_s=max(1.0, cfg.poll_ms / 1000))
+                         writable=cfg.writable, **_backoff(cfg))
 
 
 def _regmap(cfg: DeviceConfig):
-    """modbus_tcp / modbus_rtu / modbus_rtu_tcp: a register-map device on the shared bus of its link."""
+    """A register-map device on the shared bus of its link."""
     from .drivers import regmap
     from .drivers.regmap_device import PollGroupSpec, RegmapDevice
 
     groups = [PollGroupSpec(g.name, g.period_ms / 1000, g.points) for g in cfg.poll_groups]
     return RegmapDevice(cfg.id, regmap.load_map(cfg.map), _link(cfg), cfg.unit_id, role=cfg.role, points=cfg.points,
-                        period_s=cfg.poll_ms / 1000, groups=groups, writable=cfg.writable,
-                        backoff_s=max(1.0, cfg.poll_ms / 1000))
+                        period_s=cfg.poll_ms / 1000, groups=groups, writable=cfg.writable, **_backoff(cfg))
 
 
 def _opcua(cfg: DeviceConfig):
-    """opcua: one subscription with every node; its data changes feed the process image as they arrive."""
+    """One subscription with every node; its data changes feed the process image as they arrive."""
     from .drivers.opcua import OpcUaDevice, OpcUaSecurity
 
     security = None
@@ -55,12 +107,23 @@ def _opcua(cfg: DeviceConfig):
     return dev
 
 
-DRIVERS: dict[str, Callable[[DeviceConfig], object]] = {
-    "sunspec_tcp": _sunspec, "sunspec_rtu": _sunspec, "sunspec_rtu_tcp": _sunspec,
-    "modbus_tcp": _regmap, "modbus_rtu": _regmap, "modbus_rtu_tcp": _regmap,
-    "opcua": _opcua,
-}
+def _sunspec_points() -> Collection[str]:
+    from .drivers.sunspec import CANONICAL
+
+    return CANONICAL
 
 
-def make_device(cfg: DeviceConfig):
-    return DRIVERS[cfg.driver](cfg)
+register_driver("sunspec_tcp", transport="tcp", factory=_sunspec, link="tcp", points=_sunspec_points,
+                description="SunSpec Modbus over TCP (inverters, batteries, meters)")
+register_driver("sunspec_rtu", transport="serial", factory=_sunspec, link="rtu", points=_sunspec_points,
+                description="SunSpec Modbus RTU on a serial line (RS-485)")
+register_driver("sunspec_rtu_tcp", transport="tcp", factory=_sunspec, link="rtu_tcp", points=_sunspec_points,
+                description="SunSpec, Modbus RTU frames over TCP (serial device server)")
+register_driver("modbus_tcp", transport="tcp", factory=_regmap, link="tcp", needs_map=True, parallel=True,
+                description="any register-map device (map = file) over Modbus TCP")
+register_driver("modbus_rtu", transport="serial", factory=_regmap, link="rtu", needs_map=True,
+                description="any register-map device (map = file) over Modbus RTU on a serial line")
+register_driver("modbus_rtu_tcp", transport="tcp", factory=_regmap, link="rtu_tcp", needs_map=True,
+                description="any register-map device (map = file), RTU frames over TCP (serial device server)")
+register_driver("opcua", transport="opcua", factory=_opcua, read_only=True,
+                description="OPC UA server (substation RTU, PMU concentrator): one subscription, read only")

@@ -1,8 +1,10 @@
 """An asyncio face on paho-mqtt 2.x (MQTT 5, TLS 1.2+ with client certificates).
 
-paho runs its network loop in its own thread; every callback is handed to the asyncio loop with
-call_soon_threadsafe, so the rest of gridedge never sees a thread. Both the agent's uplink and the
-rig's DSO simulator use this class.
+The network runs in one thread of ours, not paho's loop_forever: ours connects, serves the connection with
+paho's loop() while there is one, and waits out the back-off, so it knows why an attempt failed (paho's loop
+swallows the reason and then logs "Client is not connected" at ERROR on every retry and clean stop). Every
+callback is handed to the asyncio loop with call_soon_threadsafe, so the rest of gridedge never sees a thread.
+Both the agent's uplink and the rig's DSO simulator use this class.
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import logging
 import random
 import ssl
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -20,7 +24,23 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
 
+from .core.rate import TokenBucket
+from .core.text import escape
+
 log = logging.getLogger(__name__)
+_paho_log = logging.getLogger("gridedge.paho")
+
+CLOSE_TIMEOUT_S = 3.0  # a clean close waits this long for the DISCONNECT to go out, then drops the socket
+Will = tuple[str, bytes]  # (topic, payload), retained, QoS 1
+
+#: Inbound flow control, by default. The broker sends at most RECEIVE_MAXIMUM QoS 1 messages that are not yet
+#: acknowledged (MQTT 5 Receive Maximum), and a message is acknowledged when the consumer takes it off `messages`:
+#: a flood, or what a persistent session kept through an outage, waits at the broker, not in our memory. 1, not
+#: more: mosquitto before 2.0.13 sends past a larger window after each PUBACK (eclipse/mosquitto#2301), and
+#: commands are few (about 100/s on loopback with 1). QoS 0 has no flow control: beyond INBOX_LIMIT waiting
+#: messages it is dropped and counted in `dropped`.
+RECEIVE_MAXIMUM = 1
+INBOX_LIMIT = 64
 
 
 class MqttError(Exception):
@@ -57,10 +77,32 @@ class Message:
     topic: str
     payload: bytes
     retain: bool
+    qos: int = 0
+    mid: int = 0
+    link: int = 0  # the connection it came on: its PUBACK may go on that connection only
+
+
+class _Inbox(asyncio.Queue):
+    """The inbound queue, bounded; a message is acknowledged to the broker as the consumer takes it."""
+
+    def __init__(self, maxsize: int, on_take) -> None:
+        super().__init__(maxsize)
+        self._on_take = on_take
+
+    def _get(self) -> Message:
+        msg = super()._get()
+        self._on_take(msg)
+        return msg
 
 
 class MqttClient:
-    """One MQTT 5 session. publish() resolves on PUBACK (QoS 1); messages arrive on `messages`."""
+    """One MQTT 5 session. publish() resolves on PUBACK (QoS 1); messages arrive on `messages` (bounded; a QoS 1
+    message is acknowledged when it is taken off it).
+
+    `will`: the last will (topic, payload), or a callable that makes it: called in the network thread before every
+    connect attempt (so it may only read what does not change, and the time), because MQTT 5 sets the will at
+    CONNECT and cannot change it on a live connection.
+    """
 
     def __init__(
         self,
@@ -70,9 +112,13 @@ class MqttClient:
         ssl_context: ssl.SSLContext | None = None,
         allow_plaintext: bool = False,
         keepalive_s: int = 30,
-        will: tuple[str, bytes] | None = None,
+        will: Will | Callable[[], Will] | None = None,
         session_expiry_s: int = 0,
+        receive_maximum: int = RECEIVE_MAXIMUM,
+        inbox_limit: int = INBOX_LIMIT,
     ) -> None:
+        """receive_maximum and inbox_limit bound what arrives (see RECEIVE_MAXIMUM); a consumer that must see every
+        message of a busy stream, like the rig's head-end, passes a large window and inbox_limit=0 (unbounded)."""
         self.endpoint = Endpoint.parse(url)
         if self.endpoint.tls and ssl_context is None:
             raise MqttError("mqtts:// needs a TLS context")
@@ -81,7 +127,12 @@ class MqttClient:
         self.allow_plaintext = allow_plaintext
         self.keepalive_s = keepalive_s
         self.session_expiry_s = session_expiry_s
-        self.messages: asyncio.Queue[Message] = asyncio.Queue()
+        self.receive_maximum = receive_maximum
+        self.messages: asyncio.Queue[Message] = _Inbox(inbox_limit, self._ack)
+        self.dropped = 0  # inbound messages dropped: the queue was full (QoS 0) or the topic was not UTF-8
+        self._drop_log = TokenBucket(rate=1 / 60, burst=1)
+        self._link = 0  # +1 at every disconnect (paho thread, under _link_lock): acks of older messages are stale
+        self._link_lock = threading.Lock()
         self.connected = asyncio.Event()
         self.on_connect_hooks: list = []  # async callables run after every (re)connect
         self._loop = asyncio.get_running_loop()
@@ -92,16 +143,22 @@ class MqttClient:
         self._closing = False
         self._first_connect: asyncio.Future = self._loop.create_future()
         self._first_connect.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no GC warning
+        self._will = will
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # the network thread's own: how the current attempt went, and the failure last logged
+        self._session_up = False
+        self._why: tuple[str, bool] | None = None  # why this attempt or connection ended (explain())
+        self._failure: str | None = None
+        self._failures = 0
 
-        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5, manual_ack=True)
         if ssl_context is not None:
             c.tls_set_context(ssl_context)
-        if will is not None:
-            c.will_set(will[0], will[1], qos=1, retain=True)
         self.backoff = Backoff()
-        c.reconnect_delay_set(*self.backoff.next())
-        c.on_connect_fail = self._on_connect_fail
-        c.enable_logger(logging.getLogger("gridedge.paho"))
+        c.enable_logger(_PahoLog(self))
+        # paho writes from the caller's thread unless someone "registers" writes; then only our loop() writes
+        c.on_socket_register_write = lambda client, userdata, sock: None
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
@@ -110,14 +167,21 @@ class MqttClient:
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        """Connect in the background; paho retries with back-off until it gets through."""
+        """Connect in the background; the network thread retries with back-off until it gets through.
+
+        With session_expiry_s > 0 every connect, the first of a process included, resumes the broker's session
+        (clean start off): what was sent at QoS 1 to our subscriptions while we were away, restarts included,
+        is delivered when we are back. With 0 the session ends with each connection."""
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.session_expiry_s
+        props.ReceiveMaximum = self.receive_maximum
         self._client.connect_async(
             self.endpoint.host, self.endpoint.port, keepalive=self.keepalive_s,
             clean_start=self.session_expiry_s == 0, properties=props,
         )
-        self._client.loop_start()
+        self._thread = threading.Thread(target=self._network, name=f"mqtt {self.endpoint.host}:{self.endpoint.port}",
+                                        daemon=True)
+        self._thread.start()
 
     async def connect(self, timeout_s: float = 10.0) -> None:
         """start(), then wait for the first CONNACK; on failure the client is closed."""
@@ -126,7 +190,9 @@ class MqttClient:
             await asyncio.wait_for(asyncio.shield(self._first_connect), timeout_s)
         except asyncio.TimeoutError:
             await self.close()
-            raise MqttError(f"no CONNACK from {self.endpoint.host}:{self.endpoint.port} within {timeout_s} s") from None
+            why = f" (last failure: {self._failure})" if self._failure else ""
+            raise MqttError(f"no CONNACK from {self.endpoint.host}:{self.endpoint.port} within {timeout_s} s{why}") \
+                from None
         except MqttError:
             await self.close()
             raise
@@ -139,10 +205,78 @@ class MqttClient:
             except (asyncio.TimeoutError, MqttError) as exc:
                 log.warning("final message not acknowledged: %s", exc)
         self._closing = True
-        if self.connected.is_set():
-            self._client.disconnect()
-        await asyncio.to_thread(self._client.loop_stop)
+        self._stop.set()
+        self._client.disconnect()  # queues DISCONNECT (the broker then drops the will) and wakes the network thread
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+        self.connected.clear()
         self._fail_pending(MqttError("client closed"))
+
+    # -- the network thread --------------------------------------------------------------------
+    def _network(self) -> None:
+        """Connect, serve the connection until it ends, wait the back-off; until close()."""
+        c = self._client
+        while not self._stop.is_set():
+            self._session_up, self._why = False, None
+            try:
+                will = self._will() if callable(self._will) else self._will
+                if will is not None:
+                    c.will_set(will[0], will[1], qos=1, retain=True)
+                self._new_link()
+                c.reconnect()  # TCP and the TLS handshake; CONNECT is queued
+            except Exception as exc:  # OSError: refused, unreachable, TLS; anything else must not end the thread
+                self._attempt_failed(*explain(exc, self.endpoint))
+            else:
+                if self._stop.is_set():  # close() came during the handshake: nothing to say to the broker
+                    self._drop("client closed")
+                    break
+                try:
+                    self._serve()
+                except Exception:  # a callback's bug: drop this connection and make a new one, never end the thread
+                    log.exception("MQTT network loop failed; connecting again")
+                    self._drop("network loop failed")
+                if not self._session_up and not self._stop.is_set():
+                    self._attempt_failed(*(self._why or ("the broker closed the connection before CONNACK", False)))
+            self._stop.wait(self.backoff.next())
+
+    def _serve(self) -> None:
+        """paho's loop() while the socket is open: it ends on a lost connection, or on close() (DISCONNECT sent)."""
+        c = self._client
+        rc = paho.MQTT_ERR_SUCCESS
+        deadline = None
+        while rc == paho.MQTT_ERR_SUCCESS and c.socket() is not None:
+            if self._stop.is_set():
+                deadline = deadline or time.monotonic() + CLOSE_TIMEOUT_S
+                if time.monotonic() > deadline:  # the DISCONNECT cannot go out (the link is dead)
+                    self._drop("client closed")
+                    return
+            rc = c.loop(timeout=0.2 if deadline else 1.0)
+
+    def _drop(self, reason: str) -> None:
+        """Close the socket without a word to the broker (it is gone, or never heard our CONNECT)."""
+        self._new_link()
+        sock = self._client.socket()
+        if sock is not None:
+            sock.close()
+        if self._session_up:
+            self._loop.call_soon_threadsafe(self._disconnected, reason)
+
+    def _new_link(self) -> None:
+        """A connection ended or a new one starts: acknowledgements of messages taken before are not sent."""
+        with self._link_lock:
+            self._link += 1
+
+    def _attempt_failed(self, reason: str, operator: bool) -> None:
+        """Log a failed attempt once per distinct reason (then at DEBUG): a broker down for a day is one line."""
+        self._failures += 1
+        if reason == self._failure:
+            log.debug("MQTT connect to %s:%s failed again (%d attempts): %s", self.endpoint.host, self.endpoint.port,
+                      self._failures, reason)
+            return
+        self._failure = reason
+        log.log(logging.ERROR if operator else logging.WARNING,
+                "MQTT connect to %s:%s failed: %s; retrying with back-off up to %.0f s (the same failure again is "
+                "logged at DEBUG)", self.endpoint.host, self.endpoint.port, reason, self.backoff.max_s)
 
     # -- API ---------------------------------------------------------------------------------
     def publish_nowait(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> asyncio.Future:
@@ -179,26 +313,37 @@ class MqttClient:
         if self.connected.is_set():
             self._client.subscribe(topic, qos)
 
-    # -- paho thread callbacks ---------------------------------------------------------------
+    # -- paho callbacks (network thread) -----------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
+        if reason_code.is_failure:  # the broker closes the socket next: the network thread logs the attempt
+            self._why = (f"the broker refused the connection: {reason_code}", True)
             err = MqttError(f"broker refused the connection: {reason_code}")
             self._loop.call_soon_threadsafe(self._resolve_first, err)
             return
+        self._session_up = True
+        failures, self._failures, self._failure = self._failures, 0, None
         self.backoff.reset()
         for topic, qos in self._subscriptions.items():
             client.subscribe(topic, qos)
-        self._loop.call_soon_threadsafe(self._connected)
+        self._loop.call_soon_threadsafe(self._connected, failures)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        client.reconnect_delay_set(*self.backoff.next())
-        self._loop.call_soon_threadsafe(self._disconnected, str(reason_code))
-
-    def _on_connect_fail(self, client, userdata) -> None:
-        client.reconnect_delay_set(*self.backoff.next())
+        self._new_link()
+        if self._why:
+            reason = self._why[0]
+        elif reason_code == "Unspecified error" and not flags.is_disconnect_packet_from_server:
+            reason = "closed by the peer without a DISCONNECT"  # what paho calls an end of stream
+        else:
+            reason = str(reason_code)
+        self._loop.call_soon_threadsafe(self._disconnected, reason)
 
     def _on_message(self, client, userdata, msg) -> None:
-        self._loop.call_soon_threadsafe(self.messages.put_nowait, Message(msg.topic, msg.payload, msg.retain))
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:  # paho refuses a topic that is not UTF-8; a broker should never forward one
+            topic = None
+        self._loop.call_soon_threadsafe(self._receive, Message(topic, msg.payload, msg.retain, msg.qos, msg.mid,
+                                                               self._link))
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         with self._lock:
@@ -210,6 +355,23 @@ class MqttClient:
         self._loop.call_soon_threadsafe(_settle, fut, err)
 
     # -- loop-side handlers ------------------------------------------------------------------
+    def _receive(self, msg: Message) -> None:
+        if msg.topic is not None and not self.messages.full():
+            self.messages.put_nowait(msg)
+            return
+        self.dropped += 1
+        self._ack(msg)  # not handled, but acknowledged: an unacknowledged message holds a flow-control slot
+        if self._drop_log.take():
+            log.warning("inbound message on %s dropped (queue full or topic not UTF-8); %d dropped so far",
+                        escape(msg.topic), self.dropped)
+
+    def _ack(self, msg: Message) -> None:
+        """PUBACK a QoS 1 message, on the connection it came on only (a mid means nothing on another)."""
+        if msg.qos:
+            with self._link_lock:
+                if msg.link == self._link:
+                    self._client.ack(msg.mid, msg.qos)
+
     def _resolve_first(self, err: Exception | None) -> None:
         if not self._first_connect.done():
             if err is None:
@@ -217,9 +379,10 @@ class MqttClient:
             else:
                 self._first_connect.set_exception(err)
 
-    def _connected(self) -> None:
+    def _connected(self, failures: int) -> None:
         self.connected.set()
-        log.info("MQTT connected to %s:%s", self.endpoint.host, self.endpoint.port)
+        after = f" after {failures} failed attempts" if failures else ""
+        log.info("MQTT connected to %s:%s%s", self.endpoint.host, self.endpoint.port, after)
         if self.endpoint.tls is False:
             log.warning("MQTT connected WITHOUT TLS to %s:%s (allow_plaintext is set)", self.endpoint.host, self.endpoint.port)
         self._resolve_first(None)
@@ -240,6 +403,46 @@ class MqttClient:
             _settle(fut, err)
 
 
+class _PahoLog:
+    """paho's logger. paho tells why a socket died only in its log (an ERROR "failed to receive on socket: %s"
+    with the OSError as argument); that error becomes the reason of the failed attempt or lost connection, which
+    MqttClient logs once, so here it goes to DEBUG. Everything else goes to the gridedge.paho logger as it is."""
+
+    def __init__(self, client: MqttClient) -> None:
+        self.client = client
+
+    def log(self, level: int, msg: str, *args) -> None:
+        err = next((a for a in args if isinstance(a, OSError)), None)
+        if err is not None:
+            if self.client._why is None:  # the first error is the cause; what follows is its consequence
+                self.client._why = explain(err, self.client.endpoint)
+            level = logging.DEBUG
+        _paho_log.log(level, msg, *args)
+
+
+def explain(exc: BaseException, endpoint: Endpoint) -> tuple[str, bool]:
+    """Why a connection attempt failed, in words an operator can act on, and whether it needs one (a certificate
+    or a refusal) rather than patience (a broker that is down or unreachable)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):  # we refused the broker's certificate
+        what = _VERIFY.get(exc.verify_code, "was refused").format(host=endpoint.host)
+        return f"the broker's certificate {what} (certificate verify failed: {exc.verify_message})", True
+    if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)):
+        return f"the connection closed during the TLS handshake ({exc})", False
+    if isinstance(exc, ssl.SSLError):  # the broker ended the handshake with an alert, or TLS failed on our side
+        alert = (exc.reason or "").partition("ALERT_")[2].lower().replace("_", " ")
+        if alert and ("certificate" in alert or alert in ("unknown ca", "access denied")):
+            return f"the broker refused our client certificate (TLS alert: {alert})", True
+        return f"TLS failed ({exc.reason or exc})", True
+    return str(exc) or type(exc).__name__, False
+
+
+#: OpenSSL's X509_V_ERR_* codes for a broker certificate we refused, as the operator's reason
+_VERIFY = {9: "is not valid yet (is the clock right?)", 10: "has expired",
+           62: "is not valid for host {host}", 64: "is not valid for host {host}",  # name, IP address mismatch
+           # no or unknown issuer, bad signature, self-signed: another CA signed it
+           **dict.fromkeys((2, 7, 18, 19, 20, 21), "is not signed by a CA in ca_file")}
+
+
 class Backoff:
     """Exponential reconnect delay with jitter: a fleet that lost its broker together does not return together.
 
@@ -250,11 +453,10 @@ class Backoff:
         self.base_s, self.max_s, self.attempt = base_s, max_s, 0
         self.rng = rng or random.Random()
 
-    def next(self) -> tuple[float, float]:
+    def next(self) -> float:
         d = min(self.max_s, self.base_s * 2 ** self.attempt)
         self.attempt = min(self.attempt + 1, 30)
-        delay = self.rng.uniform(d / 2, d)
-        return delay, delay  # paho's (min, max): we do the doubling ourselves
+        return self.rng.uniform(d / 2, d)
 
     def reset(self) -> None:
         self.attempt = 0

@@ -55,6 +55,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .contract import dumps
+from .core.rate import TokenBucket
 from .telemetry import Encoded
 
 log = logging.getLogger("gridedge.outbox")
@@ -273,17 +274,22 @@ class Outbox:
         An Encoded body's raw JSON is spliced in after the envelope as it is (telemetry blocks)."""
         return self.append_many([(stream, topic, body, data_class)])[0]
 
-    def append_many(self, items: Iterable[tuple[str, str, dict, str]]) -> list[Record]:
+    def append_many(self, items: Iterable[tuple[str, str, dict, str]], *,
+                    newest_sample_ns: int | None = None) -> list[Record]:
         """Store several messages in one transaction (one fsync with durability="full"). All or none.
 
+        `newest_sample_ns`: the time of the newest sample in them, kept in the same transaction, so that after a
+        crash stats()["newest_sample_ns"] is exactly where the stored data ends (what memory held is lost).
         Raises ValueError/TypeError for a bad item (nothing is stored then). Records returned may already have
         been dropped again by the quota when the batch itself overflows it."""
         items = list(items)
         for stream, topic, body, data_class in items:
             _check_item(stream, topic, body, data_class, self.gateway_id)
-        return self._guard(self._append_many, items)
+        if newest_sample_ns is not None and type(newest_sample_ns) is not int:  # not a bool, not a float
+            raise TypeError(f"newest_sample_ns must be an int (ns), got {newest_sample_ns!r}")
+        return self._guard(self._append_many, items, newest_sample_ns)
 
-    def _append_many(self, items: list) -> list[Record]:
+    def _append_many(self, items: list, newest_sample_ns: int | None) -> list[Record]:
         db = self._db
         now = self._clock()
         out: list[Record] = []
@@ -317,6 +323,8 @@ class Outbox:
             db.executemany("INSERT INTO seqs VALUES (?, ?, ?) ON CONFLICT (gateway, stream) "
                            "DO UPDATE SET next_seq = excluded.next_seq",
                            [(self.gateway_id, s, n) for s, n in next_seq.items()])
+            if newest_sample_ns is not None:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('newest_sample_ns', ?)", (newest_sample_ns,))
             self._enforce_quota(db)
             self._enforce_age(db, now)
         self._seq_cache.update(next_seq)
@@ -470,6 +478,7 @@ class Outbox:
             "seq_floor": meta.get("seq_floor", 0),  # the first seq of a stream not in next_seq
             "store_resets": meta.get("store_resets", 0),
             "last_reset": json.loads(last) if last else None,
+            "newest_sample_ns": meta.get("newest_sample_ns"),  # of the last append that gave one; None: none yet
             "durability": self.durability,
         }
 
@@ -532,12 +541,10 @@ class Replay:
         self.mark = outbox.mark()
         self.backlog_rate = float(backlog_rate)
         self.burst = burst
-        self._clock = clock
         self._live_after = self.mark
         self._backlog_after = 0
         self._backlog_done = self.mark == 0
-        self._tokens = float(burst)
-        self._t = clock()
+        self._bucket = TokenBucket(backlog_rate, burst, clock)
 
     @property
     def backlog_done(self) -> bool:
@@ -546,29 +553,23 @@ class Replay:
     def take(self, limit: int = 100, *, backlog: bool = True) -> list[tuple[Record, bool]]:
         """Up to `limit` records to publish next, each with True if it is backfill. Each record is handed out
         once per Replay; ack it after its PUBACK. backlog=False holds the backlog back (fleet jitter)."""
-        now = self._clock()
-        self._tokens = min(float(self.burst), self._tokens + (now - self._t) * self.backlog_rate)
-        self._t = now
         out = [(r, False) for r in self.outbox.pending(limit, after_id=self._live_after)]
         if out:
             self._live_after = out[-1][0].id
-        room = min(limit - len(out), int(self._tokens))
+        room = min(limit - len(out), int(self._bucket.level()))
         if room > 0 and backlog and not self._backlog_done:
             backlog = self.outbox.pending(room, after_id=self._backlog_after, upto=self.mark)
             if len(backlog) < room:
                 self._backlog_done = True
             if backlog:
                 self._backlog_after = backlog[-1].id
-                self._tokens -= len(backlog)
+                self._bucket.spend(len(backlog))
                 out.extend((r, True) for r in backlog)
         return out
 
     def wait_s(self) -> float | None:
         """Seconds until backlog can be sent again (0 now), or None when the backlog is done."""
-        if self._backlog_done:
-            return None
-        missing = 1.0 - (self._tokens + (self._clock() - self._t) * self.backlog_rate)
-        return max(0.0, missing / self.backlog_rate)
+        return None if self._backlog_done else self._bucket.wait_s()
 
 
 class _transaction:

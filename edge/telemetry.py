@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -118,25 +119,67 @@ def body(ts_iso: str, blocks: list[bytes], values: int = 0) -> Encoded:
     return Encoded({"schema": SCHEMA_TELEMETRY, "ts": ts_iso}, b'"blocks":[' + b",".join(blocks) + b"]", values)
 
 
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_NAME = re.compile(r"[A-Za-z0-9_.:-]+")
+_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z")
+_ENVELOPE = {"schema", "gateway", "stream", "seq", "msg_id", "ts", "blocks"}
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_envelope(doc) -> None:
+    if not isinstance(doc, dict):
+        raise ValueError("a telemetry message is a JSON object")
+    if doc.get("schema") != SCHEMA_TELEMETRY:
+        raise ValueError(f"not {SCHEMA_TELEMETRY}: schema {str(doc.get('schema'))[:40]!r}")
+    if set(doc) != _ENVELOPE:
+        raise ValueError(f"keys must be {', '.join(sorted(_ENVELOPE))}")
+    if not (isinstance(doc["gateway"], str) and _ID.fullmatch(doc["gateway"])) or doc["stream"] != "telemetry" \
+            or not (_int(doc["seq"]) and doc["seq"] >= 0) \
+            or not (isinstance(doc["msg_id"], str) and re.fullmatch(r"[0-9a-f]{32}", doc["msg_id"])) \
+            or not (isinstance(doc["ts"], str) and _UTC.fullmatch(doc["ts"])):
+        raise ValueError("gateway, stream, seq, msg_id or ts does not follow the schema")
+    if not isinstance(doc["blocks"], list):
+        raise ValueError("blocks: must be a list")
+
+
+def _block_samples(b) -> list[Sample]:
+    if not isinstance(b, dict) or not {"dev", "n", "u", "t", "v"} <= set(b) <= {"dev", "n", "u", "t", "v", "q"}:
+        raise ValueError("a block has dev, n, u, t, v and optionally q")
+    dev, ts, names, units, values, quality = b["dev"], b["t"], b["n"], b["u"], b["v"], b.get("q")
+    if not (isinstance(dev, str) and _ID.fullmatch(dev)) or not (_int(ts) and ts >= 0):
+        raise ValueError("dev must be a device id and t a UTC time in ns")
+    if not all(isinstance(x, list) for x in (names, units, values)) or (quality is not None and not isinstance(quality, list)):
+        raise ValueError("n, u, v and q must be lists")
+    if not len(names) == len(units) == len(values) or (quality is not None and len(quality) != len(values)):
+        raise ValueError("n, u, v and q differ in length")
+    out = []
+    for j, name in enumerate(names):
+        unit, value = units[j], values[j]
+        if not (isinstance(name, str) and _NAME.fullmatch(name)) or not isinstance(unit, str):
+            raise ValueError(f"n[{j}] or u[{j}] is not a point name / unit")
+        if isinstance(value, bool) or not (value is None or isinstance(value, (int, float, str))):
+            raise ValueError(f"v[{j}] must be a number, a string or null")
+        q = quality[j] if quality is not None else None
+        if q is None:
+            out.append(Sample(f"{dev}/{name}", ts, value, unit))
+        elif isinstance(q, list) and len(q) == 2 and q[0] in _VALIDITY and q[1] in _DETAIL:
+            out.append(Sample(f"{dev}/{name}", ts, value, unit, _VALIDITY[q[0]], _DETAIL[q[1]]))
+        else:
+            raise ValueError(f"q[{j}] must be null or [validity, detail]")
+    return out
+
+
 def samples_of(doc: dict) -> Iterator[Sample]:
     """A received telemetry message (parsed JSON) as Samples, for head-end consumers and tests.
-    Raises ValueError on a message that does not follow the schema."""
-    if doc.get("schema") != SCHEMA_TELEMETRY:
-        raise ValueError(f"not {SCHEMA_TELEMETRY}: schema {doc.get('schema')!r}")
-    blocks = doc.get("blocks")
-    if not isinstance(blocks, list):
-        raise ValueError("blocks: must be a list")
-    for i, b in enumerate(blocks):
+    Raises ValueError on a message that does not follow the schema (checked whole, before any sample is given)."""
+    _check_envelope(doc)
+    samples = []
+    for i, b in enumerate(doc["blocks"]):
         try:
-            dev, ts, names, units, values = b["dev"], b["t"], b["n"], b["u"], b["v"]
-            quality = b.get("q")
-            if not (len(names) == len(units) == len(values)) or (quality is not None and len(quality) != len(values)):
-                raise ValueError("n, u, v and q differ in length")
-            for j, name in enumerate(names):
-                q = quality[j] if quality is not None else None
-                if q is None:
-                    yield Sample(f"{dev}/{name}", ts, values[j], units[j])
-                else:
-                    yield Sample(f"{dev}/{name}", ts, values[j], units[j], _VALIDITY[q[0]], _DETAIL[q[1]])
-        except (KeyError, TypeError, IndexError, ValueError) as exc:
-            raise ValueError(f"blocks[{i}]: {exc!r}") from None
+            samples += _block_samples(b)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"blocks[{i}]: {exc}") from None
+    return iter(samples)

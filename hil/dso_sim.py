@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from gridedge import contract, telemetry
+from gridedge.core.text import escape
 from gridedge.mqtt import MqttClient, tls_context
 
 from .stream_audit import StreamAudit
@@ -65,7 +66,8 @@ class DsoSimulator:
 
     async def start(self, timeout_s: float = 10.0) -> None:
         self._mqtt = MqttClient(self.url, self.client_id, ssl_context=self.ssl_context,
-                                allow_plaintext=self.allow_plaintext, session_expiry_s=self.session_expiry_s)
+                                allow_plaintext=self.allow_plaintext, session_expiry_s=self.session_expiry_s,
+                                receive_maximum=65535, inbox_limit=0)  # a head-end sees every message
         await self._mqtt.subscribe(self.prefix + "#", qos=1)
         await self._mqtt.connect(timeout_s)
         self._reader = asyncio.create_task(self._read())
@@ -81,7 +83,7 @@ class DsoSimulator:
             msg = await self._mqtt.messages.get()
             try:
                 doc = json.loads(msg.payload)
-            except ValueError:
+            except (ValueError, RecursionError):  # the rig sees its own hostile test commands too
                 doc = None
             self.seen.append(Seen(msg.topic, doc, msg.payload, time.monotonic()))
             self.audit.add(msg.topic, doc)
@@ -90,7 +92,7 @@ class DsoSimulator:
                     for s in telemetry.samples_of(doc):
                         self.latest[s.point.split("/", 1)[-1]] = s.value
                 except ValueError as exc:  # the audit keeps the message; a bad one must not stop the simulator
-                    log.warning("telemetry not understood: %s", exc)
+                    log.warning("telemetry not understood: %s", escape(exc))
                 if self.on_telemetry:
                     self.on_telemetry(self.latest)
             async with self._changed:

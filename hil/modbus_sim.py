@@ -243,6 +243,7 @@ class ModbusLineSim:
         self.behaviour: dict[int, Behaviour] = {u: Behaviour() for u in self.units}
         self.requests: Counter[int] = Counter()       # frames on the line per unit id (served or not)
         self.noise_bytes = 0
+        self.late_sent = 0                            # answers put on the line after their delay ("slow" units)
         self.port = ""
         self._fds: list[int] = []
         self._a = self._b = -1
@@ -335,9 +336,13 @@ class ModbusLineSim:
 
     def _send_later(self, data: bytes, delay: float) -> None:
         if delay > 0:
-            self._loop.call_later(delay, self._write_a, data)
+            self._loop.call_later(delay, self._write_late, data)
         else:
             self._write_a(data)
+
+    def _write_late(self, data: bytes) -> None:
+        self._write_a(data)
+        self.late_sent += 1     # a test can await "the late answer is on the line" instead of sleeping
 
     async def _forward(self) -> None:
         while True:

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["Pki", "make_pki", "make_rogue_client"]
+__all__ = ["Pki", "make_pki", "make_rogue_client", "make_future_client", "reissue_server"]
 
 _CLOCK_SKEW = _dt.timedelta(minutes=5)  # not_before back-dated so a slightly slow peer clock still accepts
 _SAFE_STEM = re.compile(r"[^A-Za-z0-9._-]")
@@ -294,6 +294,39 @@ def make_rogue_client(directory: Path, name: str, *, expired: bool = False) -> t
         _write_cert(directory / "rogue-ca.crt", ca_cert)
         cert, key = _issue(ca_cert, ca_key, name, kind="ec", eku=ExtendedKeyUsageOID.CLIENT_AUTH)
         cert_path, key_path = directory / f"rogue-{stem}.crt", directory / f"rogue-{stem}.key"
+    _write_key(key_path, key)
+    _write_cert(cert_path, cert)
+    return cert_path, key_path
+
+
+def reissue_server(pki: Pki, *, server_names: tuple[str, ...] | list[str] = ("localhost", "127.0.0.1"),
+                   expired: bool = False) -> Pki:
+    """Replace the broker's certificate, signed by the same CA: for other host names, or one that has expired
+    (for the agent's TLS diagnostics). Restart the broker to load it."""
+    names = [server_names] if isinstance(server_names, str) else [n.strip() for n in server_names]
+    if not names or any(not n for n in names):
+        raise ValueError(f"server_names must be a non-empty list of host names / IPs, got {server_names!r}")
+    ca_cert, ca_key = _load_ca(pki.dir)
+    now = _now()
+    validity = dict(not_before=now - _dt.timedelta(days=10), not_after=now - _dt.timedelta(days=1)) if expired else {}
+    cert, key = _issue(ca_cert, ca_key, names[0], kind=_key_kind(ca_key), eku=ExtendedKeyUsageOID.SERVER_AUTH,
+                       sans=[_san(n) for n in names], **validity)
+    _write_key(pki.server_key, key)
+    _write_cert(pki.server_cert, cert)
+    return pki
+
+
+def make_future_client(directory: Path, name: str, *, days_ahead: int = 1) -> tuple[Path, Path]:
+    """A clientAuth certificate signed by the PKI's CA in ``directory`` that becomes valid only ``days_ahead``
+    days from now (a gateway with a fast clock, or a certificate issued for later), for negative tests."""
+    directory = Path(directory)
+    _check_cn(name)
+    ca_cert, ca_key = _load_ca(directory)
+    start = _now() + _dt.timedelta(days=days_ahead)
+    cert, key = _issue(ca_cert, ca_key, name, kind=_key_kind(ca_key), eku=ExtendedKeyUsageOID.CLIENT_AUTH,
+                       not_before=start, not_after=start + _dt.timedelta(days=30))
+    stem = _file_stem(name)
+    cert_path, key_path = directory / f"future-{stem}.crt", directory / f"future-{stem}.key"
     _write_key(key_path, key)
     _write_cert(cert_path, cert)
     return cert_path, key_path

@@ -85,10 +85,17 @@ class Rig:
                  backfill_rate: float = 200.0, backfill_jitter_s: float = 0.5, quota_mb: float = 64.0,
                  durability: str = "full", dso_session_expiry_s: int = 0, control: dict | None = None,
                  settings: dict | None = None, feeder: tuple[float, float] | None = None, grid_v_pu: float = 1.0,
-                 var_response_s: float = 0.0, flex: str = "") -> None:
+                 var_response_s: float = 0.0, flex: str = "", network=None) -> None:
         """control/settings: keys of [control] and [control.settings] over the rig's defaults; feeder: (R, X)
         ohm per phase between the grid (grid_v_pu) and the inverter, so its voltage responds to its P and Q;
-        flex: a [flex] section (TOML text) appended to the gateway's configuration."""
+        flex: a [flex] section (TOML text) appended to the gateway's configuration; network: a started
+        netns.WanPath: the agent and the inverter simulator run in its gateway namespace, the broker listens on
+        its near end."""
+        if network is not None and proxy:
+            raise ValueError("the proxy and a network path are two ways to the broker: choose one")
+        self.network = network
+        self.broker_host = network.broker_host if network is not None else "127.0.0.1"
+        self.exec_prefix = list(network.exec_prefix) if network is not None else []
         self.workdir = Path(workdir)
         self.control = dict(CONTROL_DEFAULTS, **(control or {}))
         self.settings = dict(SETTINGS_DEFAULTS, **(settings or {}))
@@ -112,10 +119,11 @@ class Rig:
 
     async def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.pki = await asyncio.to_thread(make_pki, self.workdir / "pki")
+        names = ("localhost", self.broker_host)
+        self.pki = await asyncio.to_thread(make_pki, self.workdir / "pki", server_names=names)
         self.gw_cert, self.gw_key = self.pki.client(self.gateway_id)
         self.dso_cert, self.dso_key = self.pki.client("dso-headend")
-        self.broker = Mosquitto(self.workdir / "broker", self.pki)
+        self.broker = Mosquitto(self.workdir / "broker", self.pki, host=self.broker_host)
         await asyncio.to_thread(self.broker.start)
         if self.use_proxy:
             self.proxy = FaultProxy("127.0.0.1", self.broker.port)
@@ -142,7 +150,7 @@ class Rig:
     async def _start_sim(self) -> int:
         grid = ["--feeder", f"{self.feeder[0]},{self.feeder[1]}"] if self.feeder else []
         self.sim = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gridedge.hil.inverter_sim", "--host", "127.0.0.1", "--port", "0",
+            *self.exec_prefix, sys.executable, "-m", "gridedge.hil.inverter_sim", "--host", "127.0.0.1", "--port", "0",
             "--w-max", str(self.w_max), "--pv-w", str(self.pv_w), "--ramp-pct-per-s", str(self.ramp_pct_per_s),
             "--grid-v-pu", str(self.grid_v_pu), "--var-response-s", str(self.var_response_s), "--grid-control", *grid,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=open(self.sim_log, "ab"),
@@ -164,7 +172,7 @@ class Rig:
     async def start_agent(self) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.agent = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gridedge", "run", "-c", str(self.config_path),
+            *self.exec_prefix, sys.executable, "-m", "gridedge", "run", "-c", str(self.config_path),
             stdout=asyncio.subprocess.DEVNULL, stderr=open(self.agent_log, "ab"), env=env,
         )
 

@@ -18,16 +18,18 @@ class StreamReport:
     duplicates: int = 0
     missing: list[int] = field(default_factory=list)
     out_of_order: list[tuple[str, int, int]] = field(default_factory=list)  # (topic, previous seq, seq)
+    reused: list[int] = field(default_factory=list)  # seqs that came with two different msg_ids: a gateway bug
 
     @property
     def complete(self) -> bool:
-        return not self.missing and not self.out_of_order
+        return not self.missing and not self.out_of_order and not self.reused
 
 
 class StreamAudit:
     def __init__(self) -> None:
         self._ids: set[str] = set()
         self._seqs: dict[tuple[str, str], set[int]] = defaultdict(set)
+        self._reused: dict[tuple[str, str], set[int]] = defaultdict(set)
         self._dups: dict[tuple[str, str], int] = defaultdict(int)
         self._last_on_topic: dict[str, int] = {}
         self._disorder: dict[tuple[str, str], list] = defaultdict(list)
@@ -46,13 +48,16 @@ class StreamAudit:
         if prev is not None and seq < prev:
             self._disorder[key].append((topic, prev, seq))
         self._last_on_topic[topic] = seq
+        if seq in self._seqs[key]:  # a new msg_id for a seq already seen: the same seq was issued twice
+            self._reused[key].add(seq)
         self._seqs[key].add(seq)
         return True
 
     def report(self, gateway: str, stream: str) -> StreamReport:
         seqs = self._seqs.get((gateway, stream), set())
         rep = StreamReport(duplicates=self._dups.get((gateway, stream), 0),
-                           out_of_order=list(self._disorder.get((gateway, stream), [])))
+                           out_of_order=list(self._disorder.get((gateway, stream), [])),
+                           reused=sorted(self._reused.get((gateway, stream), ())))
         if seqs:
             rep.first, rep.last, rep.received = min(seqs), max(seqs), len(seqs)
             rep.missing = [s for s in range(rep.first, rep.last + 1) if s not in seqs]

@@ -4,17 +4,23 @@
   counts), written by point name with the device's scale factors, through gridedge's own encoder;
 - `CurveModel`: stored curves of 705 / 706 / 712 and the stored controls of 711, with adoption: curve 1 is the
   active curve and read-only, 2..N are writable; writing N to the adopt request checks curve N and copies it into
-  curve 1 (IN_PROGRESS until the next step, then COMPLETED or FAILED), as the model definitions describe;
+  curve 1 (IN_PROGRESS until the next step, then COMPLETED or FAILED: "curve conformance checks should be conducted
+  when AdptCrvReq is set, not on point writes"), as the model definitions describe. Point writes are checked
+  value by value: indexes within the stored curves and points, ranges within CURVE_RANGES;
 - `DerControl715`: the DER heartbeat (incremented every second), the controller heartbeat the gateway writes, alarm
   reset and start/stop;
 - `SunSpecSim`: a pymodbus server for an image, on Modbus TCP or as a unit on a pseudo-terminal RTU line
   (hil/modbus_sim.py), that refuses writes like a device would: ILLEGAL_DATA_ADDRESS for a read-only or unimplemented
-  register or half a point, ILLEGAL_DATA_VALUE for a value the device does not accept; nothing changes then.
+  register or half a point, ILLEGAL_DATA_VALUE for a value the device does not accept (an enumerated point outside
+  its symbols in the model definition, a value its model refuses); nothing changes then. With `booting` set it
+  answers like an inverter still starting: "SunS" and an empty model chain, writes SERVER_DEVICE_BUSY.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import re
 import signal
 import sys
 import time
@@ -101,7 +107,7 @@ class SunSpecImage:
                      writable: set[str]) -> dict[str, object] | ExcCodes:
         """{point: engineering value} of a write into model `mid`, or the exception a device answers: a write that
         touches a register outside the `writable` points, or only part of a point, is ILLEGAL_DATA_ADDRESS; a
-        "not implemented" value is ILLEGAL_DATA_VALUE."""
+        "not implemented" value, or an enumerated point's value that is none of its symbols, is ILLEGAL_DATA_VALUE."""
         lay = self.layouts[mid]
         start = self.model_addr[mid]
         touched = set(range(address, address + len(values)))
@@ -119,9 +125,9 @@ class SunSpecImage:
         out: dict[str, object] = {}
         sfs = self.sfs.get(mid, {})
         for name, raw in covered.items():
-            if raw is ss.NOT_IMPLEMENTED:
-                return ExcCodes.ILLEGAL_VALUE
             p = lay.points[name]
+            if raw is ss.NOT_IMPLEMENTED or (p.symbols and raw not in p.symbols):
+                return ExcCodes.ILLEGAL_VALUE
             out[name] = raw if isinstance(raw, str) else ss.apply_sf(raw, sfs.get(p.sf) if isinstance(p.sf, str) else
                                                                     (p.sf if isinstance(p.sf, int) else None))
         return out
@@ -145,12 +151,27 @@ CURVE_SFS: dict[int, dict[str, int]] = {
     711: {"Db_SF": -3, "K_SF": -3, "RspTms_SF": 0},
 }
 
-#: IEEE 1547-2018 Category B defaults (domain brief, section 6), as the active curve 1 of a new device.
+#: Ranges of curve points the model definitions give in words (the JSON has symbols but no min/max), by point name
+#: without instance indexes, in engineering units (after the scale factor). 711 PMin: "The valid range is -100 to
+#: 100"; the dependent values of a curve are percentages of a rating (the DeptRef base, WMax), so beyond +/-100 %
+#: they ask for more than the device has. The curve indexes (adopt request, reversion curve, ActPt) are bounded by
+#: the stored curves and points (CurveModel).
+CURVE_RANGES: dict[int, dict[str, tuple[float, float]]] = {
+    705: {"Crv.Pt.Var": (-100.0, 100.0)},
+    706: {"Crv.Pt.W": (-100.0, 100.0)},
+    712: {"Crv.Pt.W": (-100.0, 100.0), "Crv.Pt.Var": (-100.0, 100.0)},
+    711: {"Ctl.PMin": (-100.0, 100.0)},
+}
+
+#: IEEE 1547-2018 Category B defaults (domain brief, section 6), as the active curve 1 of a new device. Reactive
+#: power is 44 % of the nameplate apparent power, so its reference is DeptRef 3 (VA_MAX_PCT, "Percent Max Apparent
+#: Power"), not 1 (VAR_MAX_PCT, 44 % of VarMax); volt-watt is in % of WMax (DeptRef 0, W_MAX_PCT).
+DEPT_REF_W_MAX_PCT, DEPT_REF_VA_MAX_PCT = 0, 3
 DEFAULT_CURVES: dict[int, dict[str, object]] = {
-    705: {"ActPt": 4, "DeptRef": 1, "Pri": 1, "VRef": 100.0, "VRefAutoEna": 0, "VRefAutoTms": 300, "RspTms": 5,
-          "Pt": [(92.0, 44.0), (98.0, 0.0), (102.0, 0.0), (108.0, -44.0)]},
-    706: {"ActPt": 2, "DeptRef": 0, "RspTms": 10, "Pt": [(106.0, 100.0), (110.0, 0.0)]},
-    712: {"ActPt": 3, "DeptRef": 1, "Pri": 0, "Pt": [(20.0, 0.0), (50.0, 0.0), (100.0, -44.0)]},
+    705: {"ActPt": 4, "DeptRef": DEPT_REF_VA_MAX_PCT, "Pri": 1, "VRef": 100.0, "VRefAutoEna": 0, "VRefAutoTms": 300,
+          "RspTms": 5, "Pt": [(92.0, 44.0), (98.0, 0.0), (102.0, 0.0), (108.0, -44.0)]},
+    706: {"ActPt": 2, "DeptRef": DEPT_REF_W_MAX_PCT, "RspTms": 10, "Pt": [(106.0, 100.0), (110.0, 0.0)]},
+    712: {"ActPt": 3, "DeptRef": DEPT_REF_VA_MAX_PCT, "Pri": 0, "Pt": [(20.0, 0.0), (50.0, 0.0), (100.0, -44.0)]},
     711: {"DbOf": 0.036, "DbUf": 0.036, "KOf": 0.05, "KUf": 0.05, "RspTms": 5, "PMin": 0},
 }
 
@@ -173,6 +194,8 @@ class CurveModel:
         lay = image.layouts[mid]
         # Top-level controls and the RW points of curves 2..N; curve 1 (the active one) is read-only.
         self.writable = {n for n, p in lay.points.items() if p.writable and not n.startswith(f"{self.group}[1].")}
+        self.bounds = {self.req: (1, self.n), "RvrtCrv": (1, self.n), "RvrtCtl": (1, self.n),
+                       "Crv.ActPt": (1, self.n_pt), **CURVE_RANGES.get(mid, {})}
         curve = dict(DEFAULT_CURVES[mid] if active is None else active)
         base = {"Ena": 0, self.req: 0, self.rslt: ADOPT_COMPLETED, "RvrtTms": 0, "RvrtRem": 0}
         base.update({("RvrtCtl" if mid == 711 else "RvrtCrv"): 1})
@@ -210,8 +233,6 @@ class CurveModel:
 
     def _check(self, i: int) -> str | None:
         """Why curve i cannot be adopted, or None."""
-        if not 1 <= i <= self.n:
-            return f"index {i} outside 1..{self.n}"
         c = self.curve(i)
         if self.axes is None:
             bad = [k for k in ("DbOf", "DbUf", "KOf", "KUf") if not isinstance(c.get(k), (int, float)) or c[k] <= 0]
@@ -225,10 +246,12 @@ class CurveModel:
         return None
 
     def write(self, values: Mapping[str, object]) -> None:
-        """Apply a (decoded, writable) write; an adopt request starts an adoption, finished at the next step()."""
-        for k in ("Ena",):
-            if k in values and values[k] not in (0, 1):
-                raise ValueError(f"{k} must be 0 or 1, got {values[k]}")
+        """Apply a (decoded, writable) write, or raise ValueError and change nothing if a value is out of its bounds;
+        an adopt request starts an adoption, finished at the next step()."""
+        for name, v in values.items():
+            lo, hi = self.bounds.get(re.sub(r"\[\d+\]", "", name), (-math.inf, math.inf))
+            if not lo <= v <= hi:
+                raise ValueError(f"{name}={v} outside {lo:g}..{hi:g}")
         self.image.put(self.mid, dict(values))
         if self.req in values:
             self._pending = int(values[self.req])
@@ -259,8 +282,6 @@ class CurveModel:
 class DerControl715:
     """715 in an image: DERHb counts seconds, ControllerHb is the gateway's, OpCtl start/stop, AlarmReset."""
 
-    OPS = {0: "STOP", 1: "START", 2: "ENTER_STANDBY", 3: "EXIT_STANDBY"}
-
     def __init__(self, image: SunSpecImage, clock=time.monotonic):
         self.image, self.clock = image, clock
         self.writable = {"ControllerHb", "AlarmReset", "OpCtl"}
@@ -278,8 +299,6 @@ class DerControl715:
         return None if self.controller_hb_at is None else self.clock() - self.controller_hb_at
 
     def write(self, values: Mapping[str, object]) -> None:
-        if "OpCtl" in values and values["OpCtl"] not in self.OPS:
-            raise ValueError(f"OpCtl must be one of {self.OPS}, got {values['OpCtl']}")
         if "AlarmReset" in values and values["AlarmReset"] not in (0, 1):
             raise ValueError(f"AlarmReset must be 0 or 1, got {values['AlarmReset']}")
         if "ControllerHb" in values and values["ControllerHb"] != self.controller_hb:
@@ -345,6 +364,9 @@ class SunSpecSim:
         self.image = image
         self.host, self.port, self.unit_id, self.step_s = host, port, unit_id, step_s
         self.handlers: dict[int, object] = {}
+        #: Still starting: "SunS" answers, but the chain is empty (end marker right after it) and writes are refused
+        #: with SERVER_DEVICE_BUSY, as a slow-booting inverter does before its models are up. Clear it to boot.
+        self.booting = False
         self.writes_applied = 0
         self.writes_refused = 0
         self._server = None          # a ModbusTcpSim serving this unit
@@ -367,8 +389,18 @@ class SunSpecSim:
         """Advance the plant by dt_s seconds."""
 
     # -- Modbus side
+    def read(self, address: int, count: int) -> list[int]:
+        """What a read answers: the image, or while booting the marker and an empty chain (zeros after it)."""
+        if not self.booting:
+            return self.image.read(address, count)
+        boot = (*ss.SUNS_MARKER, ss.END_MODEL_ID, 0)
+        return [boot[a - self.base] if 0 <= a - self.base < len(boot) else 0 for a in range(address, address + count)]
+
     def apply_write(self, address: int, values: list[int]) -> ExcCodes | None:
         """A write as a device would take it: refused (exception code, nothing changed) or applied."""
+        if self.booting:
+            self.writes_refused += 1
+            return ExcCodes.DEVICE_BUSY
         mid = self.image.model_of(address, len(values))
         result = write_to_handler(self.image, self.handlers.get(mid), mid, address, values)
         if isinstance(result, ExcCodes):
@@ -382,8 +414,7 @@ class SunSpecSim:
                       current_registers: list[int], set_values) -> ExcCodes | None:
         if set_values is None:
             # A read: serve the latest image (the background task renders into it).
-            current_registers[address - start_address:address - start_address + count] = \
-                self.image.read(address, count)
+            current_registers[address - start_address:address - start_address + count] = self.read(address, count)
             return None
         values = [int(v) for v in (set_values if isinstance(set_values, list) else [set_values])]
         exc = self.apply_write(address, values)

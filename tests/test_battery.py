@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gridedge.drivers.modbus_tcp import WriteError
+from gridedge.drivers.modbus import WriteError
 from gridedge.drivers.modbus_rtu import SerialSettings
 from gridedge.drivers.regmap_device import LinkSpec
 from gridedge.drivers.scheduler import BusPool

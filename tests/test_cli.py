@@ -52,6 +52,19 @@ def test_run_refuses_a_broken_config_without_a_traceback(tmp_path):
     assert "gateway.toml: invalid TOML" in res.stderr and "Traceback" not in res.stderr
 
 
+def test_a_fault_only_run_can_meet_is_one_log_line(tmp_path):
+    """The config is fine (check passes) but the outbox cannot be opened: one ERROR line that says what and where,
+    exit 1 (systemd restarts it), no traceback."""
+    path = tmp_path / "gateway.toml"
+    path.write_text('[gateway]\nid = "gw1"\n[uplink]\nbroker = "mqtt://127.0.0.1:1"\nallow_plaintext = true\n')
+    (tmp_path / "var" / "outbox.sqlite").mkdir(parents=True)   # a directory where the database file belongs
+    assert gridedge("check", "-c", str(path)).returncode == 0
+    res = gridedge("run", "-c", str(path))
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    errors = [line for line in res.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "cannot start" in errors[0] and str(tmp_path / "var") in errors[0], res.stderr
+
+
 def _children(pid: int) -> set[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
     return {int(x) for x in out.split()}

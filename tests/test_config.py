@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import copy
+import json
 import datetime as dt
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -14,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gridedge.core import schema as s
+from gridedge.hil.pki import make_pki
 from gridedge.config import (
     DRIVERS, SCHEMA, Config, ConfigError, check_main, load_config, parse_config, register_driver,
 )
@@ -42,10 +46,11 @@ def minimal(**uplink) -> dict:
 
 @pytest.fixture()
 def pki_dir(tmp_path: Path) -> Path:
-    """A copy of the example next to real (dummy) TLS files, so check_files can pass."""
-    (tmp_path / "pki").mkdir()
-    for name in ("ca.crt", "gateway.crt", "gateway.key"):
-        (tmp_path / "pki" / name).write_text("-----BEGIN DUMMY-----\n")
+    """A copy of the example next to a real PKI under the names it uses, so check_files can pass."""
+    pki = make_pki(tmp_path / "pki")
+    cert, key = pki.client("gw-demo-001")
+    cert.rename(tmp_path / "pki" / "gateway.crt")
+    key.rename(tmp_path / "pki" / "gateway.key")
     shutil.copy(EXAMPLE, tmp_path / "gateway.toml")
     return tmp_path
 
@@ -141,7 +146,7 @@ def test_registered_driver_is_accepted_later():
     data = minimal()
     data["devices"] = [{"id": "d1", "driver": "fake_serial"}]
     assert errors_of(data)[0].startswith("gateway.toml: devices[0].driver: unknown driver")
-    register_driver("fake_serial", transport="serial")
+    register_driver("fake_serial", transport="serial", factory=lambda cfg: cfg)
     try:
         assert errors_of(data) == [
             "gateway.toml: devices[0].serial_port: required key missing (driver 'fake_serial' uses a serial line)"]
@@ -156,7 +161,8 @@ def test_registered_driver_is_accepted_later():
 
 def test_poll_ms_must_be_positive():
     data = example_dict()
-    data["devices"] += [dict(data["devices"][0], id="inv2"), dict(data["devices"][0], id="inv3", poll_ms=-5)]
+    data["devices"] += [dict(data["devices"][0], id="inv2", unit_id=3),
+                        dict(data["devices"][0], id="inv3", unit_id=4, poll_ms=-5)]
     assert errors_of(data) == ["gateway.toml: devices[3].poll_ms: must be > 0, got -5"]   # [1] is the site meter
 
 
@@ -220,7 +226,7 @@ def test_ranges():
 
 def test_duplicate_device_id_names_both_indexes():
     data = example_dict()
-    data["devices"] += [dict(data["devices"][0], id="inv2"), dict(data["devices"][0])]
+    data["devices"] += [dict(data["devices"][0], id="inv2", unit_id=3), dict(data["devices"][0], unit_id=4)]
     assert errors_of(data) == ["gateway.toml: devices[3].id: duplicate 'inv1', already used by devices[0].id"]
 
 
@@ -246,7 +252,7 @@ def test_mqtts_needs_tls_files():
 
 
 def test_tls_file_relative_to_base_dir(tmp_path: Path):
-    (tmp_path / "ca.pem").write_text("x")
+    shutil.copy(make_pki(tmp_path / "pki").ca_cert, tmp_path / "ca.pem")
     (tmp_path / "k").mkdir()
     data = minimal(broker="mqtts://b", ca_file="ca.pem", cert_file=str(tmp_path / "nope.crt"), key_file="k")
     with pytest.raises(ConfigError) as ei:
@@ -257,13 +263,18 @@ def test_tls_file_relative_to_base_dir(tmp_path: Path):
     ]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
 def test_tls_file_unreadable(pki_dir: Path):
+    """As root the check runs in a child without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH, so mode 0 really denies."""
     key = pki_dir / "pki" / "gateway.key"
     key.chmod(0)
-    with pytest.raises(ConfigError) as ei:
-        load_config(pki_dir / "gateway.toml")
-    assert ei.value.errors == [f"{pki_dir / 'gateway.toml'}: uplink.key_file: cannot read {key}: Permission denied"]
+    code = ("import json, sys\nfrom gridedge.config import ConfigError, load_config\n"
+            "try:\n    load_config(sys.argv[1])\nexcept ConfigError as e:\n    print(json.dumps(e.errors))\n")
+    drop = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    out = subprocess.run(drop + [sys.executable, "-c", code, str(pki_dir / "gateway.toml")], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [f"{pki_dir / 'gateway.toml'}: uplink.key_file: cannot read {key}: "
+                                      "Permission denied"]
 
 
 def test_overlong_paths_are_errors_not_crashes(tmp_path: Path):
@@ -274,7 +285,8 @@ def test_overlong_paths_are_errors_not_crashes(tmp_path: Path):
         parse_config(data, "g.toml", base_dir=tmp_path)
     assert ei.value.errors == [
         f"g.toml: uplink.{k}: cannot read {tmp_path / long}: File name too long"
-        for k in ("ca_file", "cert_file", "key_file")]
+        for k in ("ca_file", "cert_file", "key_file")] + [f"g.toml: storage.dir: cannot create {tmp_path / long}: "
+                                                          "File name too long"]
 
 
 def test_storage_dir_must_not_be_a_file(tmp_path: Path):
@@ -622,7 +634,7 @@ def test_register_map_driver_key_errors():
     data["devices"] = [
         {"id": "a", "driver": "modbus_rtu"},
         {"id": "b", "driver": "modbus_tcp", "host": "h", "map": "x", "baudrate": 9600},
-        {"id": "c", "driver": "sunspec_tcp", "host": "h", "map": "x"},
+        {"id": "c", "driver": "sunspec_tcp", "host": "h", "unit_id": 2, "map": "x"},
         {"id": "d", "driver": "modbus_rtu_tcp", "host": "h", "map": "x", "max_outstanding": 2},
         _rtu(id="e", parity="X"),
     ]

@@ -12,6 +12,7 @@ from gridedge.config import ConfigError, parse_config
 from gridedge.devices import make_device
 from gridedge.drivers.opcua import OpcUaDevice
 from gridedge.drivers.sunspec_device import SunSpecDevice
+from gridedge.hil.opcua_certs import make_opcua_pki
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "gateway.toml"
@@ -47,8 +48,9 @@ def test_opcua_device_config_and_factory():
 
 
 def test_opcua_security_files_resolve_and_are_checked(tmp_path: Path):
-    for name in ("gw.der", "gw.key", "srv.der"):
-        (tmp_path / name).write_bytes(b"x")
+    ua = make_opcua_pki(tmp_path / "ua")
+    for src, name in ((ua.client_cert, "gw.der"), (ua.client_key, "gw.key"), (ua.server_cert, "srv.der")):
+        src.rename(tmp_path / name)
     d = opcua(security_policy="Basic256Sha256", security_mode="Sign", client_cert="gw.der", client_key="gw.key",
               server_cert="srv.der")
     (dev,) = parse_config(minimal(d), base_dir=tmp_path, check_files=True).devices
@@ -166,7 +168,43 @@ def test_fuzz_opcua_config(nodes, endpoint):
     try:
         cfg = parse_config(minimal(opcua(nodes=nodes, endpoint=endpoint)))
     except ConfigError as e:
-        assert all(line.startswith("<config>: devices[0].") or line.startswith("gateway.toml: devices[0].")
+        assert e.errors and all(line.startswith("<config>: devices[0].") or line.startswith("gateway.toml: devices[0].")
                    or ": devices[0]." in line for line in e.errors)
         return
     assert isinstance(make_device(cfg.devices[0]), OpcUaDevice)
+
+
+@pytest.mark.parametrize("driver", ["sunspec_tcp", "modbus_tcp"])
+def test_a_device_polled_every_15_minutes_is_polled(driver):
+    """Issue 11, defect 2: a poll period above 60 s set the breaker's back-off above its ceiling, and every start
+    of the device's run loop raised; meters read every 15 min are normal."""
+    import asyncio
+
+    from gridedge.core.model import flatten
+    from gridedge.drivers import regmap
+    from gridedge.hil.inverter_sim import InverterSim
+    from gridedge.hil.modbus_sim import ModbusTcpSim, UnitSim
+
+    from .aio import arun, until
+
+    async def main():
+        sim = (InverterSim() if driver == "sunspec_tcp"
+               else UnitSim(1, regmap.load_map(regmap.shipped_maps()["eastron_sdm630"]), {"W": -1500.0}))
+        tcp = ModbusTcpSim({1: sim})
+        dev = {"id": "m1", "driver": driver, "host": "127.0.0.1", "port": await tcp.start(), "poll_ms": 900_000,
+               "points": ["W"], **({"map": "eastron_sdm630"} if driver == "modbus_tcp" else {})}
+        device = make_device(parse_config(minimal(dev)).devices[0])
+        got = []
+        task = asyncio.create_task(device.run(lambda readings: got.extend(flatten(readings))))
+        try:
+            await until(lambda: got or task.done())
+            assert not task.done(), f"the run loop ended: {task.exception()!r}"
+            assert got[0].point == "m1/W" and got[0].good
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await device.close()
+            await tcp.stop()
+            if isinstance(sim, InverterSim):
+                await sim.stop()
+    arun(main())

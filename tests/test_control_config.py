@@ -13,7 +13,7 @@ def base(**control):
     return {"gateway": {"id": "gw"}, "uplink": {"broker": "mqtt://h", "allow_plaintext": True},
             "control": control,
             "devices": [{"id": "inv1", "driver": "sunspec_tcp", "host": "h", "writable": True},
-                        {"id": "m1", "driver": "sunspec_tcp", "host": "h", "role": "meter"}]}
+                        {"id": "m1", "driver": "sunspec_tcp", "host": "h", "unit_id": 2, "role": "meter"}]}
 
 
 def errors(data) -> list[str]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import time
 from collections.abc import Awaitable, Callable
 
@@ -11,6 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gridedge.hil.faultproxy import FaultProxy
+
+from .aio import until
 
 TIMEOUT = 5.0
 QUIET = 0.4  # how long "nothing happens" is observed in blackhole/refuse checks
@@ -87,13 +91,16 @@ async def assert_silent(reader: asyncio.StreamReader) -> None:
         await asyncio.wait_for(reader.read(1), QUIET)
 
 
-async def assert_closed(reader: asyncio.StreamReader) -> None:
-    """The proxy ended the connection: EOF or RST, within TIMEOUT."""
-    try:
-        data = await asyncio.wait_for(reader.read(1), TIMEOUT)
-    except ConnectionResetError:
-        return
-    assert data == b""
+async def assert_reset(reader: asyncio.StreamReader) -> None:
+    """The proxy ended the connection with RST (not FIN: an orderly close would look like the upstream's)."""
+    with pytest.raises(ConnectionResetError):
+        await asyncio.wait_for(reader.read(1), TIMEOUT)
+
+
+def abort_with_rst(writer: asyncio.StreamWriter) -> None:
+    """A client crash as the peer sees it: SO_LINGER 0 makes the close an RST (a plain abort sends FIN)."""
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
 
 
 def _chunks(n: int) -> list[bytes]:
@@ -204,7 +211,7 @@ def test_refuse() -> None:
     async def body(up: Upstream, proxy: FaultProxy) -> None:
         proxy.refuse()
         r, w = await connect(proxy)
-        await assert_closed(r)
+        await assert_reset(r)
         w.close()
         assert up.accepted == 0 and proxy.accepted == 1
         proxy.refuse(False)
@@ -220,7 +227,7 @@ def test_upstream_down_resets_client() -> None:
     async def body(up: Upstream, proxy: FaultProxy) -> None:
         await up.stop()
         r, w = await connect(proxy)
-        await assert_closed(r)
+        await assert_reset(r)
         assert proxy.connections == 0
         w.close()
 
@@ -232,12 +239,9 @@ def test_client_reset_propagates_to_upstream() -> None:
         r, w = await connect(proxy)
         w.write(b"abc")
         assert await read_exactly(r, 3) == b"abc"
-        w.transport.abort()
-        assert await asyncio.wait_for(up.ended.get(), TIMEOUT) in ("reset", "eof")
-        deadline = time.monotonic() + TIMEOUT
-        while proxy.connections and time.monotonic() < deadline:  # no event for "pair forgotten"
-            await asyncio.sleep(0.01)
-        assert proxy.connections == 0
+        abort_with_rst(w)
+        assert await asyncio.wait_for(up.ended.get(), TIMEOUT) == "reset"
+        await until(lambda: proxy.connections == 0, TIMEOUT)  # no event for "pair forgotten"
 
     run(body)
 

@@ -136,6 +136,6 @@ def test_fuzz_baseline_parameters(baseline):
     try:
         cfg = parse_config(base(resources=[{**PV, "baseline": baseline}]), "gateway.toml", check_files=False)
     except ConfigError as e:
-        assert all(line.startswith("gateway.toml: flex.resources[0]") for line in e.errors), e.errors
+        assert e.errors and all(line.startswith("gateway.toml: flex.resources[0]") for line in e.errors), e.errors
     else:
         assert cfg.flex.resources[0].baseline_method in ("x_of_y", "meter_before_after", "nomination", "rolling_average")

@@ -12,7 +12,7 @@ from gridedge.core.utc import iso_utc
 from gridedge.flex import ActivationWindow, FlexEngine, NominationRejected, parse_flex
 from gridedge.core.isp import DAY_NS, NS_PER_S, date_ns
 from gridedge.hil.plant import PVInverterPlant, clear_sky_pv
-from gridedge.core.model import Sample
+from gridedge.core.model import Detail, Sample, invalid
 from gridedge.outbox import Outbox
 
 from .conftest import validate_message
@@ -36,10 +36,13 @@ class Sim:
         self.engine = FlexEngine(self.flex_cfg, tmp_path, now_ns=start_ns)
         self.outbox = Outbox(tmp_path / "outbox.sqlite", gateway_id="gw1")
         self.records = []
+        self.also: dict = {}  # more points fed every step: point -> (unit, value of the plant)
         self._docs: list[tuple[str, dict]] = []
         self._seen = 0
 
-    def run(self, seconds: float, dt_s: float = 1.0, at=None) -> None:
+    def run(self, seconds: float, dt_s: float = 1.0, at=None, device: str = "live") -> None:
+        """device: "live"; "silent" (it answers nothing: the engine only ticks); "timeouts" (every read times out:
+        invalid samples)."""
         end = self.t + int(seconds * S)
         step = int(dt_s * S)
         while self.t < end:
@@ -50,13 +53,21 @@ class Sim:
                         del at[when]
             self.plant.step(dt_s)
             self.t += step
-            self.engine.feed([Sample("inv1/W", self.t, self.plant.W, "W"),
-                              Sample("inv1/TotWhExp", self.t, self.plant.TotWhExp, "Wh"),
-                              Sample("inv1/WMaxLimPct", self.t, self.plant.WMaxLimPct, "%"),
-                              Sample("inv1/WMaxLimPctEna", self.t, self.plant.WMaxLimPctEna, "")])
+            if device == "timeouts":
+                self.engine.feed([invalid(p, self.t, Detail.TIMEOUT) for p in self.points])
+            elif device == "live":
+                self.engine.feed([Sample("inv1/W", self.t, self.plant.W, "W"),
+                                  Sample("inv1/TotWhExp", self.t, self.plant.TotWhExp, "Wh"),
+                                  Sample("inv1/WMaxLimPct", self.t, self.plant.WMaxLimPct, "%"),
+                                  Sample("inv1/WMaxLimPctEna", self.t, self.plant.WMaxLimPctEna, "")]
+                                 + [Sample(p, self.t, value(), unit) for p, (unit, value) in self.also.items()])
             for rec in self.engine.tick(self.t):
                 self.outbox.append(rec.kind, f"gridedge/v2/gw1/{rec.kind}", rec.body, rec.data_class)
                 self.records.append(rec)
+
+    @property
+    def points(self) -> list[str]:
+        return ["inv1/W", "inv1/TotWhExp", "inv1/WMaxLimPct", "inv1/WMaxLimPctEna", *self.also]
 
     def published(self, kind: str) -> list[dict]:
         """What the head-end would receive: the outbox's payloads, each validated against its schema (once)."""
@@ -192,6 +203,7 @@ def test_availability_prequalification_and_a_step_test(tmp_path):
             "horizon_isps": 4}
     sim = Sim(tmp_path, flex, THU + 10 * 3600 * S)
     sim.engine.feed([Sample("bat1/W", sim.t, 0.0, "W"), Sample("bat1/SoC", sim.t, 50.0, "%")])
+    sim.also.update({"bat1/W": ("W", lambda: 0.0), "bat1/SoC": ("%", lambda: 50.0)})  # an idle battery, read on
     step = sim.t + 120 * S
     sim.engine.start_step_test("st-1", "pv1", step, target_w=4000.0, duration_s=60.0)
     sim.run(900 + 60, dt_s=0.5, at={step: sim.curtail(40.0)})
@@ -199,10 +211,10 @@ def test_availability_prequalification_and_a_step_test(tmp_path):
     assert len(avail) == 2 and avail[0]["n"] == 4
     pv = next(r for r in avail[1]["resources"] if r["resource"] == "pv1")
     bat = next(r for r in avail[1]["resources"] if r["resource"] == "bat1")
-    # curtailed at 4000 W; without history the output is assumed to persist: no headroom known
-    assert (pv["up_w"], pv["down_w"], pv["basis"]) == ([0.0] * 4, [4000.0] * 4, "persistence")
+    # curtailed at 4000 W; without history the output it had before the limit (8000 W) is assumed to persist
+    assert (pv["up_w"], pv["down_w"], pv["basis"]) == ([4000.0] * 4, [4000.0] * 4, "persistence")
     assert bat["up_w"] == [4000.0] * 4 and bat["down_w"] == [4000.0] * 4
-    assert avail[1]["up_w"] == [4000.0] * 4 and avail[1]["down_w"] == [8000.0] * 4
+    assert avail[1]["up_w"] == [8000.0] * 4 and avail[1]["down_w"] == [8000.0] * 4
     pre = sim.published("prequalification")
     assert [p["test"] is None for p in pre] == [True, False]
     assert pre[0]["declared"]["full_activation_time_s"] == 10.0
@@ -257,3 +269,71 @@ def test_a_stored_activation_of_a_resource_no_longer_configured_is_closed(tmp_pa
     assert sim.engine.active == {}
     sim.run(1000)
     assert sim.engine.errors == 0 and sim.engine.history.open_activations() == []
+
+
+# ---------------------------------------------------------------- issue 11 (an outside head-end's recomputation)
+
+def test_verification_never_reports_stale_power_as_measured(tmp_path):
+    """Defect 17: a device silent for 70 s (max_gap_s 30) kept its last power as measured_w."""
+    sim = Sim(tmp_path, {"resources": [{**PV1, "max_gap_s": 30.0}], "verification_interval_s": 5}, THU + 11 * 3600 * S)
+    sim.engine.activation(ActivationWindow("a1", "dso", ("pv1",), "down", sim.t, sim.t + 900 * S, limit_w=4000.0))
+    sim.run(60)
+    last = sim.t
+    sim.run(70, device="silent")
+    docs = sim.published("verification")
+    fresh = [d for d in docs if d["ts"] <= iso_utc(last + 30 * S)]
+    stale = [d for d in docs if d["ts"] > iso_utc(last + 30 * S)]
+    assert len(stale) >= 7 and all(d["measured_w"] == pytest.approx(8000.0) for d in fresh)
+    assert [(d["measured_w"], d["activated_w"], d["resources"][0]["measured_w"]) for d in stale] == \
+        [(None, None, None)] * len(stale)
+
+
+def test_activation_latency_makes_no_sliver_isp_and_counts_against_delivery(tmp_path):
+    """Defect 18: offered for 11:00-11:15, the activation goes active 0.03 s after 11:00 and control ends it at its
+    start + duration_s; the 0.03 s past 11:15 must not become a settlement record of its own."""
+    sim = Sim(tmp_path, {"resources": [PV1]}, THU - 3 * DAY_NS)
+    history_days(sim, 3)
+    sim.run(11 * 3600 - 600, dt_s=60.0)  # until 10:50
+    start = THU + 11 * 3600 * S + 30_000_000
+    window = ActivationWindow("dso-43", "dso", ("pv1",), "down", start, start + 900 * S, limit_w=4000.0)
+    sim.run(1800 + 600, at={start: lambda: (sim.curtail(40.0)(), sim.engine.activation(window)),
+                            start + 900 * S: sim.curtail(100.0)})
+    docs = sim.published("settlement")
+    assert [d["isp"]["start"] for d in docs] == ["2026-11-26T11:00:00.000Z"]
+    (doc,) = docs
+    assert doc["active_s"] == 900.0
+    assert doc["requested_wh"] == pytest.approx(doc["baseline_wh"] - 1000.0, abs=1e-6)  # the whole ISP was asked for
+    assert doc["delivered_wh"] < doc["requested_wh"] and doc["pass"] is True  # the plant's second of latency and ramp
+    assert sim.engine.active == {} and sim.engine.errors == 0
+
+
+def test_availability_while_curtailed_offers_the_unconstrained_output(tmp_path):
+    """Defect 21: without history, a PV unit capped at 40 % has the headroom up to what it could produce: the
+    device's available power (WAval) where it reports it, else its output before the limit."""
+    ups = []
+    for k, reports in enumerate((None, "plant", float("nan"))):
+        sim = Sim(tmp_path / str(k), {"resources": [PV1]}, THU + 10 * 3600 * S,
+                  pv=lambda t_s: 8000.0 if t_s < (THU + 10 * 3600 * S) / 1e9 + 300 else 7000.0)  # a cloud at 10:05
+        if reports is not None:
+            sim.also["inv1/WAval"] = ("W", sim.plant.available_w if reports == "plant" else lambda: reports)
+        sim.run(900 + 10, at={sim.t + 120 * S: sim.curtail(40.0)})  # capped at 4000 W from 10:02
+        (pv,) = sim.published("availability")[-1]["resources"]
+        assert (pv["down_w"], pv["basis"]) == ([4000.0] * 4, "persistence")
+        ups.append(pv["up_w"])
+    # the level before the limit (8000 W); what the device says (7000 W); a NaN from the device is no figure
+    assert ups == [[4000.0] * 4, [3000.0] * 4, [4000.0] * 4]
+
+
+def test_a_frozen_or_silent_device_has_no_recent_power_measurement(tmp_path):
+    """Defect 21: a device that stopped answering got "no w_max configured" (its WMax reading was invalid) or a
+    figure from its last power reading, instead of the documented reason."""
+    pv1 = {k: v for k, v in PV1.items() if k != "w_max"}  # the rating comes from the device's WMax point
+    for frozen in (True, False):
+        sim = Sim(tmp_path / str(frozen), {"resources": [{**pv1, "max_gap_s": 30.0}]}, THU + 10 * 3600 * S)
+        sim.also["inv1/WMax"] = ("W", lambda: 10000.0)
+        sim.run(600)
+        assert sim.published("availability")[-1]["resources"][0]["up_w"] is not None
+        sim.run(310, device="timeouts" if frozen else "silent")
+        last = sim.published("availability")[-1]
+        assert last["start"] == "2026-11-26T10:15:00.000Z"
+        assert last["resources"][0]["reason"] == "no recent power measurement" and last["up_w"] == [0.0] * 4

@@ -165,7 +165,35 @@ def test_partial_and_latest_power_for_near_real_time():
     feed_all(m, [reg("m/I", 0, 0.0), reg("m/E", 0, 0.0), reg("m/I", 360, 10.0), reg("m/E", 360, 110.0)])
     start, wh, cov = m.partial(T0 + 360 * S)
     assert (start, wh, cov) == (T0, pytest.approx(100.0), pytest.approx(1.0))
-    assert m.latest_w() == pytest.approx(1000.0)  # 100 Wh net in 0.1 h
+    assert m.latest_w(T0 + 360 * S) == pytest.approx(1000.0)  # 100 Wh net in 0.1 h
+
+
+def test_latest_power_is_none_when_old_or_invalid():
+    """Defect 17: "never guessed": a reading older than max_gap_s, or one the device has since answered with an
+    invalid value, is not the power now."""
+    m = MeterSeries("r", G15, power="m/W", energy_export="m/E", max_gap_s=30)
+    m.begin(T0)
+    feed_all(m, [reg("m/E", 0, 0.0), reg("m/E", 10, 10.0), Sample("m/W", T0 + 10 * S, 3600.0)])
+    assert m.latest_w(T0 + 40 * S) == 3600.0
+    assert m.latest_w(T0 + 41 * S) is None                         # 31 s old: power and registers alike
+    feed_all(m, [reg("m/E", 50, 20.0), Sample("m/W", T0 + 50 * S, 3000.0)])
+    m.feed(invalid("m/W", T0 + 51 * S, Detail.TIMEOUT))
+    assert m.latest_w(T0 + 52 * S) == pytest.approx(900.0)         # the registers stand in: 10 Wh in 40 s
+    m.feed(invalid("m/E", T0 + 51 * S, Detail.TIMEOUT))
+    assert m.latest_w(T0 + 52 * S) is None
+
+
+def test_the_isp_in_which_a_long_gap_begins_is_flagged_when_it_closes():
+    """Defect 19: the device goes silent at 10 min and is back at 20 min; the first ISP closes by the gap
+    allowance, before the next sample shows the gap: it must carry the flag all the same."""
+    for meter in (dict(power="m/W", min_completeness=0.5), dict(energy_export="m/E", min_completeness=0.5)):
+        m = MeterSeries("r", G15, max_gap_s=30, **meter)
+        m.begin(T0)
+        point, = m.points
+        feed_all(m, [Sample(point, T0 + t * S, 1000.0 + t) for t in range(0, 601, 10)])
+        (first,) = m.close(T0 + 930 * S)
+        assert (first.quality, first.flags) == ("estimated", ("gap",)), meter
+        assert first.completeness == pytest.approx(600 / 900)
 
 
 # ---------------------------------------------------------------- properties

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gridedge.flex.availability import BatteryState, InverterState, LoadState, availability
+from gridedge.flex.availability import BatteryState, InverterState, LoadState, PreLimit, availability
 from gridedge.core.isp import NS_PER_S, IspGrid
 from gridedge.flex.prequal import StepRecorder, analyse_step
 from gridedge.flex.verification import Tolerance, delivered, judge, settle
-from gridedge.flex.window import ActivationWindow
+from gridedge.flex.window import LATENCY_NS, ActivationWindow
 from gridedge.hil.plant import PVInverterPlant
 
 S = NS_PER_S
@@ -76,6 +76,30 @@ def test_requested_energy_per_isp():
     assert per.requested_wh(T + 900 * S, G, None) == pytest.approx(50.0)
     with pytest.raises(ValueError, match="spans 3 ISPs"):
         ActivationWindow("a3", "tso", ("pv1",), "up", T, T + 1801 * S, requested_w=(1.0, 2.0)).check(G)
+
+
+def test_activation_latency_is_aligned_away():
+    """Defect 18: the edges of an activation asked for whole ISPs come late by the gateway's own latency; the
+    settlement window moves them back to the boundary, so latency counts against delivery and makes no ISP."""
+    late = ActivationWindow("a1", "dso", ("pv1",), "down", T + 30_000_000, T + 900 * S + 30_000_000, limit_w=1.0)
+    assert (late.aligned(G).start_ns, late.aligned(G).end_ns) == (T, T + 900 * S)
+    assert G.starts(late.aligned(G).start_ns, late.aligned(G).end_ns) == range(T, T + 900 * S, 900 * S)
+    on_time = ActivationWindow("a2", "dso", ("pv1",), "down", T + 10 * S, T + 910 * S, requested_w=1.0)
+    assert on_time.aligned(G) == on_time  # 10 s after the boundary is not latency: a request from then on
+    brief = ActivationWindow("a3", "dso", ("pv1",), "down", T + 30_000_000, T + 500_000_000, requested_w=1.0)
+    assert (brief.aligned(G).start_ns, brief.aligned(G).end_ns) == (T, T + 500_000_000)  # never empty
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from((1, 5, 15, 60)), st.integers(0, 10**13), st.integers(1, 10**13))
+def test_alignment_moves_edges_back_by_less_than_the_latency(minutes, start, length):
+    grid = IspGrid(minutes)
+    w = ActivationWindow("a", "tso", ("r",), "up", T + start, T + start + length, requested_w=1.0)
+    a = w.aligned(grid)
+    allowance = min(LATENCY_NS, grid.ns // 50)
+    assert a.start_ns < a.end_ns and a.aligned(grid) == a
+    for old, new in ((w.start_ns, a.start_ns), (w.end_ns, a.end_ns)):
+        assert new == old or (new % grid.ns == 0 and 0 < old - new < allowance)
 
 
 def test_a_limit_requests_how_far_the_baseline_lies_beyond_it():
@@ -146,6 +170,25 @@ def test_battery_availability_is_never_negative_and_respects_power_limits(w, soc
     assert np.isfinite(up).all() and np.isfinite(down).all()
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.permutations(["inv1/W", "inv1/WMaxLimPct", "inv1/WMaxLimPctEna"]),
+       st.permutations(["inv1/W", "inv1/WMaxLimPct", "inv1/WMaxLimPctEna"]))
+def test_the_level_before_a_limit_never_takes_a_reading_of_the_limited_poll(first, second):
+    """Defect 21: what a curtailed inverter could give is its output before the limit; the poll that shows the
+    limit already shows the output falling, in whatever order its samples come."""
+    pre = PreLimit("inv1/W", "inv1/WMaxLimPct", "inv1/WMaxLimPctEna")
+    polls = [(1, {"inv1/W": 8000.0, "inv1/WMaxLimPct": 100.0, "inv1/WMaxLimPctEna": 0}),
+             (2, {"inv1/W": 7900.0, "inv1/WMaxLimPct": 100.0, "inv1/WMaxLimPctEna": 0}),
+             (3, {"inv1/W": 7000.0, "inv1/WMaxLimPct": 40.0, "inv1/WMaxLimPctEna": 1}),
+             (4, {"inv1/W": 4000.0, "inv1/WMaxLimPct": 40.0, "inv1/WMaxLimPctEna": 1})]
+    for (ts, values), order in zip(polls, (first, first, second, second)):
+        for point in order:
+            pre.feed(point, ts, values[point])
+    assert pre.limited() and pre.level in (8000.0, 7900.0)  # 7900 once a limit reading after it confirmed it
+    pre.feed("inv1/WMaxLimPctEna", 5, None)                 # an invalid reading confirms nothing
+    assert pre.level in (8000.0, 7900.0)
+
+
 # ---------------------------------------------------------------- step tests
 
 def test_step_analysis_of_a_known_ramp():
@@ -167,6 +210,30 @@ def test_step_analysis_down_step_with_overshoot_and_no_settling():
     r = analyse_step(t, w, 8000.0, 4000.0)
     assert r.step_w == -4000.0 and r.overshoot_pct == pytest.approx(12.5)
     assert not r.settled and r.full_activation_time_s is None  # the last sample is outside the band
+
+
+def test_step_crossings_before_the_first_sample_are_interpolated_from_the_step():
+    """Defect 20: a battery ramping at 5000 W/s from the step on, first sampled at 0.367 s (already past 5 % and
+    10 %): the response is at before_w at the step (t = 0), so those crossings lie on the line from there."""
+    t = np.array([-1.0, -0.5, 0.367, 0.5, 0.7, 0.9, 1.5, 2.0])
+    w = np.clip(t * 5000.0, 0.0, 4000.0)
+    r = analyse_step(t, w, 0.0, 4000.0)
+    assert r.delay_s == pytest.approx(0.04) and r.t10_s == pytest.approx(0.08)  # 200 W and 400 W at 5000 W/s
+    assert r.t90_s == pytest.approx(0.74)                    # between 3500 W at 0.7 s and 4000 W at 0.9 s
+    assert r.ramp_w_per_s <= 5000.0 and r.samples == 6
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0.001, 30.0), min_size=2, max_size=40, unique=True), st.floats(100.0, 10000.0),
+       st.floats(0.0, 5.0), st.sampled_from((-1.0, 1.0)))
+def test_step_crossings_are_ordered_and_never_before_the_step(times, ramp, dead_s, sign):
+    t = np.sort(np.asarray(times))
+    w = 1000.0 + sign * np.clip((t - dead_s) * ramp, 0.0, 4000.0)
+    r = analyse_step(t, w, 1000.0, 1000.0 + sign * 4000.0)
+    crossings = [c for c in (r.delay_s, r.t10_s, r.t90_s) if c is not None]
+    assert crossings == sorted(crossings) and all(0.0 <= c <= t[-1] for c in crossings)
+    if r.t90_s is not None:  # a linear ramp sampled coarsely: interpolation never makes it steeper than it is
+        assert r.ramp_w_per_s <= ramp * (1 + 1e-9)
 
 
 def test_step_analysis_rejects_bad_input():

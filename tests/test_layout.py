@@ -21,8 +21,8 @@ PACKAGES = {"core": "gridedge.core", "drivers": "gridedge.drivers", "hil": "grid
 RIG_PUBLIC = ("gridedge.core", "gridedge.contract", "gridedge.telemetry", "gridedge.mqtt", "gridedge.hil",
               "gridedge.drivers.sunspec", "gridedge.drivers.sunspec_models", "gridedge.drivers.regmap",
               "gridedge.drivers.mbap", "gridedge.drivers.rtu")
-#: Agent modules that may start the rig: the demo command only.
-RIG_USERS = ("gridedge.demo",)
+#: Agent modules that may use the rig: the demo command, and the lab command (its throwaway PKI; edge/lab.py says why).
+RIG_USERS = ("gridedge.demo", "gridedge.lab")
 
 
 def _module(path: Path) -> tuple[str, bool]:

@@ -6,12 +6,12 @@ import asyncio
 import struct
 
 import pytest
-from hypothesis import given
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from gridedge.drivers import mbap
-from gridedge.drivers.modbus_rtu import TcpLink
-from gridedge.drivers.modbus_tcp import DeviceError
+from gridedge.drivers.modbus import DeviceError
+from gridedge.drivers.modbus_tcp import TcpLink
 from gridedge.hil.modbus_sim import ModbusTcpSim, UnitSim
 from gridedge.core.model import Detail
 
@@ -86,6 +86,175 @@ def test_fuzz_round_trip_of_read_answers(tid, unit, regs, piece):
     d = mbap.Decoder()
     got = [r for i in range(0, len(frame), piece) for r in d.feed(frame[i:i + piece])]
     assert got == [mbap.Response(tid, unit, 3, registers=tuple(regs))]
+
+
+# ---------------------------------------------------------------- the client state machine
+
+def frame(tid: int, unit: int, function: int, body: bytes) -> bytes:
+    """An answer as a device would send it (or a broken one: nothing here is checked)."""
+    return struct.pack(">HHHBB", tid, 0, 2 + len(body), unit, function) + body
+
+
+def read_body(regs) -> bytes:
+    return struct.pack(f">B{len(regs)}H", 2 * len(regs), *regs)
+
+
+def test_client_matches_answers_to_their_requests():
+    c = mbap.Client(max_outstanding=3)
+    t1, f1 = c.send_read(7, mbap.READ_INPUT, 100, 2)
+    t2, f2 = c.send_write(7, 10, [1, 2, 3])
+    t3, _ = c.send_read(8, mbap.READ_HOLDING, 0, 1)
+    assert (t1, t2, t3) == (1, 2, 3) and f1 == mbap.encode_read(1, 7, 4, 100, 2) and c.outstanding == (1, 2, 3)
+    with pytest.raises(mbap.LocalProtocolError, match="at most 3"):
+        c.send_read(7, 3, 0, 1)
+    stream = (frame(t2, 7, 16, struct.pack(">HH", 10, 3)) + frame(t1, 7, 4, read_body([5, 6]))
+              + frame(t3, 9, 3, read_body([1])))                       # out of order, the last from unit 9
+    events = [e for i in range(0, len(stream), 3) for e in c.receive_data(stream[i:i + 3])]
+    assert events == [mbap.Response(t2, 7, 16, address=10, count=3), mbap.Response(t1, 7, 4, registers=(5, 6)),
+                      mbap.WrongUnit(t3, 8, 9)]
+    assert c.outstanding == ()
+    # an answer twice, an answer to nothing sent, an exception
+    t4, _ = c.send_read(1, 3, 0, 2)
+    assert c.receive_data(frame(t4, 1, 0x83, b"\x02") + frame(t4, 1, 3, read_body([1, 2])) + frame(999, 1, 3, b"\0")) \
+        == [mbap.Response(t4, 1, 3, exception=2), mbap.Stray(t4), mbap.Stray(999)]
+
+
+@pytest.mark.parametrize("request_,answer,reason", [
+    (("read", 1, 3, 0, 2), frame(1, 1, 3, read_body([1])), "got 1 registers, not 2"),
+    (("read", 1, 3, 0, 2), frame(1, 1, 4, read_body([1, 2])), "function 4 to a request of function 3"),
+    (("read", 1, 3, 0, 2), frame(1, 1, 0x90, b"\x02"), "function 16 to a request of function 3"),
+    (("write", 1, 10, [1]), frame(1, 1, 16, struct.pack(">HH", 11, 1)), "echoes 1 @ 11, not 1 @ 10"),
+])
+def test_client_answers_that_do_not_fit_their_request(request_, answer, reason):
+    c = mbap.Client()
+    kind, *args = request_
+    (c.send_read if kind == "read" else c.send_write)(*args)
+    (event,) = c.receive_data(answer)
+    assert isinstance(event, mbap.Mismatch) and event.tid == 1 and reason in event.reason and c.outstanding == ()
+
+
+def test_client_late_answer_and_ids_kept_out_of_use():
+    c = mbap.Client()
+    late, _ = c.send_read(1, 3, 0, 2)
+    c.cancel(late)                                      # timed out
+    for _ in range(0x10000):                            # every other id comes round again; `late` does not
+        tid, _ = c.send_read(1, 3, 0, 2)
+        assert tid != late
+        assert c.receive_data(frame(tid, 1, 3, read_body([1, 2]))) == [mbap.Response(tid, 1, 3, registers=(1, 2))]
+    assert c.receive_data(frame(late, 1, 3, read_body([6, 6]))) == [mbap.LateAnswer(late)]
+    c.cancel(12345)                                     # not outstanding: nothing to give up
+
+
+def test_client_after_bytes_that_are_not_modbus_is_broken():
+    c = mbap.Client(max_outstanding=2)
+    t1, _ = c.send_read(1, 3, 0, 2)
+    c.send_read(1, 3, 0, 2)
+    events = c.receive_data(frame(t1, 1, 3, read_body([1, 2])) + b"\x00\x02\x00\x09\x00\x03\x01\x03\x00")
+    assert events == [mbap.Response(t1, 1, 3, registers=(1, 2)), mbap.BadFrame("protocol id 9, not 0 (Modbus)")]
+    assert c.outstanding == () and c.broken == events[-1]
+    with pytest.raises(mbap.LocalProtocolError):
+        c.send_read(1, 3, 0, 2)
+    with pytest.raises(mbap.LocalProtocolError):
+        c.receive_data(b"")
+    with pytest.raises(ValueError):
+        mbap.Client(max_outstanding=0)
+
+
+def _answer(data, tid: int, req) -> bytes:
+    """Some answer for transaction `tid`: often the right one, otherwise wrong in one way or another."""
+    unit, function, address, count = req if req is not None else (data.draw(st.integers(0, 255)), 3, 0, 1)
+    unit = data.draw(st.sampled_from([unit, unit, data.draw(st.integers(0, 255))]))
+    kind = data.draw(st.sampled_from(["right", "right", "count", "function", "exception", "echo"]))
+    if kind == "function":
+        function = data.draw(st.sampled_from([3, 4, 16]))
+    if kind == "exception":
+        return frame(tid, unit, function | 0x80, bytes([data.draw(st.integers(0, 255))]))
+    if function == 16:
+        if kind == "echo":
+            address, count = data.draw(st.integers(0, 0xFFFF)), data.draw(st.integers(0, 0xFFFF))
+        return frame(tid, unit, 16, struct.pack(">HH", address, count))
+    n = data.draw(st.integers(0, 125)) if kind == "count" else min(count, 125)
+    return frame(tid, unit, function, read_body([0x1234] * n))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_fuzz_client_never_matches_an_answer_to_the_wrong_request(data):
+    """Requests, give-ups, answers (right and wrong, to sent, given-up and unknown ids) and noise, in arbitrary
+    chunks: only LocalProtocolError / ValueError are ever raised, and every event is about the request it names,
+    with a Response only for an answer that fits that request; BadFrame comes last and breaks the client."""
+    max_out = data.draw(st.integers(1, 4))
+    c = mbap.Client(max_outstanding=max_out)
+    sent: dict[int, tuple[int, int, int, int]] = {}      # the model: what is outstanding
+    given_up: set[int] = set()
+    for _ in range(data.draw(st.integers(1, 30))):
+        op = data.draw(st.sampled_from(["read"] * 3 + ["write", "cancel", "noise"] + ["answer"] * 4))
+        stream = b""
+        if op in ("read", "write"):
+            unit, address = data.draw(st.integers(0, 255)), data.draw(st.integers(0, 0xFFFF))
+            count = data.draw(st.integers(0, 130))
+            function = data.draw(st.sampled_from([3, 4, 16])) if op == "read" else 16
+            valid = (1 <= count <= (125 if op == "read" else 123) and address + count <= 0x10000
+                     and (op == "write" or function != 16))
+            try:
+                if op == "read":
+                    tid, _ = c.send_read(unit, function, address, count)
+                else:
+                    tid, _ = c.send_write(unit, address, [7] * count)
+            except ValueError:
+                assert not valid
+                continue
+            except mbap.LocalProtocolError:
+                assert len(sent) == max_out
+                continue
+            assert valid and tid not in sent and tid not in given_up
+            sent[tid] = (unit, function, address, count)
+        elif op == "cancel" and sent:
+            tid = data.draw(st.sampled_from(sorted(sent)))
+            c.cancel(tid)
+            given_up.add(tid)
+            del sent[tid]
+        elif op == "answer":
+            known = sorted(sent) * 4 + sorted(given_up)             # mostly answers to what was sent
+            tid = data.draw(st.sampled_from(known) if known and data.draw(st.integers(0, 5))
+                            else st.integers(0, 0xFFFF))
+            stream = _answer(data, tid, sent.get(tid))
+        else:
+            stream = data.draw(st.binary(max_size=24))
+        cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=4)))
+        for a, b in zip([0] + cuts, cuts + [len(stream)]):
+            events = c.receive_data(stream[a:b])
+            if events and isinstance(events[-1], mbap.BadFrame):
+                event("BadFrame")
+                assert c.outstanding == () and c.broken is events[-1]
+                assert not any(isinstance(e, mbap.BadFrame) for e in events[:-1])
+                with pytest.raises(mbap.LocalProtocolError):
+                    c.receive_data(b"")
+            for e in events:
+                event(type(e).__name__ + ("" if not isinstance(e, mbap.Response) else
+                                          " exception" if e.exception is not None else " ok"))
+                if isinstance(e, mbap.LateAnswer):
+                    assert e.tid in given_up
+                    given_up.discard(e.tid)
+                    continue
+                if isinstance(e, mbap.Stray):
+                    assert e.tid not in sent and e.tid not in given_up
+                    continue
+                if isinstance(e, mbap.BadFrame):
+                    return
+                req = sent.pop(e.tid)                        # KeyError: an event about a request never sent
+                unit, function, address, count = req
+                if isinstance(e, mbap.WrongUnit):
+                    assert e.expected == unit != e.unit
+                elif isinstance(e, mbap.Response):
+                    assert (e.unit, e.function) == (unit, function)
+                    if e.exception is None and function == 16:
+                        assert (e.address, e.count) == (address, count)
+                    elif e.exception is None:
+                        assert len(e.registers) == count
+                else:
+                    assert isinstance(e, mbap.Mismatch) and e.reason
+        assert set(c.outstanding) == set(sent)
 
 
 # ---------------------------------------------------------------- the link against servers
@@ -210,5 +379,26 @@ def test_connection_closed_by_the_device_is_comm_failure_and_reconnects():
             assert ei.value.detail is Detail.COMM_FAILURE and "link lost" in str(ei.value)
             assert await link.read(1, "holding", 0, 2) == [1, 2]
             assert srv.connections == 2
+            await link.close()
+    arun(main())
+
+
+def test_stray_and_repeated_answers_are_dropped_and_garbage_between_requests_means_a_new_connection():
+    async def main():
+        calls = []
+
+        def respond(req):
+            calls.append(req)
+            right = answer_read(req)
+            if len(calls) == 1:
+                return answer_read(req, tid_delta=7) + right + right     # an id never sent, the answer twice
+            if len(calls) == 2:
+                return right + b"\x00\x01\x00\x07\x00\x03\x01"           # then bytes that are not Modbus TCP
+            return right
+        async with Misbehaving(respond) as srv:
+            link = TcpLink("127.0.0.1", srv.port, 0.3)
+            for _ in range(3):
+                assert await link.read(1, "holding", 0, 2) == [1, 2]
+            assert srv.connections == 2 and link.failures == 0          # reconnected before the third request
             await link.close()
     arun(main())

@@ -9,15 +9,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gridedge.drivers.modbus_rtu import RtuSerialLink, RtuTcpLink, SerialSettings, TcpLink
+from gridedge.drivers.modbus_rtu import RtuSerialLink, RtuTcpLink, SerialSettings
+from gridedge.drivers.modbus_tcp import TcpLink
 from gridedge.drivers.rtu import classify_rtu_answer, crc16, crc_ok, frame_gap_s, read_wire_time_s, with_crc
-from gridedge.drivers.modbus_tcp import DeviceError
+from gridedge.drivers.modbus import DeviceError
 from gridedge.hil.modbus_sim import (
     ModbusLineSim, ModbusTcpSim, UnitSim, rtu_request_length, rtu_response_length, split_frames,
 )
 from gridedge.core.model import Detail
 
-from .aio import arun
+from .aio import arun, until
 
 REGS = {"holding": {0: 11, 1: 12, 2: 13, 10: 0xFFFF}, "input": {100: 7, 101: 8}}
 
@@ -139,8 +140,8 @@ def test_rtu_faults_become_details_and_the_line_keeps_working(mode, kw, detail, 
             # the other units on the line are not affected, also while a late answer is still on its way
             for _ in range(3):
                 assert await link.read(1, "holding", 0, 3) == [11, 12, 13]
-            if mode == "slow":
-                await asyncio.sleep(0.5)    # let the late answer arrive; it must not be taken for unit 2's
+            if mode == "slow":  # the late answer is on the line: it must not be taken for unit 2's
+                await until(lambda: sim.late_sent >= 1, timeout=5.0)
             assert await link.read(2, "holding", 0, 3) == [11, 12, 13]
         finally:
             await link.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import math
 import os
 import signal
 import subprocess
@@ -271,7 +272,8 @@ def test_bad_endpoint_is_a_clear_error_not_a_crash():
         polled = await dev.poll()        # keeps retrying in the background; the image says why there is no value
         assert [(s.point, s.validity, s.detail, s.unit) for s in polled] == \
             [("x/W", Validity.INVALID, Detail.COMM_FAILURE, "W")]
-        await asyncio.sleep(0.5)
+        failures = dev.connect_failures
+        await until(lambda: dev.connect_failures >= failures + 2, 5)
         await dev.close()
 
         # a peer that accepts TCP but never speaks OPC UA: TIMEOUT, within the configured time
@@ -384,11 +386,11 @@ def test_quality_fuzz(code):
 @given(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(), st.binary(),
                  st.lists(st.floats()), st.datetimes()))
 def test_to_value_fuzz(v):
-    ok, out = to_value(v)
-    if ok:
-        assert isinstance(out, (int, float, str)) and not isinstance(out, bool)
-    else:
-        assert out is None
+    """Numbers and text pass (bool as 0/1), non-finite floats and everything else do not."""
+    scalar = isinstance(v, (int, str)) or (isinstance(v, float) and math.isfinite(v))
+    want = (True, int(v) if isinstance(v, bool) else v) if scalar else (False, None)
+    got = to_value(v)
+    assert got == want and type(got[1]) is type(want[1])
 
 
 @settings(max_examples=200, deadline=None)
@@ -403,12 +405,23 @@ def test_ts_ns_fuzz(d, fallback):
         assert got == fallback
 
 
+NODE_IDS = st.one_of(
+    st.builds("i={}".format, st.integers(0, 2**32 - 1)),
+    st.builds("ns={};i={}".format, st.integers(0, 65535), st.integers(0, 2**32 - 1)),
+    st.builds("ns={};s={}".format, st.integers(0, 65535), st.from_regex(r"[A-Za-z0-9._-]{1,30}", fullmatch=True)))
+POINTS = st.from_regex(r"[A-Za-z0-9._-]{1,30}", fullmatch=True)
+
+
 @settings(max_examples=200, deadline=None)
-@given(st.text(max_size=40), st.text(max_size=40))
-def test_node_id_config_fuzz(point, nid):
-    """Any text as point name / node id: accepted, or refused with ValueError, never anything else."""
+@given(st.tuples(st.just(True), POINTS, NODE_IDS) | st.tuples(st.just(False), st.text(max_size=40),
+                                                                NODE_IDS | st.text(max_size=40)))
+def test_node_id_config_fuzz(case):
+    """Any text as point name / node id: accepted, or refused with ValueError, never anything else; a well-formed
+    point and node id (the first kind drawn) is always accepted."""
+    well_formed, point, nid = case
     try:
         dev = OpcUaDevice("d", "opc.tcp://127.0.0.1:4840/", {point: nid})
     except ValueError:
+        assert not well_formed, (point, nid)
         return
     assert list(dev.nodes) == [point]

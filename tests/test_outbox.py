@@ -1,5 +1,6 @@
 """The durable outbox: seqs survive restarts and SIGKILL, bounds drop by class, corrupt files are moved aside."""
 import json
+import math
 import os
 import signal
 import sqlite3
@@ -37,8 +38,7 @@ def tel_body(n: int = 1) -> dict:
 
 
 def result_body(cmd_id: str = "c1") -> dict:
-    return {"schema": contract.SCHEMA_RESULT, "ts": contract.iso_utc(1_800_000_000 * S), "cmd_id": cmd_id,
-            "status": "accepted", "reason": None}
+    return contract.result(1_800_000_000 * S, cmd_id, "accepted")
 
 
 def test_envelope_is_valid_contract_message(tmp_path):
@@ -113,21 +113,65 @@ def test_bad_input_is_refused_and_consumes_no_seq(tmp_path):
         ob.append("telemetry", "t", tel_body(5), "telemetry")
 
 
+def test_newest_sample_time_is_stored_with_the_records_it_describes(tmp_path):
+    """stats()["newest_sample_ns"] is where the stored data ends (docs/durability.md): written in the append's own
+    transaction, kept across a reopen, untouched by a batch that was refused."""
+    path = tmp_path / "o.db"
+    with Outbox(path, gateway_id=GW) as ob:
+        assert ob.stats()["newest_sample_ns"] is None
+        ob.append_many([("telemetry", "t", tel_body(), "telemetry")], newest_sample_ns=5 * S)
+        with pytest.raises(ValueError):
+            ob.append_many([("telemetry", "t", {"v": float("nan")}, "telemetry")], newest_sample_ns=9 * S)
+        for bad in (1.5, True, "5"):
+            with pytest.raises(TypeError):
+                ob.append_many([("telemetry", "t", tel_body(), "telemetry")], newest_sample_ns=bad)
+        ob.append("result", "r", result_body(), "result")  # an append without sample time leaves it as it is
+    with Outbox(path, gateway_id=GW) as ob:
+        assert ob.stats()["newest_sample_ns"] == 5 * S
+        assert ob.next_seq() == {"result": 1, "telemetry": 1}
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
     lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4), max_leaves=12)
 
 
+def _non_finite(v) -> bool:
+    if isinstance(v, float):
+        return not math.isfinite(v)
+    if isinstance(v, dict):
+        return any(_non_finite(x) for x in v.values())
+    return isinstance(v, list) and any(_non_finite(x) for x in v)
+
+
+def refusal(body) -> type[Exception] | None:
+    """What append must raise for a body, by the rules in edge/outbox.py: not an object; a key the outbox assigns
+    (seq, msg_id) or one that contradicts it (stream, gateway); a value JSON cannot carry."""
+    if not isinstance(body, dict):
+        return TypeError
+    if "seq" in body or "msg_id" in body or body.get("stream", "telemetry") != "telemetry" \
+            or body.get("gateway", GW) != GW or _non_finite(body):
+        return ValueError
+    return None
+
+
+KEYS = st.sampled_from(["seq", "msg_id", "stream", "gateway", "schema"]) | st.text(max_size=10)
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(body=st.dictionaries(st.text(max_size=10), json_values, max_size=6) | json_values)
+@given(body=st.dictionaries(KEYS, json_values | st.sampled_from(["telemetry", GW]), max_size=6) | json_values)
 def test_fuzz_append_stores_or_refuses(tmp_path, body):
+    """Any body: stored as given, or refused for a stated reason without using a seq; nothing else is refused."""
     with Outbox(tmp_path / "fuzz.db", gateway_id=GW, durability="normal") as ob:
         before = ob.next_seq().get("telemetry")
+        expected = refusal(body)
         try:
             rec = ob.append("telemetry", "t", body, "telemetry")
-        except (ValueError, TypeError):
+        except (ValueError, TypeError) as exc:
+            assert type(exc) is expected, (body, exc)
             assert ob.next_seq().get("telemetry") == before
             return
+        assert expected is None, body
         doc = json.loads(rec.payload)
         assert doc["seq"] == rec.seq and doc["msg_id"] == rec.msg_id and doc["gateway"] == GW
         assert {k: v for k, v in doc.items() if k not in ("gateway", "stream", "seq", "msg_id")} == \
@@ -156,22 +200,25 @@ while True:
 def test_sigkill_loses_nothing_committed_and_reuses_no_seq(tmp_path, durability):
     path = tmp_path / "o.db"
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(path), durability], stdout=subprocess.PIPE, text=True)
-    reported: dict[str, list[int]] = {"telemetry": [], "result": []}
+    lines: list[str] = []
     try:
         for _ in range(300):  # committed before printed: every line names records that are on disk
             line = child.stdout.readline()
             assert line, "child died"
-            for item in line.split():
-                stream, seq = item.split(":")
-                reported[stream].append(int(seq))
+            lines.append(line)
         os.kill(child.pid, signal.SIGKILL)
     finally:
         child.kill()
-        rest = child.stdout.read()
+        lines += child.stdout.read().splitlines()
         child.wait()
-    for item in rest.split():
-        stream, seq = item.split(":")
-        reported[stream].append(int(seq))
+    reported: dict[str, list[int]] = {"telemetry": [], "result": []}
+    acked: dict[str, set[int]] = {"telemetry": set(), "result": set()}
+    for i, line in enumerate(lines):
+        for k, item in enumerate(line.split()):
+            stream, seq = item.split(":")
+            reported[stream].append(int(seq))
+            if i % 5 == 4 and k == 0:  # the child acked the first record of every fifth line
+                acked[stream].add(int(seq))
     with Outbox(path, gateway_id=GW) as ob:
         stored: dict[str, list[int]] = {"telemetry": [], "result": []}
         after = 0
@@ -182,12 +229,15 @@ def test_sigkill_loses_nothing_committed_and_reuses_no_seq(tmp_path, durability)
         nxt = ob.next_seq()
         for stream, seqs in reported.items():
             assert seqs == list(range(len(seqs))), "the child saw contiguous seqs"
-            # what the child saw committed is in the store, unless it acked it (every 5th line's first record)
+            # what the child saw committed is in the store, unless it acked it; an acked record is gone
+            have = set(stored[stream])
+            assert sorted(set(seqs) - acked[stream] - have) == [], f"{stream}: committed records lost"
+            assert sorted(acked[stream] & have) == [], f"{stream}: acked records still stored"
+            # beyond what was reported, at most the one batch committed just before the kill
+            assert have - set(seqs) <= {len(seqs)}, have - set(seqs)
             assert set(stored[stream]) <= set(range(nxt[stream]))
             assert nxt[stream] >= len(seqs)  # never below anything reported: no seq can be issued twice
         assert stored["telemetry"] == sorted(stored["telemetry"])
-        missing = set(reported["telemetry"]) - set(stored["telemetry"])
-        assert len(missing) <= len(reported["telemetry"]) // 4, "only the acked ones may be gone"
         new = ob.append("telemetry", "t", {}, "telemetry")
         assert new.seq == nxt["telemetry"] and new.seq >= len(reported["telemetry"])
 
@@ -253,7 +303,7 @@ def test_age_bound_per_class_and_counted(tmp_path):
     path = tmp_path / "o.db"
     ages = {"telemetry": 3600, "result": 10 * 86400}
     with Outbox(path, gateway_id=GW, max_age_s=ages, clock=clock) as ob:
-        old_t = ob.append("telemetry", "t", {}, "telemetry")
+        ob.append("telemetry", "t", {}, "telemetry")  # aged out below
         old_e = ob.append("event", "e", {}, "event")  # default age: 30 days
         old_r = ob.append("result", "r", {}, "result")
         clock.t += 3000 * S

@@ -168,11 +168,15 @@ def test_rsa_and_bad_arguments(tmp_path: Path) -> None:
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=st.text(max_size=80))
 def test_client_name_fuzz(pki: Pki, name: str) -> None:
-    """Any string: either a clear ValueError or a certificate whose CN is exactly that string."""
+    """Any string: a certificate whose CN is exactly that string, or a clear ValueError when it is empty, longer
+    than the 64 characters X.509 allows, or has a control character; nothing else is refused."""
+    refused = not 0 < len(name) <= 64 or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name)
     try:
         cert_path, key_path = pki.client(name)
     except ValueError:
+        assert refused, f"{name!r} refused"
         return
+    assert not refused, f"{name!r} accepted"
     assert cert_path.parent == pki.dir / "clients" and key_path.parent == pki.dir / "clients"
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == name
@@ -418,15 +422,27 @@ def test_bad_constructor_arguments(tmp_path: Path, pki: Pki) -> None:
         Mosquitto(tmp_path, pki, acl={"gw\ntopic readwrite #": ["read a"]})
 
 
+ACL_LINE = st.tuples(st.sampled_from(["read", "write", "readwrite", "deny"]), st.sampled_from([" ", "   "]),
+                     st.from_regex(r"[A-Za-z0-9/+#_.-]{1,20}", fullmatch=True)).map("".join)
+GOOD_ACL = st.dictionaries(st.from_regex(r"[A-Za-z0-9_.-]{1,12}", fullmatch=True), st.lists(ACL_LINE, max_size=3),
+                           max_size=3)
+ANY_ACL = st.dictionaries(st.text(max_size=12), st.lists(ACL_LINE | st.text(max_size=20), max_size=3), max_size=3)
+
+
 @settings(max_examples=100, deadline=None)
-@given(acl=st.dictionaries(st.text(max_size=12), st.lists(st.text(max_size=20), max_size=3), max_size=3))
-def test_acl_render_fuzz(acl: dict[str, list[str]]) -> None:
-    """Arbitrary ACL input: a ValueError, or a file with exactly one user/topic line per input entry."""
+@given(case=st.tuples(st.just(True), GOOD_ACL) | st.tuples(st.just(False), ANY_ACL))
+def test_acl_render_fuzz(case: tuple[bool, dict[str, list[str]]]) -> None:
+    """ACL input: a file with exactly the user and topic lines asked for, in order; a ValueError only for input
+    outside the grammar (well-formed input, the first kind drawn, is never refused)."""
+    well_formed, acl = case
     try:
         text = broker_mod._render_acl(acl)
     except ValueError:
+        assert not well_formed, acl
         return
     lines = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
-    assert [ln for ln in lines if ln.startswith("user ")] == [f"user {u}" for u in acl]
-    assert sum(ln.startswith("topic ") for ln in lines) == sum(len(v) for v in acl.values())
-    assert len(lines) == len(acl) + sum(len(v) for v in acl.values())
+    expected = []
+    for user, entries in acl.items():
+        expected.append(f"user {user}")
+        expected += ["topic " + " ".join(e.strip().split(None, 1)) for e in entries]
+    assert lines == expected

@@ -17,7 +17,7 @@ from gridedge.devices import make_device
 from gridedge.drivers import regmap
 from gridedge.drivers import sunspec as ss
 from gridedge.drivers.modbus_rtu import SerialSettings
-from gridedge.drivers.modbus_tcp import WriteError
+from gridedge.drivers.modbus import WriteError
 from gridedge.drivers.regmap_device import LinkSpec, RegmapDevice
 from gridedge.drivers.scheduler import BusPool
 from gridedge.drivers.sunspec_device import ADOPT_COMPLETED, SunSpecDevice
@@ -31,6 +31,7 @@ from .aio import until
 SDM = regmap.load_map(regmap.shipped_maps()["eastron_sdm630"])
 METER = {"PhVphA": 230.1, "Hz": 50.02, "W": -1500.0}
 VV = [(92.0, 30.0), (97.0, 0.0), (103.0, 0.0), (108.0, -30.0)]
+VA_MAX_PCT = 3      # 705/712 DeptRef: the var values are % of the rated apparent power (IEEE 1547's reference)
 
 
 arun = functools.partial(aio.arun, timeout=40.0)
@@ -184,7 +185,7 @@ def test_volt_var_curve_written_read_back_and_adopted():
             after = await inv.read_model(705)
             assert after["Crv[1].Pt[4].Var"] == -30.0 and after["Ena"] == 1
             # a 3-point curve into slot 3: the active curve gets 3 points, the 4th is no longer part of it
-            await inv.write_curve(705, 3, VV[:3])
+            await inv.write_curve(705, 3, VV[:3], DeptRef=VA_MAX_PCT)
             assert vv.curve(1)["Pt"] == VV[:3] and vv.curve(1)["ActPt"] == 3
             assert (await inv.read_model(705))["Crv[1].Pt[4].V"] is ss.NOT_IMPLEMENTED
     arun(main())
@@ -196,22 +197,25 @@ def test_curve_writes_refused_before_anything_is_written():
             inv = r.sunspec()
             await inv.connect()
             applied = r.inv.writes_applied
+            ref = {"DeptRef": VA_MAX_PCT}
             for args, kw, match in (
-                ((705, 1, VV), {}, "read-only"),                       # the active curve
-                ((705, 4, VV), {}, "index must be 1..3"),
-                ((705, 2, VV + [(110.0, -40.0)]), {}, "1..4 points"),
-                ((705, 2, [(92.0, "x")]), {}, "finite number"),
-                ((705, 2, [(92.0, 1e9)]), {}, "refused"),              # does not fit the int16 register
-                ((704, 2, VV), {}, "no curves"),
-                ((706, 2, VV), {}, "no model 706"),
-                ((705, 2, VV), {"Bogus": 1}, "no point"),
+                ((705, 1, VV), ref, "read-only"),                      # the active curve
+                ((705, 4, VV), ref, "index must be 1..3"),
+                ((705, 2, VV + [(110.0, -40.0)]), ref, "1..4 points"),
+                ((705, 2, [(92.0, "x")]), ref, "finite number"),
+                ((705, 2, [(92.0, 1e9)]), ref, "refused"),             # does not fit the int16 register
+                ((704, 2, VV), ref, "no curves"),
+                ((706, 2, VV), ref, "no model 706"),
+                ((705, 2, VV), {"Bogus": 1, **ref}, "no point"),
+                ((705, 2, VV), {}, "DeptRef"),                         # var % of what: the reference is required
+                ((712, 2, [(20.0, 0.0), (100.0, -44.0)]), {}, "DeptRef"),
             ):
                 with pytest.raises(WriteError, match=match):
                     await inv.write_curve(*args, **kw)
             assert r.inv.writes_applied == applied
             # written and read back, but the device refuses to adopt it (voltages not increasing)
             with pytest.raises(WriteError, match="FAILED") as ei:
-                await inv.write_curve(705, 2, [(100.0, 0.0), (95.0, 10.0)])
+                await inv.write_curve(705, 2, [(100.0, 0.0), (95.0, 10.0)], DeptRef=VA_MAX_PCT)
             assert ei.value.detail is Detail.DEVICE_EXCEPTION
             assert r.inv.handlers[705].curve(1)["Pt"] == [(92.0, 44.0), (98.0, 0.0), (102.0, 0.0), (108.0, -44.0)]
             # the device refuses a write into a read-only point of a curve
@@ -220,7 +224,7 @@ def test_curve_writes_refused_before_anything_is_written():
             with pytest.raises(WriteError) as ei:
                 ro = SunSpecDevice("ro", rtu(r.port), 2, pool=r.pool, writable=False)
                 r.devices.append(ro)
-                await ro.write_curve(705, 2, VV)
+                await ro.write_curve(705, 2, VV, DeptRef=VA_MAX_PCT)
             assert "read-only" in str(ei.value) and ei.value.detail is Detail.BAD_REFERENCE
     arun(main())
 
@@ -294,7 +298,7 @@ def test_inverter_cli_serves_an_rtu_line():
             try:
                 s = by_name(await dev.poll())
                 assert s["WMax"].value == 6000 and s["W"].value == pytest.approx(3000, abs=50)
-                rb = await dev.write_curve(705, 2, VV)
+                rb = await dev.write_curve(705, 2, VV, DeptRef=VA_MAX_PCT)
                 assert rb["Crv[2].Pt[4].Var"] == -30.0
             finally:
                 await dev.close()

@@ -368,6 +368,8 @@ def test_fuzz_discovery(answers):
             addr, count = req
             assert 0 <= addr and addr + count <= 0x10000 and 1 <= count <= ss.MAX_READ
             req = gen.send(ans)
+        else:
+            pytest.fail("discovery did not end after its answers and 400 unanswered reads")
     except StopIteration as stop:
         assert isinstance(stop.value, ss.DiscoveryResult)
     except ss.DiscoveryError:

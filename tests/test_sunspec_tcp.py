@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from gridedge.drivers.modbus_rtu import TcpLink
-from gridedge.drivers.modbus_tcp import DeviceError
+from gridedge.drivers.modbus import DeviceError
+from gridedge.drivers.modbus_tcp import TcpLink
 from gridedge.drivers.sunspec_models import model_layout
 from gridedge.drivers.sunspec_tcp import SunSpecTcpDevice, WriteError
 from gridedge.hil.inverter_sim import InverterSim

@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gridedge import telemetry
@@ -14,7 +14,7 @@ from gridedge.image import ProcessImage
 from gridedge.core.model import BlockLayout, Detail, Sample, SampleBlock, Validity, flatten
 from gridedge.outbox import Outbox
 
-from .conftest import validate_message
+from .conftest import VALIDATORS, validate_message
 
 T = 1_795_442_401_123_456_789
 LAY = BlockLayout("m1", ["W", "Hz", "PhVphA"], ["W", "Hz", "V"])
@@ -86,9 +86,11 @@ def test_round_trip_property(items, ts):
     lay = BlockLayout("d1", names, ["W"] * len(items))
     quality = [q for _, q in items]
     blk = SampleBlock(lay, ts, [v for v, _ in items], quality if any(q is not None for q in quality) else None)
-    doc = {"schema": telemetry.SCHEMA_TELEMETRY, "blocks": [json.loads(telemetry.encode_block(blk))]}
+    doc = {"schema": telemetry.SCHEMA_TELEMETRY, "gateway": "gw-1", "stream": "telemetry", "seq": 0, "msg_id": "0" * 32,
+           "ts": "2026-12-06T21:00:00.000Z", "blocks": [json.loads(telemetry.encode_block(blk))]}
     got = list(telemetry.samples_of(doc))
-    for want, s in zip(blk, got):
+    assert len(got) == len(items)
+    for want, s in zip(blk, got, strict=True):
         finite = not (isinstance(want.value, float) and not math.isfinite(want.value))
         assert s.point == want.point and s.ts_ns == ts
         if finite:
@@ -102,14 +104,35 @@ JSONISH = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(all
                        max_leaves=20)
 
 
-@given(st.one_of(JSONISH, st.fixed_dictionaries({"schema": st.just(telemetry.SCHEMA_TELEMETRY),
-                                                 "blocks": st.lists(JSONISH, max_size=3)})))
+_ANY = st.one_of(JSONISH, st.none(), st.booleans(), st.integers(-5, 2**64), st.text(max_size=3))
+_BLOCK = st.fixed_dictionaries(
+    {"dev": st.one_of(st.just("m1"), _ANY), "t": st.one_of(st.integers(0, 2**63), _ANY),
+     "n": st.one_of(st.lists(st.sampled_from(["W", "Hz", "a b", ""]), max_size=3), _ANY),
+     "u": st.one_of(st.lists(st.sampled_from(["W", "Hz", ""]), max_size=3), _ANY),
+     "v": st.one_of(st.lists(st.one_of(st.none(), st.floats(allow_nan=False), st.booleans(), st.text(max_size=2),
+                                       JSONISH), max_size=3), _ANY)},
+    optional={"q": st.one_of(st.lists(st.one_of(st.none(), st.just(["invalid", "timeout"]), _ANY), max_size=3),
+                             _ANY), "x": _ANY})
+_MESSAGE = st.fixed_dictionaries(
+    {"schema": st.just(telemetry.SCHEMA_TELEMETRY), "gateway": st.sampled_from(["gw-1", "gw 1"]),
+     "stream": st.just("telemetry"), "seq": st.one_of(st.integers(-1, 10), _ANY),
+     "msg_id": st.sampled_from(["0" * 32, "X"]), "ts": st.sampled_from(["2026-12-06T21:00:00.000Z", "now"]),
+     "blocks": st.lists(st.one_of(_BLOCK, JSONISH), max_size=3)})
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(JSONISH, _MESSAGE))
 def test_fuzz_the_head_end_parser(doc):
-    """Any JSON: Samples, or ValueError; never another exception."""
+    """Any JSON: Samples from a message that follows the schema, or ValueError; never another exception, and
+    nothing the schema refuses is accepted (nor the other way round)."""
+    follows = VALIDATORS["telemetry"].is_valid(doc)
     try:
-        list(telemetry.samples_of(doc if isinstance(doc, dict) else {"blocks": doc}))
+        samples = list(telemetry.samples_of(doc))
     except ValueError:
-        pass
+        assert not follows
+        return
+    assert follows
+    assert len(samples) == sum(len(b["n"]) for b in doc["blocks"])
 
 
 def test_process_image_holds_blocks_whole_and_loose_samples():

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
 from gridedge.contract import ACTIVATION_TYPES, Command
+from gridedge.core.text import escape
 from gridedge.core.utc import iso_utc
 
 from .capability import Capability
@@ -255,7 +256,7 @@ class ActivationBook:
             try:
                 listener(ev)
             except Exception:  # an observer must never break control
-                log.exception("activation listener %r failed on %s %s", listener, act.id, act.state.value)
+                log.exception("activation listener %r failed on %s %s", listener, escape(act.id), act.state.value)
 
     def _move(self, act: Activation, state: State, now_ns: int, reason: str | None = None,
               **detail) -> Change | None:
@@ -535,10 +536,10 @@ class ActivationBook:
                                  resolved={str(k): float(v) for k, v in it["resolved"].items()},
                                  end_ns=it["end_ns"])
             except (KeyError, TypeError, ValueError) as exc:
-                log.error("restart file: unreadable activation %r (%s); not restored", it, exc)
+                log.error("restart file: unreadable activation %s (%s); not restored", escape(it), escape(exc))
                 continue
             if act.type not in CHANNEL:
-                log.error("restart file: unknown activation type %r; not restored", act.type)
+                log.error("restart file: unknown activation type %s; not restored", escape(repr(act.type)))
                 continue
             self._remember(act.id)
             if act.state is State.ACTIVE and (act.end_ns is None or act.end_ns > now_ns):

@@ -35,6 +35,7 @@ from typing import Awaitable, Callable, Mapping
 
 from gridedge import contract
 from gridedge.contract import Command
+from gridedge.core.text import escape
 
 from .activation import PENDING, ActivationBook, Change, Listener
 from .capability import Capability
@@ -136,7 +137,7 @@ class DeviceWriter:
                 self.failures += 1
                 for k in values:
                     self.written.pop(k, None)
-                log.warning("control: write to %s failed: %s", self.id, exc)
+                log.warning("control: write to %s failed: %s", self.id, escape(exc))
                 self.engine._write_failed(self.id, carries, str(exc))
                 await asyncio.sleep(min(0.25 * 2 ** min(self.failures, 6), 10.0))  # a dead device: back off
                 self._changed.set()
@@ -328,7 +329,7 @@ class ControlEngine:
             try:
                 await self.report(ch.cmd_id, ch.status, ch.reason, **ch.detail)
             except Exception:  # reporting must not stop control
-                log.exception("control: reporting %s %s failed", ch.cmd_id, ch.status)
+                log.exception("control: reporting %s %s failed", escape(ch.cmd_id), ch.status)
         self._save()
 
     def step(self) -> None:
@@ -474,5 +475,5 @@ class ControlEngine:
                 raise ValueError("activations is not a list")
             return [i for i in items if isinstance(i, dict)]
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.error("control: restart file %s unreadable (%s); no activation restored", self.state_path, exc)
+            log.error("control: restart file %s unreadable (%s); no activation restored", self.state_path, escape(exc))
             return []

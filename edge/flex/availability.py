@@ -4,7 +4,8 @@ Each ISP's figure is what the resource could deliver in that ISP alone, for the 
 activated: up = extra injection (or less consumption) in W, down = less injection (or more consumption) in W,
 both >= 0. The future state is a simple forecast: the battery keeps its present power (its state of charge moves
 accordingly and stops at its limits), an inverter follows `expected_w` (e.g. the same ISPs on similar past days)
-or, without it, keeps its present output, a load keeps its present consumption.
+or, without it, keeps what it could give now (`available_w`: the device's own figure, or its output before the
+limit, see PreLimit; else its present output), a load keeps its present consumption.
 """
 from __future__ import annotations
 
@@ -53,6 +54,43 @@ class LoadState:
 
 
 State = InverterState | BatteryState | LoadState
+
+
+class PreLimit:
+    """An inverter's output before its present limit (WMaxLimPct with WMaxLimPctEna = 1): while curtailed, its
+    present output is the limit, not what it could give. A power reading counts only once both limit readings at
+    or after it say there was no limit, so the readings of a poll that already shows the new limit (the output
+    falling) never count, whatever order the poll's samples come in."""
+
+    def __init__(self, power: str, pct: str, ena: str) -> None:
+        self.power, self.pct, self.ena = power, pct, ena
+        self._limit: dict[str, tuple[int, float]] = {}
+        self._candidate: tuple[int, float] | None = None
+        self.level: float | None = None  # W, the last confirmed output without a limit
+
+    @property
+    def points(self) -> tuple[str, str, str]:
+        return self.power, self.pct, self.ena
+
+    def limited(self) -> bool:
+        pct, ena = self._limit.get(self.pct), self._limit.get(self.ena)
+        return pct is not None and ena is not None and ena[1] == 1 and pct[1] < 100
+
+    def feed(self, point: str, ts_ns: int, value: float | None) -> None:
+        """value: None for an invalid reading (which confirms nothing)."""
+        if point == self.power:
+            if value is not None and not self.limited():
+                self._candidate = (ts_ns, value)
+            return
+        if value is None:
+            self._limit.pop(point, None)
+            return
+        self._limit[point] = (ts_ns, value)
+        if self.limited():
+            self._candidate = None
+        elif self._candidate is not None and len(self._limit) == 2 and \
+                min(ts for ts, _ in self._limit.values()) >= self._candidate[0]:
+            self.level = self._candidate[1]
 
 
 def inverter(st: InverterState, n: int) -> tuple[np.ndarray, np.ndarray, str]:

@@ -21,17 +21,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..core.text import escape
 from ..core.utc import iso_utc
 from ..core.model import Sample
 from . import messages as msg
 from .accuracy import placebo
-from .availability import BatteryState, InverterState, LoadState, availability
+from .availability import BatteryState, InverterState, LoadState, PreLimit, availability
 from .baselines import METHODS, Baseline, BaselineError, BaselineInput, BaselineResult, make_baseline
 from .history import History
 from ..core.isp import DAY_NS, IspGrid, day_start, is_weekend
@@ -83,6 +85,8 @@ class FlexEngine:
         self._by_point: dict[str, list[MeterSeries]] = {}
         self.latest: dict[str, Sample] = {}
         self._watched: set[str] = set()
+        self._prelimit: dict[str, PreLimit] = {}
+        self._prelimit_by_point: dict[str, list[PreLimit]] = {}
         for r in config.resources:
             m = MeterSeries(r.id, self.grid, energy_import=r.energy_import, energy_export=r.energy_export,
                             power=r.power, max_gap_s=r.max_gap_s, rollover_wh=r.rollover_wh,
@@ -95,17 +99,22 @@ class FlexEngine:
             for p in m.points:
                 self._by_point.setdefault(p, []).append(m)
             self._watched.update(self._state_points(r))
+            if r.kind == "inverter" and r.devices and r.power:
+                dev = r.devices[0]
+                pre = self._prelimit[r.id] = PreLimit(r.power, f"{dev}/WMaxLimPct", f"{dev}/WMaxLimPctEna")
+                for p in pre.points:
+                    self._prelimit_by_point.setdefault(p, []).append(pre)
         self.active: dict[str, _Active] = {}
         for doc in self.history.open_activations():
             try:
                 w = ActivationWindow.from_json(doc)
             except (KeyError, TypeError, ValueError) as exc:
-                log.error("flex: stored activation not readable, skipped: %s", exc)
+                log.error("flex: stored activation not readable, skipped: %s", escape(exc))
                 continue
             gone = [r for r in w.resources if r not in self.resources]
             if gone:  # the configuration changed under it: it cannot be settled any more
                 log.error("flex: activation %s names resources no longer configured (%s); not settled further",
-                          w.activation_id, ", ".join(gone))
+                          escape(w.activation_id), escape(", ".join(gone)))
                 self.history.save_activation(w.activation_id, w.start_ns, w.end_ns, w.resources, doc, done=True)
                 continue
             self.active[w.activation_id] = _Active(w, self.history.settled(w.activation_id))
@@ -124,7 +133,7 @@ class FlexEngine:
         pts = {p for p in (r.power, r.soc) if p}
         if r.kind == "inverter" and r.devices:
             dev = r.devices[0]
-            pts |= {f"{dev}/WMax", f"{dev}/WMaxLimPct", f"{dev}/WMaxLimPctEna"}
+            pts |= {f"{dev}/WMax", f"{dev}/WMaxLimPct", f"{dev}/WMaxLimPctEna", f"{dev}/WAval"}
         return pts
 
     @property
@@ -138,10 +147,12 @@ class FlexEngine:
                 m.feed(smp)
             if smp.point in self._watched:
                 self.latest[smp.point] = smp
-            if self._tests and smp.good and isinstance(smp.value, (int, float)) and not isinstance(smp.value, bool):
+                for pre in self._prelimit_by_point.get(smp.point, ()):
+                    pre.feed(smp.point, smp.ts_ns, _number(smp))
+            if self._tests and (v := _number(smp)) is not None:
                 for t in self._tests.values():
                     if t.point == smp.point:
-                        t.feed(smp.ts_ns, smp.value)
+                        t.feed(smp.ts_ns, v)
 
     def activation(self, window: ActivationWindow) -> None:
         """An activation started, or its window changed (same activation_id). Raises ValueError if it names an
@@ -150,6 +161,7 @@ class FlexEngine:
         if unknown:
             raise ValueError(f"resources: unknown flex resource(s) {', '.join(unknown)}; "
                              f"known: {', '.join(self.resources) or 'none'}")
+        window = window.aligned(self.grid)
         window.check(self.grid)
         act = self.active.get(window.activation_id)
         if act is None:
@@ -314,7 +326,7 @@ class FlexEngine:
         rows, meas_total, base_total = [], 0.0, 0.0
         for rid in w.resources:
             m = self.meters[rid]
-            measured = m.latest_w()
+            measured = m.latest_w(now)
             res_i = bl.get(rid)
             base_wh = float(res_i[0].wh[res_i[1], j]) if res_i is not None else float("nan")
             base_w = None if np.isnan(base_wh) else base_wh / self.grid.hours
@@ -370,11 +382,12 @@ class FlexEngine:
 
     # ------------------------------------------------------------------ availability
 
-    def _value(self, point: str) -> float | None:
+    def _value(self, point: str, now: int | None = None, max_age_ns: int = 0) -> float | None:
+        """The point's latest good number; with now, only if it is at most max_age_ns old."""
         smp = self.latest.get(point)
-        if smp is None or not smp.good or isinstance(smp.value, bool) or not isinstance(smp.value, (int, float)):
+        if smp is None or (now is not None and now - smp.ts_ns > max_age_ns):
             return None
-        return float(smp.value)
+        return _number(smp)
 
     def _expected_w(self, r: ResourceConfig, start: int, n: int) -> list[float] | None:
         """The uncurtailed output forecast: the same ISPs on recent similar days (wrapping past midnight)."""
@@ -387,8 +400,9 @@ class FlexEngine:
         prof = res.wh[0] / self.grid.hours
         return [float(prof[(j0 + k) % self.grid.per_day]) for k in range(n)]
 
-    def _state(self, r: ResourceConfig, start: int, n: int):
-        w = self.meters[r.id].latest_w()
+    def _state(self, r: ResourceConfig, start: int, n: int, now: int):
+        m = self.meters[r.id]
+        w = m.latest_w(now)
         if w is None:
             return None, "no recent power measurement"
         if r.kind == "inverter":
@@ -398,7 +412,12 @@ class FlexEngine:
                 return None, "no w_max configured and no WMax point"
             pct, ena = (self._value(f"{dev}/WMaxLimPct"), self._value(f"{dev}/WMaxLimPctEna")) if dev else (None, None)
             limit = pct / 100 * w_max if pct is not None and ena == 1 else None
-            return InverterState(w, w_max, limit, None, self._expected_w(r, start, n)), None
+            # what it could give now: the device's own figure, else (curtailed) its output before the limit
+            available = self._value(f"{dev}/WAval", now, m.max_gap_ns) if dev else None
+            if available is None and limit is not None and limit < w_max and r.id in self._prelimit:
+                available = self._prelimit[r.id].level
+            available = None if available is None else max(available, w)
+            return InverterState(w, w_max, limit, available, self._expected_w(r, start, n)), None
         if r.kind == "battery":
             soc = self._value(r.soc)
             if soc is None:
@@ -418,7 +437,7 @@ class FlexEngine:
         n = self.config.horizon_isps
         up_total, down_total, rows = np.zeros(n), np.zeros(n), []
         for r in flexible:
-            st, why = self._state(r, start, n)
+            st, why = self._state(r, start, n, now)
             if st is None:
                 rows.append({"resource": r.id, "kind": r.kind, "up_w": None, "down_w": None, "basis": None,
                              "reason": why})
@@ -506,6 +525,14 @@ class FlexEngine:
         window = (s0 // self.config.isp_min, -(-e // self.config.isp_min))
         return placebo(hist, weekend, event, first, methods, window=window, placebo_days=self.config.placebo_days,
                        grid=self.grid, nominated=nominated)
+
+
+def _number(smp: Sample) -> float | None:
+    """A good, finite number from the bus, else None (bytes from a device are hostile until checked)."""
+    v = smp.value
+    if not smp.good or isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return None
+    return float(v)
 
 
 def _hhmm(minutes: int) -> str:

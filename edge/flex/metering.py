@@ -10,7 +10,8 @@ nothing (the register counted through it); a gap across a boundary keeps the tot
 half of it (flag ``register_rollover``, energy kept), otherwise a reset or a replaced meter: the span is lost
 (flag ``register_reset``). A jump above ``max_power_w`` is treated like a reset (flag ``implausible``).
 Power. Consecutive good samples no more than ``max_gap_s`` apart are integrated as straight lines (trapezoid),
-split exactly at boundaries; longer gaps are not integrated (flag ``gap``).
+split exactly at boundaries; longer gaps are not integrated (flag ``gap``). An ISP closed by the gap allowance
+while a point was silent since before its end gets the flag too (the next sample, which shows the gap, comes late).
 
 Each closed ISP gets a quality: ``good`` (covered >= 99.9 % and nothing estimated), ``estimated`` (a gap, a reset,
 or partly covered: the energy is scaled by 1 / completeness) or ``missing`` (completeness below
@@ -67,6 +68,7 @@ class _Track:
         self.last_ts: int | None = None
         self.last_v: float | None = None
         self.last_w: float | None = None  # mean injection power of the last span (registers) or last sample (power)
+        self.failed = False  # the device answered the last read with an invalid value: last_w is not "now"
 
 
 class MeterSeries:
@@ -115,14 +117,17 @@ class MeterSeries:
         if track is None:
             return
         v = sample.value
+        ts = sample.ts_ns
         if not sample.good or isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             self.stats["invalid"] += 1
+            if track.last_ts is None or ts > track.last_ts:
+                track.failed = True
             return
-        ts = sample.ts_ns
         if track.last_ts is not None and ts <= track.last_ts:
             self.stats["out_of_order"] += 1
             return
         self.stats["samples"] += 1
+        track.failed = False
         if self.closed_until is None:
             self.closed_until = self.grid.start(ts)
         v = float(v)
@@ -210,7 +215,11 @@ class MeterSeries:
         if until is None:
             return out
         for a in range(self.closed_until, until, self.grid.ns):
-            out.append(self._finish(a, self._open.pop(a, {})))
+            accs = self._open.pop(a, {})
+            for t in self._tracks.values():  # closed by the gap allowance: this track fell silent before its end
+                if t.last_ts is not None and t.last_ts < a + self.grid.ns:
+                    accs.setdefault(t.name, _Acc()).flags.add("gap")
+            out.append(self._finish(a, accs))
         self.closed_until = until
         return out
 
@@ -254,13 +263,17 @@ class MeterSeries:
                 return a, sum(accs[n].wh for n in names if n in accs), min(c, 1.0)
         return a, None, 0.0
 
-    def latest_w(self) -> float | None:
-        """Latest injection power: the power point's last sample, else the registers' last span."""
+    def latest_w(self, now_ns: int) -> float | None:
+        """Injection power now: the power point's last sample, else the registers' last span; None when that is
+        older than max_gap_s or the device has answered with an invalid value since (never a guess)."""
+        def fresh(t: _Track) -> bool:
+            return t.last_w is not None and not t.failed and now_ns - t.last_ts <= self.max_gap_ns
+
         for t in self._tracks.values():
-            if t.kind == "power" and t.last_w is not None:
+            if t.kind == "power" and fresh(t):
                 return t.last_w
-        regs = [t.last_w for t in self._tracks.values() if t.kind == "register"]
-        return sum(regs) if regs and all(w is not None for w in regs) else None
+        regs = [t for t in self._tracks.values() if t.kind == "register"]
+        return sum(t.last_w for t in regs) if regs and all(fresh(t) for t in regs) else None
 
     # ------------------------------------------------------------------ restart
 

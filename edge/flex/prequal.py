@@ -8,7 +8,8 @@ From the response (docs/flex.md has a figure of the definitions):
   of the record (band = max(band_pct % of the step, band_w)); None if it never settles;
 - accuracy_w / accuracy_pct: mean |response - target| after settling (or over the last fifth of the record
   when it never settles), in W and in % of the step; overshoot_pct: the largest excursion beyond the target.
-Crossing times are interpolated linearly between samples.
+Crossing times are interpolated linearly between samples; the response is at before_w at the step (t = 0), so a
+level already passed by the first sample after the step lies on the line from (0, before_w) to that sample.
 """
 from __future__ import annotations
 
@@ -74,9 +75,11 @@ def analyse_step(t_s, w, before_w: float, target_w: float, *, start_pct: float =
     if t.size < 2:
         raise ValueError(f"need at least 2 samples after the step, got {t.size}")
     progress = (y - before_w) / step
-    delay = _crossing(t, progress, start_pct / 100)
-    t10 = _crossing(t, progress, 0.1)
-    t90 = _crossing(t, progress, 0.9)
+    # the step instant, where the response is by definition still before_w, anchors the first crossings
+    tc, pc = (t, progress) if t[0] == 0 else (np.insert(t, 0, 0.0), np.insert(progress, 0, 0.0))
+    delay = _crossing(tc, pc, start_pct / 100)
+    t10 = _crossing(tc, pc, 0.1)
+    t90 = _crossing(tc, pc, 0.9)
     ramp = abs(step) * 0.8 / (t90 - t10) if t10 is not None and t90 is not None and t90 > t10 else None
     band = max(band_pct / 100 * abs(step), band_w)
     outside = np.abs(y - target_w) > band

@@ -87,6 +87,8 @@ def _method(v: str) -> str:
     return v
 
 
+_GW = 1e9  # upper bound of the W, Wh and s keys: above any resource, and sums of them stay finite
+
 RESOURCE_SCHEMA = s.Dict({
     "id": s.Required(s.Str(regex=f"{_ID}{{1,32}}", regex_hint="be 1-32 characters of A-Z a-z 0-9 _ -"),
                      "resource id, unique; activations and nominations name it"),
@@ -100,22 +102,22 @@ RESOURCE_SCHEMA = s.Dict({
                             doc="samples further apart than this make a gap, s"),
     "min_completeness": s.Optional(s.Float(gt=0, le=1), default=0.9,
                                    doc="an ISP measured less than this fraction is missing"),
-    "rollover_wh": s.Optional(s.Float(gt=0), doc="energy registers wrap at this value, Wh"),
-    "max_power_w": s.Optional(s.Float(gt=0), doc="a register jump above this mean power is implausible, W"),
+    "rollover_wh": s.Optional(s.Float(gt=0, le=1e20), doc="energy registers wrap at this value, Wh"),
+    "max_power_w": s.Optional(s.Float(gt=0, le=_GW), doc="a register jump above this mean power is implausible, W"),
     "baseline": s.Optional(s.Dict({"method": s.Required(s.All(s.Str(), s.Custom(_method)), "baseline method id")},
                                   allow_unknown=True), default={"method": "x_of_y"},
                            doc="baseline method and its parameters"),
-    "w_max": s.Optional(s.Float(gt=0), doc="inverter nameplate, W (default: the device's WMax point)"),
+    "w_max": s.Optional(s.Float(gt=0, le=_GW), doc="inverter nameplate, W (default: the device's WMax point)"),
     "soc": s.Optional(_POINT, doc="battery state of charge point, % (e.g. bat1/SoC)"),
-    "capacity_wh": s.Optional(s.Float(gt=0), doc="battery usable capacity, Wh"),
-    "max_charge_w": s.Optional(s.Float(gt=0), doc="battery charge power limit, W"),
-    "max_discharge_w": s.Optional(s.Float(gt=0), doc="battery discharge power limit, W"),
+    "capacity_wh": s.Optional(s.Float(gt=0, le=_GW), doc="battery usable capacity, Wh"),
+    "max_charge_w": s.Optional(s.Float(gt=0, le=_GW), doc="battery charge power limit, W"),
+    "max_discharge_w": s.Optional(s.Float(gt=0, le=_GW), doc="battery discharge power limit, W"),
     "soc_min_pct": s.Optional(s.Float(ge=0, le=100), default=10.0, doc="battery lowest state of charge, %"),
     "soc_max_pct": s.Optional(s.Float(ge=0, le=100), default=90.0, doc="battery highest state of charge, %"),
     "efficiency": s.Optional(s.Float(gt=0, le=1), default=0.95, doc="battery one-way efficiency"),
-    "shed_w": s.Optional(s.Float(ge=0), default=0.0, doc="load: consumption it can drop, W"),
-    "add_w": s.Optional(s.Float(ge=0), default=0.0, doc="load: consumption it can add, W"),
-    "prequalification": s.Optional(s.Dict({k: s.Optional(s.Float(ge=0), doc=k) for k in PREQUAL_KEYS}),
+    "shed_w": s.Optional(s.Float(ge=0, le=_GW), default=0.0, doc="load: consumption it can drop, W"),
+    "add_w": s.Optional(s.Float(ge=0, le=_GW), default=0.0, doc="load: consumption it can add, W"),
+    "prequalification": s.Optional(s.Dict({k: s.Optional(s.Float(ge=0, le=_GW), doc=k) for k in PREQUAL_KEYS}),
                                    doc="declared prequalification data"),
 })
 
@@ -124,7 +126,7 @@ FLEX_SCHEMA = s.Dict({
                           doc="settlement interval (ISP), minutes: 1, 5, 15, 30 or 60"),
     "history_days": s.Optional(s.Int(ge=1, le=366), default=45, doc="days of ISP energies kept on the gateway"),
     "tolerance_pct": s.Optional(s.Float(ge=0, le=100), default=10.0, doc="pass band, % of the requested energy"),
-    "tolerance_w": s.Optional(s.Float(ge=0), default=0.0, doc="smallest pass band, W over the ISP"),
+    "tolerance_w": s.Optional(s.Float(ge=0, le=_GW), default=0.0, doc="smallest pass band, W over the ISP"),
     "overdelivery_passes": s.Optional(s.Bool(), default=True, doc="delivering more than requested passes"),
     "verification_interval_s": s.Optional(s.Int(ge=1, le=3600), default=60,
                                           doc="near-real-time verification records this often during an activation"),

@@ -8,10 +8,11 @@ Direction follows the TSO/DSO usage: ``up`` = more injection or less consumption
 or more consumption (curtailing PV is ``down``). The requested quantity is either a flexibility quantity
 (``requested_w`` >= 0: the change from the baseline, constant or one value per ISP from the ISP that contains
 the start) or a limit on the pool's injection (``limit_w``: a cap for ``down``, a floor for ``up``; the requested
-quantity is then how far the baseline lies beyond it, never negative).
+quantity is then how far the baseline lies beyond it, never negative). Flex settles the `aligned()` window.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -19,6 +20,9 @@ from ..contract import ISSUERS
 from ..core.isp import IspGrid
 
 DIRECTIONS = ("up", "down")
+#: How late the gateway's own latency (command to confirmed set-point) may make an activation's edges: an edge less
+#: than this after an ISP boundary (and less than 2 % of the ISP) is settled as if on it (docs/flex.md).
+LATENCY_NS = 5 * 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,21 @@ class ActivationWindow:
     def sign(self) -> int:
         """+1 for up, -1 for down: delivered = sign * (measured - baseline)."""
         return 1 if self.direction == "up" else -1
+
+    def aligned(self, grid: IspGrid) -> "ActivationWindow":
+        """The settlement window: each edge that lies less than the latency allowance after an ISP boundary moves
+        back to it. An activation offered for whole ISPs goes active, and ends, a moment after their boundaries;
+        that moment must count against delivery in its first ISP, not make a settlement record of its own."""
+        allowance = min(LATENCY_NS, grid.ns // 50)
+
+        def back(ts: int) -> int:
+            a = grid.start(ts)
+            return a if ts - a < allowance else ts
+
+        start, end = back(self.start_ns), back(self.end_ns)
+        if end <= start:
+            end = self.end_ns
+        return dataclasses.replace(self, start_ns=start, end_ns=end)
 
     def check(self, grid: IspGrid) -> None:
         """A per-ISP request must cover every ISP of the window."""

@@ -1,0 +1,245 @@
+"""The [[devices]] section: the keys of each transport, and the checks that span one device's keys or the devices on
+one link. Which keys a device takes, and which points it may name, follow from its driver's entry in the registry
+(gridedge.devices), the same entry the agent builds the device with."""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from gridedge.core import schema as s
+
+from .config_files import PATH, opcua_security_issues, resolve
+from .devices import DRIVERS, DriverSpec
+
+__all__ = ["ID", "DEVICES", "ROLES", "device_issues", "link_issues", "find_map"]
+
+ID = "[A-Za-z0-9_-]"
+ROLES = ("inverter", "battery", "meter", "load")
+_POINT = r"[A-Za-z][A-Za-z0-9_.:-]{0,63}"
+DAY_MS = 86_400_000
+
+
+def _opcua_endpoint(url: str) -> str:
+    """opc.tcp://host[:port][/path]."""
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+        raise s.Invalid(f"must not contain spaces or control characters, got {s.describe(url)}")
+    try:
+        parts = urlsplit(url)
+        port, host = parts.port, parts.hostname
+    except ValueError as e:
+        raise s.Invalid(f"is not a valid URL ({e}), got {s.describe(url)}") from None
+    if parts.scheme.lower() != "opc.tcp" or not host:
+        raise s.Invalid(f"must be an OPC UA endpoint like opc.tcp://host:4840/path, got {s.describe(url)}")
+    if parts.username is not None or parts.password is not None:
+        raise s.Invalid("must not contain credentials")
+    if port is not None and not 1 <= port <= 65535:
+        raise s.Invalid(f"port must be 1..65535, got {port}")
+    return url
+
+
+def _node_id(text: str) -> str:
+    """An OPC UA node id in its string form (ns=2;s=F1.MMXU1.TotW, i=2258, ns=3;g=..., ns=1;b=...)."""
+    from asyncua import ua
+
+    try:
+        ua.NodeId.from_string(text)
+    except Exception:  # noqa: BLE001 - asyncua raises several types for a bad string
+        raise s.Invalid(f"must be an OPC UA node id like 'ns=2;s=F1.MMXU1.TotW' or 'i=2258', "
+                        f"got {s.describe(text)}") from None
+    return text
+
+
+def _driver_choice(name: str) -> str:
+    """Checked against the registry at validation time, so drivers registered later are accepted."""
+    if name not in DRIVERS:
+        msg = f"unknown driver; must be one of: {', '.join(sorted(DRIVERS))}; got {name!r}"
+        guess = s.suggest(name, DRIVERS)
+        if guess is not None:
+            msg += f" (did you mean {guess!r}?)"
+        raise s.Invalid(msg)
+    return name
+
+
+#: Every key a device may have (the union of the transports'; this order is the order of docs and messages).
+FIELDS = {
+    "id": s.Required(s.Str(regex=f"{ID}{{1,32}}", regex_hint="be 1-32 characters of A-Z a-z 0-9 _ -"),
+                     "device id, unique; first part of point names"),
+    "driver": s.Required(s.All(s.Str(), s.Custom(_driver_choice)), "driver name"),
+    "role": s.Optional(s.Str(choices=ROLES), default="inverter", doc="what the device is"),
+    "host": s.Optional(s.Str(regex=r"[A-Za-z0-9._:%\[\]-]{1,253}",
+                             regex_hint="be a host name or IP address"), doc="device address (TCP drivers)"),
+    "port": s.Optional(s.Int(ge=1, le=65535), default=502, doc="TCP port"),
+    "unit_id": s.Optional(s.Int(ge=0, le=255), default=1, doc="Modbus unit id"),
+    "poll_ms": s.Optional(s.Int(gt=0, le=DAY_MS), default=1000, doc="poll period, ms"),
+    "timeout_ms": s.Optional(s.Int(gt=0, le=60_000), default=1000, doc="request timeout, ms"),
+    "points": s.Optional(s.List(s.Str(regex=_POINT,
+                                      regex_hint="be a point name like WMaxLimPct (letters, digits, _ . : -)"),
+                                min_len=1, unique=True), doc="points to poll; default all"),
+    "writable": s.Optional(s.Bool(), default=False, doc="control writes reach this device only if true"),
+    "map": s.Optional(PATH, doc="register map file (register-map drivers); a shipped map by name also works"),
+    "poll_groups": s.Optional(s.List(s.Dict({
+        "name": s.Required(s.Str(regex=f"{ID}{{1,32}}", regex_hint="be 1-32 characters of A-Z a-z 0-9 _ -"),
+                           "group name, for logs"),
+        "period_ms": s.Required(s.Int(gt=0, le=DAY_MS), "poll period of this group, ms"),
+        "points": s.Required(s.List(s.Str(regex=_POINT, regex_hint="be a point name (letters, digits, _ . : -)"),
+                                    min_len=1, unique=True), "points of the map polled in this group"),
+    }), min_len=1, unique_key="name"), doc="points polled at their own period; the rest at poll_ms"),
+    "max_outstanding": s.Optional(s.Int(ge=1, le=8), default=1,
+                                  doc="requests in flight at once (modbus_tcp only; one connection each)"),
+    "serial_port": s.Optional(PATH, doc="serial device, e.g. /dev/ttyUSB0 (modbus_rtu)"),
+    "baudrate": s.Optional(s.Int(ge=300, le=4_000_000), default=19200, doc="serial line speed, bit/s"),
+    "parity": s.Optional(s.Str(choices=("N", "E", "O")), default="E", doc="serial parity (Modbus default E)"),
+    "stopbits": s.Optional(s.Int(ge=1, le=2), default=1, doc="serial stop bits"),
+    "bytesize": s.Optional(s.Int(ge=7, le=8), default=8, doc="serial data bits"),
+    "inter_frame_ms": s.Optional(s.Float(ge=0, le=1000),
+                                 doc="silence between frames, ms; default 3.5 characters (1.75 ms above 19200)"),
+    "endpoint": s.Optional(s.All(s.Str(min_len=1, max_len=1024), s.Custom(_opcua_endpoint)),
+                           doc="OPC UA endpoint URL, opc.tcp://host:port/path (opcua)"),
+    "nodes": s.Optional(s.Map(s.Str(regex=_POINT, regex_hint="be a point name like F1.W (letters, digits, _ . : -)"),
+                              s.All(s.Str(min_len=1, max_len=4096), s.Custom(_node_id)), min_len=1),
+                        doc="point name -> OPC UA node id, all in one subscription (opcua)"),
+    "security_policy": s.Optional(s.Str(choices=("None", "Basic256Sha256")), default="None",
+                                  doc="OPC UA security policy (opcua)"),
+    "security_mode": s.Optional(s.Str(choices=("Sign", "SignAndEncrypt")), default="SignAndEncrypt",
+                                doc="OPC UA message security mode with Basic256Sha256 (opcua)"),
+    "client_cert": s.Optional(PATH, doc="the gateway's OPC UA application certificate, PEM or DER (opcua)"),
+    "client_key": s.Optional(PATH, doc="its RSA private key, PEM or DER (opcua)"),
+    "server_cert": s.Optional(PATH, doc="the server's certificate, pinned (opcua; recommended)"),
+}
+DEVICES = s.List(s.Dict(FIELDS), unique_key="id")
+
+_COMMON = ("id", "driver", "role", "poll_ms", "timeout_ms", "writable")
+_SERIAL = ("serial_port", "baudrate", "parity", "stopbits", "bytesize", "inter_frame_ms")
+_MAP = ("map", "poll_groups")
+_OPCUA = ("endpoint", "nodes", "security_policy", "security_mode", "client_cert", "client_key", "server_cert")
+_MODBUS = ("unit_id", "max_outstanding", "points")
+#: Per transport: its own keys, the keys it needs and why, and who else's keys it refuses in what words.
+_KEYS = {"tcp": _MODBUS + ("host", "port"), "serial": _MODBUS + _SERIAL, "opcua": _OPCUA}
+_NEEDS = {"tcp": (("host",), "connects over TCP"), "serial": (("serial_port",), "uses a serial line"),
+          "opcua": (("endpoint", "nodes"), "")}
+_OWNER = {**dict.fromkeys(_OPCUA, "the opcua driver"), **dict.fromkeys(("host", "port"), "TCP drivers"),
+          **dict.fromkeys(_SERIAL, "serial drivers"), **dict.fromkeys(_MAP, "register-map drivers")}
+_REFUSED_ORDER = _OPCUA + ("host", "port", "unit_id", "max_outstanding") + _SERIAL + _MAP + ("points",)
+_HINT = dict.fromkeys(("host", "port"), " (the endpoint URL holds host and port)") | {
+    "points": " (the point names are the keys of nodes)"}
+assert set(FIELDS) == set(_COMMON + _KEYS["tcp"] + _KEYS["serial"] + _MAP + _OPCUA) == set(_REFUSED_ORDER + _COMMON)
+
+
+def keys_of(spec: DriverSpec) -> frozenset[str]:
+    """The keys a device of this driver may have: its transport's, and a register map's if it reads one."""
+    return frozenset(_COMMON + _KEYS[spec.transport] + (_MAP if spec.needs_map else ()))
+
+
+def find_map(base: Path, text: str) -> Path:
+    """A map path relative to the config file, or the name of a map shipped in drivers/maps/."""
+    p = resolve(base, text)
+    if not os.path.exists(p) and "/" not in text and os.sep not in text:
+        from gridedge.drivers.regmap import shipped_maps
+
+        shipped = shipped_maps().get(text.removesuffix(".toml"))
+        if shipped is not None:
+            return shipped
+    return p
+
+
+def device_issues(i: int, dev: dict, raw: Mapping, spec: DriverSpec, base: Path, check_files: bool) -> list[s.Issue]:
+    """What this driver needs, refuses and allows of the keys given; its register map, points and key files."""
+    def at(key, message):
+        return s.Issue(("devices", i, key), message)
+
+    needs, why = _NEEDS[spec.transport]
+    issues = [at(k, f"required key missing (driver {spec.name!r}{f' {why}' if why else ''})") for k in needs
+              if k not in raw]
+    allowed = keys_of(spec)
+    for key in _REFUSED_ORDER:
+        if key in raw and key not in allowed:
+            issues.append(at(key, f"not for the {spec.name} driver{_HINT.get(key, '')}" if spec.transport == "opcua"
+                             else f"only for {_OWNER[key]}, not {spec.name!r}"))
+    if "max_outstanding" in allowed and not spec.parallel and dev.get("max_outstanding", 1) != 1:
+        parallel = " or ".join(sorted(n for n, d in DRIVERS.items() if d.parallel)) or "no driver"
+        issues.append(at("max_outstanding", f"only {parallel} may have more than 1 request in flight, not "
+                                            f"{spec.name!r}"))
+    if spec.read_only and dev.get("writable") is True:
+        issues.append(at("writable", f"the {spec.name} driver is read-only (monitoring); set writable = false"))
+    if spec.transport == "opcua":
+        issues += _opcua_security(dev, raw, at, base, check_files)
+    if spec.needs_map:
+        issues += _map_issues(i, dev, raw, spec, at, base, check_files)
+    elif spec.points is not None:
+        known = spec.points()
+        issues += [s.Issue(("devices", i, "points", j), _no_point(name, f"for driver {spec.name!r}", known))
+                   for j, name in enumerate(dev.get("points") or ()) if isinstance(name, str) and name not in known]
+    return issues
+
+
+def _opcua_security(dev: dict, raw: Mapping, at, base: Path, check_files: bool) -> list[s.Issue]:
+    files = ("client_cert", "client_key", "server_cert")
+    if dev.get("security_policy", "None") == "None":
+        return [at(k, "only with security_policy = \"Basic256Sha256\"") for k in ("security_mode",) + files if k in raw]
+    issues = [at(k, f"required key missing (needed with security_policy {dev['security_policy']!r})")
+              for k in files[:2] if k not in raw]
+    if check_files:
+        paths = [resolve(base, dev[k]) if k in dev else None for k in files]
+        issues += [at(k, msg) for k, msg in opcua_security_issues(*paths)]
+    return issues
+
+
+def _map_issues(i: int, dev: dict, raw: Mapping, spec: DriverSpec, at, base: Path, check_files: bool) -> list[s.Issue]:
+    if "map" not in raw:
+        return [at("map", f"required key missing (driver {spec.name!r} reads a register map)")]
+    if "map" not in dev or not check_files:
+        return []
+    from gridedge.drivers.regmap import MapError, load_map
+
+    try:
+        rmap = load_map(find_map(base, dev["map"]))
+    except MapError as e:
+        first, more = e.errors[0], len(e.errors) - 1
+        return [at("map", f"bad register map: {first}" + (f" (and {more} more problem(s); run the map through "
+                                                            f"gridedge.drivers.regmap)" if more else ""))]
+    where = f"in map {rmap.origin}"
+    issues = [s.Issue(("devices", i, "points", j), _no_point(name, where, rmap.names))
+              for j, name in enumerate(dev.get("points") or ()) if isinstance(name, str) and name not in rmap]
+    for g, group in enumerate(dev.get("poll_groups") or ()):
+        if isinstance(group, dict):
+            issues += [s.Issue(("devices", i, "poll_groups", g, "points", j), _no_point(name, where, rmap.names))
+                       for j, name in enumerate(group.get("points") or ())
+                       if isinstance(name, str) and name not in rmap]
+    return issues
+
+
+def _no_point(name: str, where: str, known) -> str:
+    guess = s.suggest(name, known)
+    return f"no point {name!r} {where}" + (f" (did you mean {guess!r}?)" if guess else "")
+
+
+def link_issues(devices: list) -> list[s.Issue]:
+    """Devices on one serial port share the line, devices at one TCP endpoint (a gateway with several unit ids) share
+    its connection: the same line settings (timeout, requests in flight) and distinct unit ids."""
+    issues: list[s.Issue] = []
+    first: dict[tuple, int] = {}
+    units: dict[tuple, int] = {}
+    for i, dev in enumerate(devices):
+        spec = DRIVERS.get(dev.get("driver", "")) if isinstance(dev, dict) else None
+        if spec is None or spec.link is None:
+            continue
+        if spec.link == "rtu" and isinstance(dev.get("serial_port"), str):
+            link, keys = ("serial", dev["serial_port"]), _SERIAL[1:] + ("timeout_ms",)
+            where = f"serial port {dev['serial_port']!r}"
+        elif spec.link != "rtu" and isinstance(dev.get("host"), str):
+            link, keys = (spec.link, dev["host"], dev.get("port")), ("timeout_ms", "max_outstanding")
+            where = f"endpoint {dev['host']}:{dev.get('port')}"
+        else:
+            continue
+        j = first.setdefault(link, i)
+        if j != i:
+            issues += [s.Issue(("devices", i, key), f"differs from devices[{j}] on the same {where} "
+                                                    f"({dev.get(key)!r} vs {devices[j].get(key)!r})")
+                       for key in keys if dev.get(key) != devices[j].get(key)]
+        unit = dev.get("unit_id")
+        k = units.setdefault(link + (unit,), i)
+        if k != i:
+            issues.append(s.Issue(("devices", i, "unit_id"), f"unit {unit} is already used by devices[{k}] on {where}"))
+    return issues
