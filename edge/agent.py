@@ -10,30 +10,27 @@ from . import __version__, contract, telemetry
 from .control.activation import State
 from .control.engine import ControlEngine
 from .config import Config, DeviceConfig
-from .contract import CommandRejected
+from .commands import CommandGate
+from .service import Service
 from .devices import make_device
 from .image import ProcessImage
 from .flex.bridge import resources_of, window_for
-from .flex.nomination import NominationRejected
 from .core.model import BlockLayout, Detail, Reading, Sample, SampleBlock, Validity
-from .core.rate import TokenBucket
 from .core.text import escape
 from .mqtt import MqttClient, MqttError, tls_context
 from .outbox import Outbox
+from .security import certs
+from .security.audit import AuditLog
+from .security.replay import ReplayGuard
+from .security.trust import TrustStore
 from .uplink import Publisher
 
 log = logging.getLogger("gridedge.agent")
 
-TOPIC_NOMINATION = "nomination"  # head-end -> gateway: baseline schedules (docs/mqtt-api.md, Flexibility)
 MAX_MESSAGE_BYTES = 256 * 1024  # a telemetry message is stored as soon as it is this big: bounds memory and message size
 STATE_INTERVAL_S = 60.0  # the retained state (drop counters, next seq) is refreshed this often
 FLEX_TICK_S = 1.0  # flex closes ISPs and emits its records this often
 FINAL_DRAIN_S = 3.0  # on a clean stop, try this long to publish what is stored; the rest waits in the outbox
-#: Answers to commands that could not be read (no cmd_id to answer to): this many at once, then one per
-#: UNREADABLE_EVERY_S; beyond that they are counted (state: commands.unanswered), so garbage on the cmd topic can
-#: neither grow the outbox nor push telemetry out of it.
-UNREADABLE_BURST = 10
-UNREADABLE_EVERY_S = 6.0
 
 
 class Agent:
@@ -56,10 +53,13 @@ class Agent:
                              durability=st.durability)
         self.last_stored_t = self.outbox.stats()["newest_sample_ns"]  # before this boot: the start of a loss window
         self.mqtt: MqttClient | None = None
-        self.commands = {"received": 0, "unanswered": 0}  # payloads taken off cmd/nomination; ones not answered
-        self._unreadable = TokenBucket(1 / UNREADABLE_EVERY_S, UNREADABLE_BURST)
-        self._unanswered_log = TokenBucket(1 / 60, 1)
-        self.control = ControlEngine(config, self.devices, self.image, self._report, uplink_up=self._uplink_up,
+        self.audit = AuditLog(st.dir / "audit", fsync=st.durability == "full")
+        self.audit.listeners.append(self._audit_uplink)
+        self.trust, self.trust_error = self._load_trust()
+        self.certs = certs.read_certs(certs.config_certs(config))
+        self.replay = ReplayGuard(st.dir / "replay.sqlite", skew_s=self.trust.skew_s if self.trust else 30.0,
+                                  durable=st.durability == "full")
+        self.control = ControlEngine(config, self.devices, self.image, self.report, uplink_up=self._uplink_up,
                                      storage_dir=st.dir)
         self.flex = None  # gridedge.flex.FlexEngine, loaded only with resources to settle (it needs numpy)
         if config.flex.resources:
@@ -71,9 +71,47 @@ class Agent:
             self._flex_devices = resources_of(config.flex.resources)
             self._step_tests: set[str] = set()  # activations that are step tests: no settlement window
             self.control.add_listener(self._on_activation)
+        self.gate = CommandGate(self)
+        self.service = Service(self)
 
     def topic(self, kind: str) -> str:
         return self.prefix + kind
+
+    # -- trust and audit -------------------------------------------------------------------
+    def _load_trust(self) -> tuple[TrustStore | None, str]:
+        """The trusted issuers, or (None, why): then every command is refused until a restart loads them."""
+        sec = self.config.security
+        if sec is None:
+            return None, "no [security] section was loaded"
+        try:
+            return TrustStore(sec.section, sec.resolve, self.gateway_id), ""
+        except Exception as exc:  # a key file that vanished or changed since `check`: deny, do not crash
+            why = escape(f"{type(exc).__name__}: {exc}", 300)
+            log.error("trust configuration not loaded (%s): every command will be refused", why)
+            return None, why
+
+    def audit_event(self, event: str, **fields) -> None:
+        """One record in the local hash-chained audit trail (and, through the outbox, at the head-end)."""
+        try:
+            self.audit.append(event, **{k: v for k, v in fields.items() if v is not None})
+        except OSError as exc:  # a full disk must not stop control; it is said loudly
+            log.error("audit record %s not written: %s", event, exc)
+
+    def _audit_uplink(self, rec: dict) -> None:
+        if getattr(self, "publisher", None) is None:  # before run(): the record waits in the local trail only
+            self.outbox.append("audit", self.topic(contract.TOPIC_AUDIT), contract.audit(rec), "event")
+            return
+        self._append("audit", contract.TOPIC_AUDIT, contract.audit(rec), "event")
+
+    def devices_of(self, cmd: contract.Command) -> tuple[str, ...] | None:
+        """The devices a command acts on, for the issuer's device scope; None: it names none (the site)."""
+        if cmd.type in ("terminate", "cancel"):
+            act = self.control.book.get(cmd.params["activation_id"])
+            return tuple(act.devices) if act is not None else None
+        if cmd.type == "prequalification_test":
+            res = self.flex.resources.get(cmd.params["resource"]) if self.flex is not None else None
+            return tuple(res.devices) if res is not None and res.devices else None
+        return (cmd.device,) if cmd.device else None
 
     # -- process image ---------------------------------------------------------------------
     def _uplink_up(self) -> bool:
@@ -173,8 +211,14 @@ class Agent:
             outbox={"count": stats["count"], "bytes": stats["bytes"], "oldest_age_s": stats["oldest_age_s"],
                     "store_resets": stats["store_resets"]},
             last_stored_t=self.last_stored_t,
-            commands=dict(self.commands, dropped=self.mqtt.dropped if self.mqtt else 0),
+            commands=dict(self.gate.counts, dropped=self.mqtt.dropped if self.mqtt else 0),
+            security=self._security_state(),
         ))
+
+    def _security_state(self) -> dict:
+        return {"signed_only": not (self.trust.allow_unsigned if self.trust else False),
+                "trust_loaded": self.trust is not None, "issuers": len(self.trust.issuers) if self.trust else 0,
+                "audit": {"seq": self.audit.seq, "head": self.audit.head}, "expiring": certs.expiring(self.certs)}
 
     def _will(self) -> tuple[str, bytes]:
         """The last will, made before every connect attempt (in the MQTT network thread, so it reads nothing that
@@ -189,9 +233,8 @@ class Agent:
             log.warning("state not sent: %s", exc)
 
     async def _on_connect(self) -> None:
-        await self.mqtt.subscribe(self.topic(contract.TOPIC_CMD), qos=1)
-        if self.flex is not None:
-            await self.mqtt.subscribe(self.topic(TOPIC_NOMINATION), qos=1)
+        for topic in self.gate.subscriptions():
+            await self.mqtt.subscribe(topic, qos=1)
         await self._publish_state()
 
     async def _state_loop(self) -> None:
@@ -243,7 +286,7 @@ class Agent:
             return
         self.publisher.notify()
 
-    async def _report(self, cmd_id: str | None, status: str, reason: str | None = None, **detail) -> None:
+    async def report(self, cmd_id: str | None, status: str, reason: str | None = None, **detail) -> None:
         body = contract.result(time.time_ns(), cmd_id, status, reason, **detail)
         log.info("command %s: %s%s", escape(cmd_id), status, f" ({escape(reason, 500)})" if reason else "")
         rec = self._append("result", contract.TOPIC_RESULT, body, "result")
@@ -251,55 +294,12 @@ class Agent:
             self.outbox.remember_result(cmd_id, rec.payload)
 
     async def _command_loop(self) -> None:
-        handlers = {self.topic(contract.TOPIC_CMD): self._command}
-        if self.flex is not None:
-            handlers[self.topic(TOPIC_NOMINATION)] = self._nomination
         while True:
             msg = await self.mqtt.messages.get()
-            handler = handlers.get(msg.topic)
-            if handler is None:
-                continue
-            self.commands["received"] += 1
-            try:
-                await handler(msg.payload)
-            except Exception:  # the agent keeps running whatever a command does; the loss is counted
-                self._unanswered(f"handling a message on {msg.topic} failed", exc_info=True)
-
-    def _unanswered(self, why: str, exc_info: bool = False) -> None:
-        self.commands["unanswered"] += 1
-        if self._unanswered_log.take() or exc_info:
-            log.warning("command not answered: %s; %d unanswered so far", escape(why, 500), self.commands["unanswered"],
-                        exc_info=exc_info)
-
-    async def _command(self, payload: bytes) -> None:
-        """Every command gets results, or is counted unanswered; a cmd_id seen before gets its results again."""
-        received_ns = time.time_ns()
-        ctl = self.config.control
-        try:
-            cmd = contract.parse_command(payload, received_ns, max_activation_s=ctl.max_activation_s,
-                                         schedule_horizon_s=ctl.schedule_horizon_s)
-        except CommandRejected as rej:
-            if rej.cmd_id is None and not self._unreadable.take():
-                self._unanswered(f"unreadable ({rej.reason}), over the budget of {UNREADABLE_BURST} answers "
-                                 f"and one per {UNREADABLE_EVERY_S:g} s")
-            elif rej.cmd_id is None or not await self._resend(rej.cmd_id):
-                await self._report(rej.cmd_id, rej.status, rej.reason)
-            return
-        if await self._resend(cmd.cmd_id):
-            return
-        log.info("command %s (%s from %s) received t_ns=%d", escape(cmd.cmd_id), cmd.type, cmd.issuer, received_ns)
-        try:
-            if cmd.type == "prequalification_test":
-                await self._step_test(cmd, received_ns)
-            else:
-                await self.control.submit(cmd)
-        except Exception:
-            log.exception("command %s: handling failed", escape(cmd.cmd_id))
-            if self.outbox.results_for(cmd.cmd_id) is None:  # nothing said yet: say that it failed here
-                await self._report(cmd.cmd_id, "rejected", "the gateway failed handling it (see its log)")
+            await self.gate.handle(msg.topic, msg.payload)
 
     # -- flexibility -------------------------------------------------------------------------
-    async def _step_test(self, cmd: contract.Command, now_ns: int) -> None:
+    async def step_test(self, cmd: contract.Command, now_ns: int) -> None:
         """Hold the set-point on the resource's device (an activation like any other: priorities, traffic light,
         fail-safe, results under this cmd_id) and record the response; flex publishes the analysis after it."""
         p = cmd.params
@@ -307,13 +307,13 @@ class Agent:
         if res is None or not res.devices:
             known = ", ".join(self.flex.resources) if self.flex is not None else "none ([flex] has no resources)"
             why = "has no devices" if res is not None else f"unknown resource; known: {known}"
-            await self._report(cmd.cmd_id, "rejected", f"params.resource: {p['resource']!r} {why}")
+            await self.report(cmd.cmd_id, "rejected", f"params.resource: {p['resource']!r} {why}")
             return
         try:
             self.flex.start_step_test(cmd.cmd_id, res.id, now_ns, p["w"], p["duration_s"],
                                       before_w=self._latest_w(res.devices[0]))
         except ValueError as exc:
-            await self._report(cmd.cmd_id, "rejected", str(exc))
+            await self.report(cmd.cmd_id, "rejected", str(exc))
             return
         self._step_tests.add(cmd.cmd_id)
         try:
@@ -321,7 +321,7 @@ class Agent:
                                              activation_id=cmd.cmd_id)
         except ValueError as exc:
             self.flex.cancel_step_test(cmd.cmd_id)
-            await self._report(cmd.cmd_id, "rejected", str(exc))
+            await self.report(cmd.cmd_id, "rejected", str(exc))
 
     def _on_activation(self, event) -> None:
         """Control's observer hook: an activation that goes active on a flex resource is verified and settled."""
@@ -345,17 +345,6 @@ class Agent:
         s = self.image.get(f"{device}/W")
         return s.value if s is not None and s.good and isinstance(s.value, (int, float)) else None
 
-    async def _nomination(self, payload: bytes) -> None:
-        """A baseline schedule sent ex ante; answered on the result topic under its nomination_id."""
-        try:
-            nom = self.flex.nomination(payload, time.time_ns())
-        except NominationRejected as rej:
-            if rej.nomination_id is None or not await self._resend(rej.nomination_id):
-                await self._report(rej.nomination_id, "rejected", rej.reason)
-            return
-        if not await self._resend(nom.nomination_id):
-            await self._report(nom.nomination_id, "accepted", None, resource=nom.resource, isps=len(nom.values_w))
-
     async def _flex_loop(self) -> None:
         while True:
             await asyncio.sleep(FLEX_TICK_S)
@@ -372,20 +361,6 @@ class Agent:
             return
         self.publisher.notify()
 
-    async def _resend(self, cmd_id: str) -> bool:
-        """A command seen before is never executed again: its stored results go out once more instead."""
-        stored = self.outbox.results_for(cmd_id)
-        if stored is None:
-            return False
-        log.info("command %s seen before: re-sending its %d results, not executing it again", escape(cmd_id),
-                 len(stored))
-        for payload in stored:
-            try:
-                await self.mqtt.publish(self.topic(contract.TOPIC_RESULT), payload)
-            except MqttError as exc:  # the head-end will re-send the command; the originals stay in the outbox
-                log.warning("re-sent result not acknowledged: %s", exc)
-        return True
-
     # -- lifecycle -------------------------------------------------------------------------
     def _make_client(self) -> MqttClient:
         up = self.config.uplink
@@ -396,6 +371,9 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         log.info("gridedge %s starting: gateway %s, config %s (sha256 %s), %s", __version__, self.gateway_id,
                  self.config.source, self.config.sha256[:12], self.control.kernels())
+        self.audit_event("start", version=__version__, boot_id=self.boot_id, config=str(self.config.source),
+                         config_sha256=self.config.sha256, trust="loaded" if self.trust else self.trust_error)
+        certs.log_expiring(self.certs)
         self.mqtt = self._make_client()
         self.mqtt.on_connect_hooks.append(self._on_connect)
         up = self.config.uplink
@@ -413,10 +391,13 @@ class Agent:
         publishing = asyncio.create_task(self.publisher.run(), name="publisher")
         await self.control.start()
         self.mqtt.start()
+        tasks.append(asyncio.create_task(self.service.run(tasks + [publishing]), name="systemd"))
         try:
             await stop.wait()
         finally:
             log.info("stopping")
+            self.service.notifier.stopping()
+            self.audit_event("stop", boot_id=self.boot_id)
             await self.control.close()
             for t in tasks:
                 t.cancel()
@@ -430,6 +411,8 @@ class Agent:
             await asyncio.gather(publishing, return_exceptions=True)
             await self.mqtt.close(final=(self.topic(contract.TOPIC_STATE), self._state("offline")))
             self.outbox.close()
+            self.audit.close()
+            self.replay.close()
             for dev in self.devices.values():
                 await dev.close()
             log.info("stopped")

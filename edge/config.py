@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from gridedge.control.profiles import PROFILES
 from gridedge.core import schema as s
 from gridedge.flex.settings import FLEX_SCHEMA, FlexConfig, build_flex, flex_issues
+from gridedge.security.trust import SECURITY_SCHEMA, trust_issues
 
 from .config_control import CONTROL, control_issues
 from .config_devices import DEVICES, ID, device_issues, find_map, link_issues
@@ -173,6 +174,22 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class SecurityConfig:
+    """The checked [security] section and the directory its key files are relative to; the agent builds its
+    TrustStore from it (gridedge.security.trust)."""
+
+    section: dict
+    base: Path
+
+    @property
+    def allow_unsigned(self) -> bool:
+        return self.section.get("allow_unsigned", False)
+
+    def resolve(self, text: str) -> Path:
+        return resolve(self.base, text)
+
+
+@dataclass(frozen=True)
 class Config:
     gateway: GatewayConfig
     uplink: UplinkConfig
@@ -182,6 +199,7 @@ class Config:
     source: Path | None
     sha256: str  # of the file bytes; "" when parsed from a dict
     flex: FlexConfig = FlexConfig()  # [flex]: gridedge.flex.settings
+    security: "SecurityConfig" = None  # [security]: gridedge.security.trust; None only where built by hand
 
     def device(self, device_id: str) -> DeviceConfig:
         for d in self.devices:
@@ -192,7 +210,7 @@ class Config:
 
 # ---------------------------------------------------------------- schema
 
-DEFAULT_TOPIC_PREFIX = "gridedge/v2/{gateway_id}/"
+DEFAULT_TOPIC_PREFIX = "gridedge/v3/{gateway_id}/"
 _PORTS = {"mqtts": 8883, "mqtt": 1883}
 
 
@@ -285,6 +303,8 @@ SCHEMA = s.Dict({
     "control": s.Optional(CONTROL, default={}),
     "devices": s.Optional(DEVICES, default=[]),
     "flex": s.Optional(FLEX_SCHEMA, default={}, doc="flexibility: ISPs, baselines, verification (gridedge.flex)"),
+    "security": s.Optional(SECURITY_SCHEMA, default={},
+                           doc="who may command the gateway: trusted issuers, their roles and keys (gridedge.security)"),
 })
 
 
@@ -359,6 +379,11 @@ def _cross_checks(raw: Any, clean: dict, base: Path, check_files: bool) -> list[
                   for d in (devices or ()) if isinstance(d, dict) and "id" in d}
         issues += flex_issues(raw["flex"], clean.get("flex"), polled)
     issues += control_issues(clean.get("control"), devices if isinstance(devices, list) else [])
+    if isinstance(clean.get("security"), dict) and check_files:
+        from gridedge.contract import RIGHTS
+
+        known = {d["id"] for d in (devices or ()) if isinstance(d, dict) and "id" in d}
+        issues += trust_issues(clean["security"], known, RIGHTS, lambda text: resolve(base, text))
     return issues
 
 
@@ -416,7 +441,10 @@ def _build(c: dict, base: Path) -> Config:
     control = _build_control(c["control"])
     st = c["storage"]
     storage = StorageConfig(resolve(base, st["dir"]), st["quota_mb"], st["max_age_h"], st["durability"])
-    return Config(gw, uplink, devices, control, storage, source=None, sha256="", flex=build_flex(c["flex"]))
+    if c["security"].get("allow_unsigned"):
+        log.warning("security.allow_unsigned is true: commands are trusted by the topic they arrive on")
+    return Config(gw, uplink, devices, control, storage, source=None, sha256="", flex=build_flex(c["flex"]),
+                  security=SecurityConfig(c["security"], base))
 
 
 def _build_control(ctl: dict) -> ControlConfig:

@@ -171,11 +171,25 @@ def uplink_tls_issues(ca: Path, cert: Path, key: Path) -> Found:
     private, msg = _load(key, _key, der=False)
     if msg is None and chain and not _matches(chain[0], private):
         msg = f"not the private key of cert_file {cert}: {key}"
+    msg = msg or key_mode_problem(key)
     if msg:
         found.append(("key_file", msg))
     if not found:
         found += _as_mqtt_does(ca, cert, key)
     return found
+
+
+def key_mode_problem(path: Path) -> str | None:
+    """A private key that others can read is refused, as ssh refuses one: a key copied with the wrong mode is
+    how a fleet's identities leak (IEC 62443-4-2 CR 1.5, authenticator management)."""
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except OSError as e:
+        return f"cannot read {path}: {reason(e)}"
+    if mode & 0o077:
+        return f"permissions {mode:04o} are too open: a private key must be readable by its owner only " \
+               f"(chmod 600 {path})"
+    return None
 
 
 def _ca_problem(cas: list, path: Path) -> str | None:
@@ -219,6 +233,7 @@ def opcua_security_issues(cert: Path | None, key: Path | None, server: Path | No
             msg = f"Basic256Sha256 needs an RSA key, got {kind}: {key}"
         elif msg is None and own is not None and not _matches(own, private):
             msg = f"not the private key of client_cert {cert}: {key}"
+        msg = msg or key_mode_problem(key)
         if msg:
             found.append(("client_key", msg))
     if server is not None:

@@ -1,8 +1,9 @@
 """The MQTT contract between a gateway and the DSO head-end (docs/mqtt-api.md, schemas/).
 
-Topics under the prefix (default gridedge/v2/{gateway_id}/): telemetry, state (retained, last will
-"offline"), cmd (DSO -> gateway) and result (gateway -> DSO). Every payload is JSON with a `schema`
-field "gridedge.<kind>/<major>"; a consumer rejects majors it does not know.
+Topics under the prefix (default gridedge/v3/{gateway_id}/): telemetry, state (retained, last will
+"offline"), cmd/<issuer> (an issuer -> gateway, signed: edge/security), result (gateway -> head-end) and audit.
+Every payload is JSON with a `schema` field "gridedge.<kind>/<major>" (a command: the payload of a JWS); a
+consumer rejects majors it does not know.
 """
 from __future__ import annotations
 
@@ -15,12 +16,15 @@ from .core.utc import iso_utc, parse_iso_utc  # noqa: F401  (part of the contrac
 from .telemetry import SCHEMA_TELEMETRY  # noqa: F401  (part of the contract; telemetry payloads: edge/telemetry.py)
 
 SCHEMA_STATE = "gridedge.state/1"
-SCHEMA_COMMAND = "gridedge.command/1"
+SCHEMA_COMMAND = "gridedge.command/2"
 SCHEMA_RESULT = "gridedge.result/1"
+SCHEMA_AUDIT = "gridedge.audit/1"
 
 TOPIC_TELEMETRY = "telemetry"
 TOPIC_STATE = "state"
-TOPIC_CMD = "cmd"
+TOPIC_CMD = "cmd"              # <p>cmd/<issuer id>: one topic per issuer, so a broker ACL can confine each
+TOPIC_NOMINATION = "nomination"  # <p>nomination/<issuer id>
+TOPIC_AUDIT = "audit"
 TOPIC_RESULT = "result"
 
 ISSUERS = ("tso", "dso", "aggregator")
@@ -32,15 +36,20 @@ ACTION_TYPES = ("terminate", "cancel", "traffic_light")
 #: A prequalification step test of a flexibility resource: a set-point held for a while, its response analysed.
 TEST_TYPES = ("prequalification_test",)
 COMMAND_TYPES = tuple(ACTIVATION_TYPES) + ACTION_TYPES + TEST_TYPES
+#: What a role may be given ([security.roles]): every command type, and "nominate" (send baseline nominations).
+RIGHTS = COMMAND_TYPES + ("nominate",)
 RESULT_STATUSES = ("accepted", "rejected", "scheduled", "active", "completed", "expired", "cancelled", "terminated",
                    "failed")
 TRAFFIC_LIGHTS = ("green", "amber", "red")
-MAX_COMMAND_BYTES = 16384  # a larger payload on the cmd topic is rejected unread
+MAX_COMMAND_BYTES = 16384  # a larger command (the JSON in the signature) is rejected unread
+MAX_SIGNED_BYTES = 32768   # a larger message on a cmd topic (the JWS: base64 of the command, header, signature)
 #: A command nests two deep (the command, its params); json recurses once per level, so deeper input is refused
 #: before it is decoded (16 KiB of "[" would overflow the interpreter's stack).
 MAX_COMMAND_DEPTH = 8
 MAX_REASON_CHARS = 500  # a reason quotes what it refuses: bounded, so a result stays small whatever was sent
-CONTRACT_VERSION = "2.0"  # major: telemetry in blocks, prefix gridedge/v2/ (docs/mqtt-api.md, "Versions")
+CONTRACT_VERSION = "3.0"  # major: signed commands on per-issuer topics, prefix gridedge/v3/ (docs/mqtt-api.md, "Versions")
+#: The claims of a signed command (RFC 7519 names): who signed it, for which gateway, when, and until when.
+CLAIMS = ("iss", "aud", "iat", "exp")
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # one encoder: json.dumps(**kw) builds one per call
@@ -52,6 +61,12 @@ def dumps(obj: dict) -> bytes:
 
 def state(gateway_id: str, status: str, ts_ns: int, **info) -> dict:
     return {"schema": SCHEMA_STATE, "gateway": gateway_id, "status": status, "ts": iso_utc(ts_ns), **info}
+
+
+def audit(record: dict) -> dict:
+    """The body of an audit message: one record of the gateway's hash-chained audit trail, as written locally
+    (edge/security/audit.py), so the head-end holds a copy that `gridedge audit verify --anchor` can check."""
+    return {"schema": SCHEMA_AUDIT, "ts": record["ts"], "record": record}
 
 
 #: The state (docs/mqtt-api.md, the life of an activation) a status reports, where the caller names none.
@@ -83,6 +98,10 @@ class CommandRejected(Exception):
 
 @dataclass(frozen=True)
 class Command:
+    """A command that has passed its checks. `issuer` is the actor class of whoever sent it (tso, dso,
+    aggregator: the priority of its activations); `principal` the authenticated issuer id (None only for
+    commands made inside the gateway's tests), both set from what verified the command, never from its text."""
+
     cmd_id: str
     type: str
     issuer: str
@@ -90,29 +109,44 @@ class Command:
     valid_from_ns: int | None
     valid_until_ns: int | None
     params: dict = field(default_factory=dict)
+    principal: str | None = None
 
 
-_COMMAND_KEYS = {"schema", "cmd_id", "type", "issuer", "device", "valid_from", "valid_until", "params"}
+_COMMAND_KEYS = {"schema", "cmd_id", "type", "device", "valid_from", "valid_until", "params", *CLAIMS}
 
 
-def parse_command(payload: bytes, now_ns: int, *, max_activation_s: int, clock_skew_s: float = 5.0,
-                  schedule_horizon_s: float = 0.0, max_revert_s: int = 65535) -> Command:
-    """Bytes from the cmd topic -> Command, or CommandRejected naming the fault.
-
-    The validity window of an activation is when it may start: valid_from (default now) up to valid_until
-    (default: it must start at once); one may be scheduled up to schedule_horizon_s ahead. Other commands
-    act on receipt, so a valid_from in the future is refused for them.
-    """
-    if len(payload) > MAX_COMMAND_BYTES:
-        raise CommandRejected(None, f"command too large: {len(payload)} bytes > {MAX_COMMAND_BYTES}")
+def decode(payload: bytes, what: str = "command", max_bytes: int = MAX_COMMAND_BYTES) -> dict:
+    """Hostile JSON -> a dict, or CommandRejected(None, reason): bounded size and nesting, long integers as
+    floats, valid Unicode only. Shared by commands and nominations, signed or not."""
+    if len(payload) > max_bytes:
+        raise CommandRejected(None, f"{what} too large: {len(payload)} bytes > {max_bytes}")
     if _too_deep(payload):
-        raise CommandRejected(None, f"malformed command: nested deeper than {MAX_COMMAND_DEPTH} levels")
+        raise CommandRejected(None, f"malformed {what}: nested deeper than {MAX_COMMAND_DEPTH} levels")
     try:
         doc = json.loads(payload, parse_int=_parse_int)
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise CommandRejected(None, f"malformed JSON: {exc}") from None
     if not isinstance(doc, dict):
-        raise CommandRejected(None, f"command must be a JSON object, got {type(doc).__name__}")
+        raise CommandRejected(None, f"{what} must be a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def parse_command(payload: bytes, now_ns: int, *, issuer: str = "dso", principal: str | None = None,
+                  **kw) -> Command:
+    """Bytes of a command document -> Command (see command_from): for the gateway's own tests and tools; the
+    agent takes commands only through edge/security (authenticate, then command_from)."""
+    return command_from(decode(payload), now_ns, issuer=issuer, principal=principal, **kw)
+
+
+def command_from(doc: dict, now_ns: int, *, issuer: str, principal: str | None, max_activation_s: int,
+                 clock_skew_s: float = 5.0, schedule_horizon_s: float = 0.0, max_revert_s: int = 65535) -> Command:
+    """A decoded command document -> Command, or CommandRejected naming the fault. `issuer` (the actor class)
+    and `principal` come from what authenticated the document.
+
+    The validity window of an activation is when it may start: valid_from (default now) up to valid_until
+    (default: it must start at once); one may be scheduled up to schedule_horizon_s ahead. Other commands
+    act on receipt, so a valid_from in the future is refused for them.
+    """
     cmd_id = doc.get("cmd_id")
     if not isinstance(cmd_id, str) or not 1 <= len(cmd_id) <= 128 or not _encodable(cmd_id):
         raise CommandRejected(None, "cmd_id: must be a string of 1 to 128 characters (valid Unicode)")
@@ -128,7 +162,6 @@ def parse_command(payload: bytes, now_ns: int, *, max_activation_s: int, clock_s
     ctype = doc.get("type")
     if ctype not in COMMAND_TYPES:
         raise reject(f"type: unknown command {ctype!r}; known: {', '.join(COMMAND_TYPES)}")
-    issuer = doc.get("issuer", "dso")
     if issuer not in ISSUERS:
         raise reject(f"issuer: must be one of {', '.join(ISSUERS)}, got {issuer!r}")
     device = doc.get("device")
@@ -169,7 +202,7 @@ def parse_command(payload: bytes, now_ns: int, *, max_activation_s: int, clock_s
         params = _test_params(params, max_activation_s, reject)
     else:
         params = _target_params(ctype, params, reject)
-    return Command(cmd_id, ctype, issuer, device, valid_from, valid_until, params)
+    return Command(cmd_id, ctype, issuer, device, valid_from, valid_until, params, principal)
 
 
 def _number(params: dict, key: str, lo: float, hi: float, reject) -> float:

@@ -20,6 +20,8 @@ from typing import Callable
 from gridedge import contract, telemetry
 from gridedge.core.text import escape
 from gridedge.mqtt import MqttClient, tls_context
+from gridedge.security import jws
+from gridedge.security.signing import TYP, load_private_key, sign_command
 
 from .stream_audit import StreamAudit
 
@@ -50,10 +52,25 @@ class CurtailmentReport:
         return "demo: FAIL " + "; ".join(self.reasons)
 
 
+@dataclass
+class Issuer:
+    """How the simulator sends as one issuer: the key it signs with, and the broker identity it publishes as."""
+
+    id: str
+    key: object                         # an Ed25519 or P-256 private key (gridedge.security.signing)
+    ssl_context: ssl.SSLContext | None
+    client_id: str
+
+
 class DsoSimulator:
     def __init__(self, url: str, ssl_context: ssl.SSLContext | None, prefix: str, *,
-                 client_id: str = "dso-sim", allow_plaintext: bool = False, session_expiry_s: int = 0) -> None:
+                 client_id: str = "dso-sim", allow_plaintext: bool = False, session_expiry_s: int = 0,
+                 issuers: dict[str, Issuer] | None = None, gateway_id: str | None = None) -> None:
+        """issuers: who it can send commands as (its own identity is the issuer whose client_id is its own)."""
         self.url, self.ssl_context, self.prefix = url, ssl_context, prefix
+        self.gateway_id = gateway_id or prefix.rstrip("/").rsplit("/", 1)[-1]
+        self.issuers = dict(issuers or {})
+        self._senders: dict[str, MqttClient] = {}
         self.session_expiry_s = session_expiry_s
         self.audit = StreamAudit()
         self.client_id, self.allow_plaintext = client_id, allow_plaintext
@@ -75,16 +92,15 @@ class DsoSimulator:
     async def stop(self) -> None:
         if self._reader:
             self._reader.cancel()
+        for client in self._senders.values():
+            await client.close()
         if self._mqtt:
             await self._mqtt.close()
 
     async def _read(self) -> None:
         while True:
             msg = await self._mqtt.messages.get()
-            try:
-                doc = json.loads(msg.payload)
-            except (ValueError, RecursionError):  # the rig sees its own hostile test commands too
-                doc = None
+            doc = _document(msg.payload)
             self.seen.append(Seen(msg.topic, doc, msg.payload, time.monotonic()))
             self.audit.add(msg.topic, doc)
             if msg.topic == self.prefix + contract.TOPIC_TELEMETRY and isinstance(doc, dict):
@@ -111,16 +127,51 @@ class DsoSimulator:
             raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}") from None
 
     # -- commands ---------------------------------------------------------------------------
-    async def send(self, doc: dict | bytes) -> None:
-        payload = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
-        await self._mqtt.publish(self.prefix + contract.TOPIC_CMD, payload)
+    async def _sender(self, issuer: str) -> MqttClient:
+        """The broker connection that publishes as `issuer` (the broker ACL confines each identity)."""
+        ident = self.issuers.get(issuer)
+        if ident is None or ident.client_id == self.client_id:
+            return self._mqtt
+        if issuer not in self._senders:
+            client = MqttClient(self.url, ident.client_id, ssl_context=ident.ssl_context,
+                                allow_plaintext=self.allow_plaintext)
+            await client.connect()
+            self._senders[issuer] = client
+        return self._senders[issuer]
+
+    def sign(self, doc: dict, *, key=None, claims: dict | None = None, lifetime_s: float = 300.0) -> bytes:
+        """The JWS of a command document, signed by the key of its issuer (doc["iss"]) unless `key` is given;
+        `claims` overrides iss, aud, iat or exp after signing would set them (for forgeries in tests)."""
+        issuer = doc.get("iss", "dso")
+        body = {k: v for k, v in doc.items() if k not in contract.CLAIMS}
+        signer = key if key is not None else self.issuers[issuer].key
+        if not claims:
+            return sign_command(body, signer, issuer=issuer, audience=self.gateway_id, lifetime_s=lifetime_s)
+        now = time.time()
+        full = {"iss": issuer, "aud": self.gateway_id, "iat": int(now), "exp": int(now + lifetime_s)} | claims
+        payload = json.dumps(body | full, separators=(",", ":")).encode()
+        return jws.sign(payload, signer, kid=jws.thumbprint(signer.public_key()), typ=TYP)
+
+    def sign_bytes(self, payload: bytes, issuer: str = "dso") -> bytes:
+        """Any bytes signed by an issuer: a malformed document that still reaches the gateway's content checks."""
+        key = self.issuers[issuer].key
+        return jws.sign(payload, key, kid=jws.thumbprint(key.public_key()), typ=TYP)
+
+    async def send(self, doc: dict | bytes, *, issuer: str | None = None, topic_issuer: str | None = None,
+                   kind: str = contract.TOPIC_CMD, **sign_kw) -> None:
+        """Publish a command: a document is signed (see sign); bytes go as they are. It goes on
+        <prefix><kind>/<topic_issuer>, published as `issuer` (default: the document's iss, else "dso")."""
+        issuer = issuer or (doc.get("iss") if isinstance(doc, dict) else None) or "dso"
+        payload = doc if isinstance(doc, bytes) else self.sign(doc, **sign_kw)
+        client = await self._sender(issuer)
+        await client.publish(f"{self.prefix}{kind}/{topic_issuer or issuer}", payload)
 
     @staticmethod
     def activation(limit_pct: float, duration_s: float, *, cmd_id: str | None = None, issuer: str = "dso",
                    device: str | None = None, validity_s: float = 60.0) -> dict:
         now = time.time_ns()
         doc = {"schema": contract.SCHEMA_COMMAND, "cmd_id": cmd_id or f"act-{uuid.uuid4().hex[:12]}",
-               "type": "limit_active_power", "issuer": issuer,
+               "type": "limit_active_power", "iss": issuer,
                "valid_from": contract.iso_utc(now - 1_000_000_000),
                "valid_until": contract.iso_utc(now + int(validity_s * 1e9)),
                "params": {"limit_pct": limit_pct, "duration_s": duration_s}}
@@ -134,7 +185,7 @@ class DsoSimulator:
         """Any command of the contract; valid_from/valid_until in seconds from now (None: not sent)."""
         now = time.time_ns()
         doc = {"schema": contract.SCHEMA_COMMAND, "cmd_id": cmd_id or f"{ctype[:4]}-{uuid.uuid4().hex[:12]}",
-               "type": ctype, "issuer": issuer, "params": params}
+               "type": ctype, "iss": issuer, "params": params}
         if device:
             doc["device"] = device
         if valid_from is not None:
@@ -158,11 +209,11 @@ class DsoSimulator:
     def nomination(resource: str, start_ns: int, isp_s: int, w: list[float], *, nomination_id: str | None = None,
                    issuer: str = "aggregator") -> dict:
         """A baseline schedule, ex ante: mean W per ISP from start_ns (an ISP boundary)."""
-        return {"schema": "gridedge.nomination/1", "nomination_id": nomination_id or f"nom-{uuid.uuid4().hex[:12]}",
-                "issuer": issuer, "resource": resource, "start": contract.iso_utc(start_ns), "isp_s": isp_s, "w": w}
+        return {"schema": "gridedge.nomination/2", "nomination_id": nomination_id or f"nom-{uuid.uuid4().hex[:12]}",
+                "iss": issuer, "resource": resource, "start": contract.iso_utc(start_ns), "isp_s": isp_s, "w": w}
 
-    async def send_nomination(self, doc: dict) -> None:
-        await self._mqtt.publish(self.prefix + "nomination", json.dumps(doc).encode())
+    async def send_nomination(self, doc: dict | bytes, **kw) -> None:
+        await self.send(doc, kind=contract.TOPIC_NOMINATION, **kw)
 
     def records(self, kind: str) -> list[dict]:
         """Flex records seen on <prefix><kind> and its backfill topic, de-duplicated by msg_id."""
@@ -181,10 +232,13 @@ class DsoSimulator:
     def cancel(cls, activation_id: str, **kw) -> dict:
         return cls.command("cancel", {"activation_id": activation_id}, **kw)
 
-    def results(self, cmd_id: str | None) -> list[dict]:
+    def results(self, cmd_id: str | None, *, claimed: bool = False) -> list[dict]:
+        """Results for cmd_id; claimed=True: the refusals of messages that only claimed it (unauthenticated)."""
         topics = (self.prefix + contract.TOPIC_RESULT, self.prefix + "backfill/" + contract.TOPIC_RESULT)
-        return [s.doc for s in self.seen if s.topic in topics
-                and isinstance(s.doc, dict) and s.doc.get("cmd_id") == cmd_id]
+        docs = [s.doc for s in self.seen if s.topic in topics and isinstance(s.doc, dict)]
+        if claimed:
+            return [d for d in docs if d.get("cmd_id") is None and d["detail"].get("claimed_cmd_id") == cmd_id]
+        return [d for d in docs if d.get("cmd_id") == cmd_id]
 
     def statuses(self, cmd_id: str | None) -> list[str]:
         return [r["status"] for r in self.results(cmd_id)]
@@ -235,6 +289,19 @@ class DsoSimulator:
         return rep
 
 
+def _document(payload: bytes) -> dict | None:
+    """A message as JSON; a signed command (a JWS) as the document it signs, unverified: the simulator only
+    files what it sent itself. None when it is neither (the rig sends hostile test payloads too)."""
+    try:
+        return json.loads(payload)
+    except (ValueError, RecursionError):
+        pass
+    try:
+        return json.loads(jws.parse(payload).payload)
+    except (jws.JwsError, ValueError, RecursionError):
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m gridedge.hil.dso_sim",
                                  description="Send one curtailment to a gateway and check its response.")
@@ -242,14 +309,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ca", type=Path, required=True)
     ap.add_argument("--cert", type=Path, required=True)
     ap.add_argument("--key", type=Path, required=True)
-    ap.add_argument("--prefix", required=True, help="the gateway's topic prefix, e.g. gridedge/v2/gw-1/")
+    ap.add_argument("--prefix", required=True, help="the gateway's topic prefix, e.g. gridedge/v3/gw-1/")
+    ap.add_argument("--issuer", default="dso", help="the issuer id it sends as (its key must be trusted)")
+    ap.add_argument("--issuer-key", type=Path, required=True, help="that issuer's private key (PEM)")
     ap.add_argument("--limit-pct", type=float, default=50.0)
     ap.add_argument("--duration-s", type=float, default=20.0)
     ap.add_argument("--reach-within-s", type=float, default=15.0)
     args = ap.parse_args(argv)
 
     async def go() -> int:
-        dso = DsoSimulator(args.broker, tls_context(args.ca, args.cert, args.key), args.prefix)
+        ctx = tls_context(args.ca, args.cert, args.key)
+        me = Issuer(args.issuer, load_private_key(args.issuer_key), ctx, "dso-sim")
+        dso = DsoSimulator(args.broker, ctx, args.prefix, issuers={args.issuer: me})
         await dso.start()
         try:
             await dso.wait_online()

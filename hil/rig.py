@@ -12,9 +12,11 @@ import sys
 from pathlib import Path
 
 from gridedge.mqtt import tls_context
+from gridedge.security.signing import load_private_key, new_issuer_key
 
+from .acl import fleet_acl, gateway_patterns
 from .broker import Mosquitto
-from .dso_sim import DsoSimulator
+from .dso_sim import DsoSimulator, Issuer
 from .faultproxy import FaultProxy
 from .pki import make_pki
 
@@ -50,7 +52,8 @@ unit_id = 1
 poll_ms = {poll_ms}
 timeout_ms = 1000
 writable = {writable}
-{flex}"""
+{flex}
+{security}"""
 
 
 #: The rig's [control] section: the EN 50549 profile, without the release ramp (a bench wants to see the
@@ -71,6 +74,22 @@ def _toml_value(v) -> str:
     raise TypeError(f"no TOML for {v!r}")
 
 
+#: The rig's issuers: id -> actor class. Each has an Ed25519 key the gateway trusts and a broker identity
+#: (certificate CN "issuer.<id>"); the DSO's head-end (CN "headend.dso") reads everything and sends as "dso".
+ISSUERS = {"tso": "tso", "dso": "dso", "aggregator": "aggregator"}
+HEADEND_CN = "headend.dso"
+
+
+def security_toml(keys: dict[str, "Path"], roles: dict[str, list[str]] | None = None, **extra) -> str:
+    """The [security] section trusting the rig's issuers (all operators unless roles says otherwise)."""
+    lines = ["[security]"] + [f"{k} = {_toml_value(v)}" for k, v in extra.items()]
+    for issuer, pub in keys.items():
+        lines += ["", "[[security.issuers]]", f"id = {_toml_value(issuer)}", f"actor = {_toml_value(ISSUERS[issuer])}",
+                  f"roles = {_toml_value((roles or {}).get(issuer, ['operator']))}",
+                  f"public_keys = {_toml_value([str(pub)])}"]
+    return "\n".join(lines) + "\n"
+
+
 def control_toml(control: dict, settings: dict) -> str:
     """The [control] and [control.settings] tables of the rig's config."""
     lines = ["[control]"] + [f"{k} = {_toml_value(v)}" for k, v in control.items()]
@@ -85,12 +104,14 @@ class Rig:
                  backfill_rate: float = 200.0, backfill_jitter_s: float = 0.5, quota_mb: float = 64.0,
                  durability: str = "full", dso_session_expiry_s: int = 0, control: dict | None = None,
                  settings: dict | None = None, feeder: tuple[float, float] | None = None, grid_v_pu: float = 1.0,
-                 var_response_s: float = 0.0, flex: str = "", network=None) -> None:
+                 var_response_s: float = 0.0, flex: str = "", network=None, acl: bool = True,
+                 security: dict | None = None, roles: dict[str, list[str]] | None = None) -> None:
         """control/settings: keys of [control] and [control.settings] over the rig's defaults; feeder: (R, X)
         ohm per phase between the grid (grid_v_pu) and the inverter, so its voltage responds to its P and Q;
         flex: a [flex] section (TOML text) appended to the gateway's configuration; network: a started
         netns.WanPath: the agent and the inverter simulator run in its gateway namespace, the broker listens on
-        its near end."""
+        its near end; acl: the broker confines every identity (hil/acl.py); security: more keys of [security]
+        (allow_unsigned, max_lifetime_s...); roles: issuer id -> its roles (default: all operators)."""
         if network is not None and proxy:
             raise ValueError("the proxy and a network path are two ways to the broker: choose one")
         self.network = network
@@ -106,7 +127,8 @@ class Rig:
                            quota_mb=quota_mb, durability=durability)
         self.dso_session_expiry_s = dso_session_expiry_s
         self.gateway_id = gateway_id
-        self.prefix = f"gridedge/v2/{gateway_id}/"
+        self.prefix = f"gridedge/v3/{gateway_id}/"
+        self.use_acl, self.security, self.roles = acl, dict(security or {}), roles
         self.w_max, self.pv_w, self.ramp_pct_per_s = w_max, pv_w, ramp_pct_per_s
         self.poll_ms, self.telemetry_ms, self.writable = poll_ms, telemetry_ms, writable
         self.broker: Mosquitto | None = None
@@ -122,8 +144,15 @@ class Rig:
         names = ("localhost", self.broker_host)
         self.pki = await asyncio.to_thread(make_pki, self.workdir / "pki", server_names=names)
         self.gw_cert, self.gw_key = self.pki.client(self.gateway_id)
-        self.dso_cert, self.dso_key = self.pki.client("dso-headend")
-        self.broker = Mosquitto(self.workdir / "broker", self.pki, host=self.broker_host)
+        self.dso_cert, self.dso_key = self.pki.client(HEADEND_CN)
+        self.issuer_keys = {}
+        for issuer in ISSUERS:
+            priv, pub = new_issuer_key(self.workdir / "issuers", issuer)
+            self.issuer_keys[issuer] = (priv, pub)
+        acl = fleet_acl({f"issuer.{i}": i for i in ISSUERS if i != "dso"}, {HEADEND_CN: "dso"}) \
+            if self.use_acl else None
+        self.broker = Mosquitto(self.workdir / "broker", self.pki, host=self.broker_host, acl=acl,
+                                acl_patterns=gateway_patterns() if self.use_acl else ())
         await asyncio.to_thread(self.broker.start)
         if self.use_proxy:
             self.proxy = FaultProxy("127.0.0.1", self.broker.port)
@@ -132,9 +161,19 @@ class Rig:
         self.write_config()
         await self.start_agent()
         self.dso = DsoSimulator(self.broker.url, tls_context(self.pki.ca_cert, self.dso_cert, self.dso_key), self.prefix,
-                                session_expiry_s=self.dso_session_expiry_s)
+                                session_expiry_s=self.dso_session_expiry_s, issuers=self.issuers(),
+                                client_id=HEADEND_CN)
         await self.dso.start()
         await self.dso.wait_online(30)
+
+    def issuers(self) -> dict[str, Issuer]:
+        """How the DSO simulator sends as each issuer: its signing key and its broker identity."""
+        out = {}
+        for issuer, (priv, _pub) in self.issuer_keys.items():
+            cert, key = (self.dso_cert, self.dso_key) if issuer == "dso" else self.pki.client(f"issuer.{issuer}")
+            out[issuer] = Issuer(issuer, load_private_key(priv), tls_context(self.pki.ca_cert, cert, key),
+                                 client_id=HEADEND_CN if issuer == "dso" else f"issuer.{issuer}")
+        return out
 
     def write_config(self, **overrides) -> Path:
         broker_url = f"mqtts://127.0.0.1:{self.proxy.port}" if self.proxy else self.broker.url
@@ -142,7 +181,9 @@ class Rig:
                       cert=self.gw_cert, key=self.gw_key, telemetry_ms=self.telemetry_ms,
                       storage=self.workdir / "var", sim_port=self.sim_port, poll_ms=self.poll_ms,
                       writable=str(self.writable).lower(), control=control_toml(self.control, self.settings),
-                      flex=("\n" + self.flex) if self.flex else "")
+                      flex=("\n" + self.flex) if self.flex else "",
+                      security=security_toml({i: pub for i, (_p, pub) in self.issuer_keys.items()}, self.roles,
+                                             **self.security))
         values.update(overrides)
         self.config_path.write_text(CONFIG_TEMPLATE.format(**values))
         return self.config_path

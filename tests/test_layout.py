@@ -16,11 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 #: source folder -> package (pyproject.toml [tool.setuptools.package-dir])
 PACKAGES = {"core": "gridedge.core", "drivers": "gridedge.drivers", "hil": "gridedge.hil", "cext": "gridedge.cext",
             "edge": "gridedge"}
-#: What the rig may import of gridedge: the core, the documented MQTT contract and client, and the drivers'
-#: sans-IO codecs (the simulators speak the same wire formats). Everything else of the agent is off limits.
+#: What the rig may import of gridedge: the core, the documented MQTT contract and client, the drivers' sans-IO
+#: codecs (the simulators speak the same wire formats) and the head-end's signing library (the DSO simulator signs
+#: its commands as a real head-end would). Everything else of the agent is off limits.
 RIG_PUBLIC = ("gridedge.core", "gridedge.contract", "gridedge.telemetry", "gridedge.mqtt", "gridedge.hil",
               "gridedge.drivers.sunspec", "gridedge.drivers.sunspec_models", "gridedge.drivers.regmap",
-              "gridedge.drivers.mbap", "gridedge.drivers.rtu")
+              "gridedge.drivers.mbap", "gridedge.drivers.rtu",
+              "gridedge.security.signing", "gridedge.security.jws")
 #: Agent modules that may use the rig: the demo command, and the lab command (its throwaway PKI; edge/lab.py says why).
 RIG_USERS = ("gridedge.demo", "gridedge.lab")
 

@@ -296,6 +296,10 @@ class ControlEngine:
     def wake(self) -> None:
         self._wake.set()
 
+    def period(self) -> float:
+        """The cycle period: control.cycle_ms, or IDLE_CYCLE_S with nothing to control."""
+        return self.period_s if self.planner is not None else max(self.period_s, IDLE_CYCLE_S)
+
     # ------------------------------------------------------------------ the cycle
 
     def _queue(self, changes, need_gen: int) -> None:
@@ -399,7 +403,7 @@ class ControlEngine:
         """Cycle until cancelled; call start() first."""
         # Nothing to control: no periodic cycles to pay for, only the ones commands wake (to answer them) and a
         # slow tick for the traffic light's and the book's timers.
-        period = self.period_s if self.planner is not None else max(self.period_s, IDLE_CYCLE_S)
+        period = self.period()
         while True:
             try:
                 async with asyncio.timeout(period):

@@ -183,11 +183,18 @@ class FlexEngine:
         self.activation(dataclasses.replace(w, end_ns=new_end))
         return True
 
-    def nomination(self, payload: bytes, now_ns: int) -> Nomination:
-        """Parse and store a nomination; raises NominationRejected (answer it like a rejected command). A
-        nomination_id seen before is not applied again (it would undo a newer one): `repeated` is then True."""
-        nom = parse_nomination(payload, now_ns, grid=self.grid, resources=self.resources,
-                               gate_closure_s=self.config.gate_closure_s)
+    def nomination(self, payload: bytes | dict, now_ns: int, *, issuer: str = "aggregator") -> Nomination:
+        """Parse and store a nomination; raises NominationRejected (answer it like a rejected command)."""
+        return self.apply_nomination(self.check_nomination(payload, now_ns, issuer=issuer), now_ns)
+
+    def check_nomination(self, payload: bytes | dict, now_ns: int, *, issuer: str = "aggregator") -> Nomination:
+        """Parse a nomination without storing it (the gate authorises it first); raises NominationRejected."""
+        return parse_nomination(payload, now_ns, grid=self.grid, resources=self.resources,
+                                gate_closure_s=self.config.gate_closure_s, issuer=issuer)
+
+    def apply_nomination(self, nom: Nomination, now_ns: int) -> Nomination:
+        """Store a checked nomination. A nomination_id seen before is not applied again (it would undo a newer
+        one): `repeated` is then True."""
         if self.history.nomination_seen(nom.nomination_id):
             return dataclasses.replace(nom, repeated=True)
         self.history.add_nomination(nom.resource, self.grid, nom.start_ns, nom.values_w, nom.nomination_id, now_ns)

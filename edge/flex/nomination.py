@@ -1,32 +1,33 @@
 """Nominations: a schedule the FSP or DSO sends ex ante over MQTT, used as the ``nomination`` baseline.
 
-Topic ``<prefix>nomination`` (head-end -> gateway), schema ``gridedge.nomination/1``::
+Topic ``<prefix>nomination/<issuer>`` (an issuer -> gateway), schema ``gridedge.nomination/2``, signed like a
+command (the document is the payload of a JWS, with the claims iss, aud, iat and exp; docs/mqtt-api.md)::
 
-    {"schema": "gridedge.nomination/1", "nomination_id": "fsp-2026-11-23-007", "issuer": "aggregator",
-     "resource": "pv1", "start": "2026-11-23T14:00:00Z", "isp_s": 900, "w": [5200.0, 5100.0, 4800.0]}
+    {"schema": "gridedge.nomination/2", "nomination_id": "fsp-2026-11-23-007", "resource": "pv1",
+     "start": "2026-11-23T14:00:00Z", "isp_s": 900, "w": [5200.0, 5100.0, 4800.0], "iss": "fsp-1", ...}
 
 ``w`` is the mean power per ISP from ``start`` on, net injection (+ = export, as the W point). ``start`` must be an
 ISP boundary of the gateway's grid and ``isp_s`` its length. Ex ante: the first ISP must start no earlier than
 ``gate_closure_s`` after the time of receipt. A later nomination replaces earlier values for the ISPs it covers.
-`parse_nomination` turns bytes into a Nomination or raises NominationRejected naming the fault, like commands.
+`parse_nomination` turns the document into a Nomination or raises NominationRejected naming the fault, like
+commands; its issuer (actor class) is what authenticated it, never a field of the document.
 """
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from ..contract import ISSUERS
+from ..contract import CLAIMS, ISSUERS, CommandRejected, decode
 from ..core.utc import iso_utc
 from ..core.isp import IspGrid
 
-SCHEMA_NOMINATION = "gridedge.nomination/1"
+SCHEMA_NOMINATION = "gridedge.nomination/2"
 MAX_NOMINATION_BYTES = 262_144
 MAX_DAYS = 7
 MAX_ABS_W = 1e9
-_KEYS = {"schema", "nomination_id", "issuer", "resource", "start", "isp_s", "w"}
+_KEYS = {"schema", "nomination_id", "resource", "start", "isp_s", "w", *CLAIMS}
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -63,20 +64,19 @@ def exact_ns(text: str) -> int:
     return (td.days * 86_400 + td.seconds) * 1_000_000_000 + td.microseconds * 1_000
 
 
-def parse_nomination(payload: bytes, now_ns: int, *, grid: IspGrid, resources: Collection[str],
-                     gate_closure_s: int = 0) -> Nomination:
-    if not isinstance(payload, (bytes, bytearray)):
+def parse_nomination(payload: bytes | dict, now_ns: int, *, grid: IspGrid, resources: Collection[str],
+                     gate_closure_s: int = 0, issuer: str = "aggregator") -> Nomination:
+    """A nomination document (bytes, or already decoded by the command gate) -> Nomination; `issuer` is the actor
+    class of whoever it was authenticated as."""
+    if isinstance(payload, (bytes, bytearray)):
+        try:
+            doc = decode(bytes(payload), "nomination", MAX_NOMINATION_BYTES)
+        except CommandRejected as exc:
+            raise NominationRejected(None, exc.reason) from None
+    elif isinstance(payload, dict):
+        doc = payload
+    else:
         raise NominationRejected(None, "payload must be bytes")
-    if len(payload) > MAX_NOMINATION_BYTES:
-        raise NominationRejected(None, f"nomination too large: {len(payload)} bytes > {MAX_NOMINATION_BYTES}")
-    try:
-        doc = json.loads(payload)
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of too many digits
-        raise NominationRejected(None, f"malformed JSON: {exc}") from None
-    except RecursionError:
-        raise NominationRejected(None, "malformed JSON: nested too deeply") from None
-    if not isinstance(doc, dict):
-        raise NominationRejected(None, f"nomination must be a JSON object, got {type(doc).__name__}")
     nid = doc.get("nomination_id")
     if not isinstance(nid, str) or not 1 <= len(nid) <= 128:
         raise NominationRejected(None, "nomination_id: must be a string of 1 to 128 characters")
@@ -89,7 +89,6 @@ def parse_nomination(payload: bytes, now_ns: int, *, grid: IspGrid, resources: C
     unknown = sorted(k for k in doc if k not in _KEYS)
     if unknown:
         raise reject(f"unknown key {unknown[0]!r}")
-    issuer = doc.get("issuer", "aggregator")
     if issuer not in ISSUERS:
         raise reject(f"issuer: must be one of {', '.join(ISSUERS)}, got {_show(issuer)}")
     resource = doc.get("resource")

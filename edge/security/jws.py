@@ -76,7 +76,7 @@ def _no_duplicates(pairs):
     return out
 
 
-def parse(token: bytes | str) -> Jws:
+def parse(token: bytes | str, *, max_bytes: int = MAX_TOKEN_BYTES) -> Jws:
     """The structure of a compact JWS, checked; the signature is NOT verified yet (see verify)."""
     if isinstance(token, str):
         try:
@@ -84,8 +84,8 @@ def parse(token: bytes | str) -> Jws:
         except UnicodeEncodeError:
             raise JwsError("a JWS is ASCII") from None
     token = token.strip()
-    if len(token) > MAX_TOKEN_BYTES:
-        raise JwsError(f"JWS too large: {len(token)} bytes > {MAX_TOKEN_BYTES}")
+    if len(token) > max_bytes:
+        raise JwsError(f"JWS too large: {len(token)} bytes > {max_bytes}")
     parts = token.split(b".")
     if len(parts) != 3:
         raise JwsError(f"a compact JWS has 3 parts separated by '.', got {len(parts)}")

@@ -10,7 +10,6 @@ configuration that checked out, nothing is trusted: there is no default issuer a
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import tomllib
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
+from gridedge import contract
 from gridedge.core import schema as s
 
 from . import jws
@@ -33,12 +33,13 @@ TYP = "gridedge-command+jws"
 
 
 class Unauthenticated(Exception):
-    """The command does not prove who sent it; `reason` goes into the `rejected` result (status detail
-    `unauthenticated`), `cmd_id` where it could be read."""
+    """The command does not prove who sent it, or no longer does; `reason` goes into the result. `cmd_id` is
+    set only where the signature verified (so a forger cannot make the gateway answer for a real command's id),
+    `status` is "expired" for a verified command whose exp has passed, else "rejected"."""
 
-    def __init__(self, reason: str, cmd_id: str | None = None) -> None:
+    def __init__(self, reason: str, cmd_id: str | None = None, status: str = "rejected") -> None:
         super().__init__(reason)
-        self.reason, self.cmd_id = reason, cmd_id
+        self.reason, self.cmd_id, self.status = reason, cmd_id, status
 
 
 @dataclass(frozen=True)
@@ -206,20 +207,22 @@ class TrustStore:
         return Principal(entry.id, entry.actor, entry.roles, entry.devices, key_id, via)
 
     # -- authentication ---------------------------------------------------------------------------
-    def authenticate(self, payload: bytes, topic_issuer: str, now_s: float) -> tuple[Principal, dict]:
-        """The payload of a message on <prefix>cmd/<topic_issuer> -> (who sent it, the command's claims)."""
+    def authenticate(self, payload: bytes, topic_issuer: str, now_s: float, *, what: str = "command",
+                     max_bytes: int = contract.MAX_COMMAND_BYTES) -> tuple[Principal, dict]:
+        """The payload of a message on <prefix>cmd/<topic_issuer> -> (who sent it, the document it signed).
+        Raises Unauthenticated, or contract.CommandRejected for a signed document that is not valid JSON."""
         if payload.lstrip()[:1] == b"{":
-            return self._unsigned(payload, topic_issuer)
+            return self._unsigned(payload, topic_issuer, what, max_bytes)
         try:
-            token = jws.parse(payload)
+            token = jws.parse(payload, max_bytes=max_bytes * 4 // 3 + jws.MAX_HEADER_BYTES + 200)
         except jws.JwsError as exc:
-            raise Unauthenticated(f"not a signed command: {exc}") from None
+            raise Unauthenticated(f"not a signed {what}: {exc}") from None
         entry, key, via = self._key_for(token, topic_issuer)
         try:
             jws.verify(token, key)
         except jws.JwsError as exc:
             raise Unauthenticated(f"signature of issuer {entry.id!r} does not verify: {exc}") from None
-        claims = _claims(token.payload)
+        claims = contract.decode(token.payload, what, max_bytes)
         cmd_id = claims.get("cmd_id") if isinstance(claims.get("cmd_id"), str) else None
         if token.header.get("typ", TYP) != TYP:
             raise Unauthenticated(f"typ must be {TYP!r}", cmd_id)
@@ -284,15 +287,15 @@ class TrustStore:
         if exp - iat > self.max_lifetime_s:
             raise Unauthenticated(f"lifetime exp - iat of {exp - iat:.0f} s exceeds {self.max_lifetime_s} s", cmd_id)
         if now_s > exp + self.skew_s:
-            raise Unauthenticated(f"expired: exp {exp:.0f} passed {now_s - exp:.0f} s ago", cmd_id)
+            raise Unauthenticated(f"expired: exp {exp:.0f} passed {now_s - exp:.0f} s ago", cmd_id, "expired")
 
-    def _unsigned(self, payload: bytes, topic_issuer: str) -> tuple[Principal, dict]:
+    def _unsigned(self, payload: bytes, topic_issuer: str, what: str, max_bytes: int) -> tuple[Principal, dict]:
         if not self.allow_unsigned:
-            raise Unauthenticated("unsigned command refused (security.allow_unsigned is false)")
+            raise Unauthenticated(f"unsigned {what} refused (security.allow_unsigned is false)")
         entry = self.issuers.get(topic_issuer)
         if entry is None:
             raise Unauthenticated(f"issuer {topic_issuer[:64]!r} is not in [[security.issuers]]")
-        return self.principal(entry, "unsigned", "unsigned"), _claims(payload)
+        return self.principal(entry, "unsigned", "unsigned"), contract.decode(payload, what, max_bytes)
 
     # -- authorization ----------------------------------------------------------------------------
     def authorize(self, who: Principal, ctype: str, devices: tuple[str, ...] | None) -> str | None:
@@ -306,13 +309,3 @@ class TrustStore:
             if outside:
                 return f"issuer {who.id!r} may not act on {', '.join(outside)}"
         return None
-
-
-def _claims(payload: bytes) -> dict:
-    try:
-        doc = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError):
-        raise Unauthenticated("payload is not JSON") from None
-    if not isinstance(doc, dict):
-        raise Unauthenticated("payload is not a JSON object")
-    return doc
