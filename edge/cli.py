@@ -118,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true",
                    help="replace an existing lab: its CA, certificates, mosquitto.conf, acl and gateway.toml")
     p.set_defaults(func=_lab)
+    from .security.cli import add_parsers
+
+    add_parsers(sub)  # keygen, sign, audit verify, unit devices
     sub.add_parser("baselines", add_help=False,  # its own parser: gridedge baselines --help
                    help="placebo-day accuracy of the baselines (MdAPE, bias, RRMSE)")
     argv = sys.argv[1:] if argv is None else argv

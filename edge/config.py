@@ -292,7 +292,8 @@ SCHEMA = s.Dict({
                                            "long while the gateway is away, s; 0: no session"),
     })),
     "storage": s.Optional(s.Dict({
-        "dir": s.Optional(PATH, default="var", doc="durable state directory"),
+        "dir": s.Optional(PATH, doc="durable state directory; default $STATE_DIRECTORY (systemd's StateDirectory=), "
+                                    "else var/ next to the configuration"),
         "quota_mb": s.Optional(s.Float(gt=0, le=1024 * 1024), default=256.0,
                                doc="outbox disk quota (stored payload bytes), MiB"),
         "max_age_h": s.Optional(s.Float(gt=0, le=87600), default=720.0,
@@ -363,8 +364,9 @@ def _cross_checks(raw: Any, clean: dict, base: Path, check_files: bool) -> list[
         if broker.scheme == "mqtts":
             issues += _tls_issues(up, raw_up, base, check_files)
     storage = clean.get("storage")
-    if check_files and isinstance(storage, dict) and "dir" in storage:
-        msg = storage_problem(resolve(base, storage["dir"]))
+    if check_files and isinstance(storage, dict) and ("dir" in storage or not isinstance(raw.get("storage"), Mapping)
+                                                      or "dir" not in raw["storage"]):
+        msg = storage_problem(storage_dir(storage, base))
         if msg:
             issues.append(s.Issue(("storage", "dir"), msg))
     devices = clean.get("devices")
@@ -398,6 +400,15 @@ def _tls_issues(up: dict, raw_up: Mapping, base: Path, check_files: bool) -> lis
     else:   # some are missing or invalid (reported): say what can be said of the others
         found = [(k, msg) for k in keys if k in up and (msg := file_problem(resolve(base, up[k])))]
     return issues + [s.Issue(("uplink", k), msg) for k, msg in found]
+
+
+def storage_dir(st: dict, base: Path) -> Path:
+    """storage.dir; without it, the state directory systemd made for the unit (StateDirectory=gridedge sets
+    $STATE_DIRECTORY, the first of a colon-separated list), else var/ beside the configuration file."""
+    if "dir" in st:
+        return resolve(base, st["dir"])
+    state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(state) if state.startswith("/") else resolve(base, "var")
 
 
 def _build(c: dict, base: Path) -> Config:
@@ -440,7 +451,7 @@ def _build(c: dict, base: Path) -> Config:
     )
     control = _build_control(c["control"])
     st = c["storage"]
-    storage = StorageConfig(resolve(base, st["dir"]), st["quota_mb"], st["max_age_h"], st["durability"])
+    storage = StorageConfig(storage_dir(st, base), st["quota_mb"], st["max_age_h"], st["durability"])
     if c["security"].get("allow_unsigned"):
         log.warning("security.allow_unsigned is true: commands are trusted by the topic they arrive on")
     return Config(gw, uplink, devices, control, storage, source=None, sha256="", flex=build_flex(c["flex"]),

@@ -6,7 +6,7 @@ import signal
 import uuid
 
 from gridedge import mqtt
-from gridedge.agent import UNREADABLE_BURST
+from gridedge.commands import UNREADABLE_BURST
 from gridedge.hil.broker import Mosquitto
 from gridedge.hil.pki import make_pki
 from gridedge.hil.rig import Rig
