@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -255,16 +256,96 @@ def test_restart_holds_active_until_revert_time_and_ends_pending(book):
     book.submit(cmd("s1", device="inv2", valid_from=iso(T0 + 600 * S), valid_until=iso(T0 + 700 * S)), T0)
     snap = json.loads(json.dumps(book.snapshot()))
     fresh = ActivationBook(caps, revert_s=60)
-    later = T0 + 100 * S
+    later = T0 + 10 * S          # within the revert time: held for the 20 s that are left of it
     ch = fresh.restore(snap, later)
     assert [(c.cmd_id, c.status) for c in ch] == [("a1", "active"), ("s1", "terminated")]
     assert "restarted" in ch[0].reason and "restarted before it started" in ch[1].reason
     assert [a.id for a in fresh.in_force(later)] == ["a1"]
-    assert fresh.tick(later + 29 * S) == []
-    ch = fresh.tick(later + 30 * S)
+    assert fresh.tick(later + 19 * S) == []
+    ch = fresh.tick(later + 20 * S)
     assert [(c.cmd_id, c.status) for c in ch] == [("a1", "terminated")] and "fail-safe" in ch[0].reason
     assert statuses(fresh.submit(cmd("a1", device="inv1"), later + 31 * S)) == ["rejected"]   # still never twice
     assert fresh.restore([{"id": "broken"}], later) == []
+
+
+def test_restart_after_the_revert_time_ends_the_activation_and_holds_nothing(book):
+    """Issue 11 defect 14: the agent was down longer than the revert time. The device has fallen back by itself;
+    the activation must stay released: terminated at restore, nothing in force, nothing to write."""
+    book.submit(cmd("a1", device="inv1", params={"limit_pct": 45, "duration_s": 600, "revert_s": 10}), T0)
+    book.confirm("a1", T0)
+    snap = json.loads(json.dumps(book.snapshot()))
+    fresh = ActivationBook(caps, revert_s=60)
+    ch = fresh.restore(snap, T0 + 25 * S)
+    assert [(c.cmd_id, c.status) for c in ch] == [("a1", "terminated")]
+    assert ch[0].reason.startswith("fail-safe: the gateway agent was down") and "not resumed" in ch[0].reason
+    assert iso(T0 + 10 * S) in ch[0].reason              # when the device fell back by itself
+    assert fresh.in_force(T0 + 25 * S) == [] and fresh.activations == {}
+
+
+def test_restart_within_the_revert_time_holds_only_what_is_left_of_it(book):
+    """The revert time counts from the last confirmed write before the restart, not from the restart."""
+    book.submit(cmd("a1", device="inv1", params={"limit_pct": 45, "duration_s": 600, "revert_s": 10}), T0)
+    book.confirm("a1", T0)
+    snap = json.loads(json.dumps(book.snapshot()))
+    fresh = ActivationBook(caps, revert_s=60)
+    ch = fresh.restore(snap, T0 + 4 * S)
+    assert [(c.cmd_id, c.status) for c in ch] == [("a1", "active")]
+    assert ch[0].detail["end"] == iso(T0 + 10 * S)
+    assert [a.id for a in fresh.in_force(T0 + 4 * S)] == ["a1"]
+    assert fresh.tick(T0 + 10 * S - 1) == []
+    ch = fresh.tick(T0 + 10 * S)
+    assert [(c.cmd_id, c.status) for c in ch] == [("a1", "terminated")] and "fail-safe" in ch[0].reason
+
+
+def test_the_last_confirmed_write_of_each_device_counts_and_the_oldest_one_decides(book):
+    book.submit(cmd("a1", params={"limit_pct": 45, "duration_s": 600, "revert_s": 10}), T0)   # inv1 and inv2
+    book.confirm("a1", T0)
+    book.refresh("a1", "inv1", T0 + 6 * S, {"WMaxLimPct": 45.0, "WMaxLimPctEna": 1})        # keepalives
+    book.refresh("a1", "inv2", T0 + 3 * S, {"WMaxLimPct": 45.0, "WMaxLimPctEna": 1})
+    book.refresh("a1", "inv9", T0 + 9 * S, {"WMaxLimPct": 1.0})                            # not a target
+    book.refresh("nope", "inv1", T0 + 9 * S, {})
+    snap = json.loads(json.dumps(book.snapshot()))
+    assert snap[0]["points"] == {"inv1": {"WMaxLimPct": 45.0, "WMaxLimPctEna": 1},
+                                 "inv2": {"WMaxLimPct": 45.0, "WMaxLimPctEna": 1}}
+    fresh = ActivationBook(caps, revert_s=60)
+    ch = fresh.restore(snap, T0 + 12 * S)
+    assert [(c.cmd_id, c.status, c.detail["end"]) for c in ch] == [("a1", "active", iso(T0 + 13 * S))]
+    assert iso(T0 + 3 * S) in ch[0].reason and "not written again" in ch[0].reason
+    (act,) = fresh.activations.values()
+    assert act.held_until_ns == T0 + 13 * S and act.points == snap[0]["points"]
+    # the held activation still reserves its devices against one of lower priority
+    assert statuses(fresh.submit(cmd("g1", issuer="aggregator", device="inv1"), T0 + 12 * S)) == ["rejected"]
+    # it never outlives its own end
+    book2 = ActivationBook(caps)
+    book2.submit(cmd("e1", device="inv1", params={"limit_pct": 45, "duration_s": 5, "revert_s": 10}), T0)
+    book2.confirm("e1", T0)
+    ch = ActivationBook(caps).restore(book2.snapshot(), T0 + 2 * S)
+    assert ch[0].detail["end"] == iso(T0 + 5 * S)
+    ch = ActivationBook(caps).restore(book2.snapshot(), T0 + 6 * S)
+    assert [(c.status, c.reason) for c in ch] == [("completed", "gateway agent restarted after its end")]
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+                           lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=5), kids,
+                                                                                      max_size=3), max_leaves=8)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(json_values, st.fixed_dictionaries({}, optional={
+    "id": json_values | st.text(max_size=3), "issuer": st.sampled_from(["dso", "tso"]) | json_values,
+    "type": st.sampled_from(["limit_active_power", "set_active_power"]) | json_values,
+    "devices": st.just(["inv1"]) | json_values, "quantity": json_values, "duration_s": json_values,
+    "revert_s": json_values, "received_ns": json_values, "start_ns": json_values, "latest_start_ns": json_values,
+    "state": st.sampled_from(["active", "scheduled", "completed"]) | json_values, "resolved": json_values,
+    "end_ns": json_values, "confirmed_ns": json_values, "points": json_values})), max_size=4))
+def test_fuzz_the_restart_file_is_hostile_input(items):
+    """Whatever the file holds: no exception, and an activation is held only with time left before it reverts."""
+    fresh = ActivationBook(caps)
+    fresh.restore([i for i in items if isinstance(i, dict)], T0)
+    for act in fresh.activations.values():
+        assert act.state is State.ACTIVE and act.held_until_ns > T0 and act.held_until_ns <= act.reverts_at()
+        assert all(isinstance(d, str) for d in act.devices) and math.isfinite(act.quantity)
+        assert all(math.isfinite(v) for p in act.points.values() for v in p.values())
 
 
 def test_a_failing_listener_does_not_break_the_book(book):

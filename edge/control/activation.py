@@ -21,7 +21,8 @@
 - Termination (the DSO, or an issuer of at least the activation's priority) and cancellation (its issuer) act
   at once: the engine is woken and the next cycle, run immediately, no longer applies it.
 - Fail-safe: `revert_remote` ends remote activations (uplink lost for longer than their revert time); after a
-  restart, activations that were active are restored only until their revert time has passed (`restore`).
+  restart, activations that were active are held only for what is left of their revert time counted from the last
+  confirmed write before the restart, and end at once if nothing is left (`restore`): never resumed.
 
 Every state change produces a `Change` (turned into a result message by the agent) and an `ActivationEvent` for
 the listeners (the observer hook, e.g. flexibility verification).
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
@@ -71,6 +73,8 @@ PENDING = frozenset({State.VALIDATED, State.SCHEDULED})
 
 #: Which quantity of a device an activation type acts on: one activation per (device, channel) at a time.
 CHANNEL = {"limit_active_power": "P", "set_active_power": "P", "set_reactive_power": "Q", "set_power_factor": "Q"}
+#: The points that carry each quantity's set-point on a device (canonical names, docs/points.md), by prefix.
+CHANNEL_POINTS = {"P": ("WMaxLimPct", "WSet"), "Q": ("VArSet",)}
 #: Which device kinds take which activation type, and the default targets when the command names no device.
 TAKES = {"limit_active_power": ("inverter", "load"), "set_active_power": ("inverter", "battery"),
          "set_reactive_power": ("inverter", "battery"), "set_power_factor": ("inverter", "battery")}
@@ -100,8 +104,12 @@ class Activation:
     resolved: dict[str, float] = field(default_factory=dict)   # per device: % (limit), W, var or PF
     clamped: tuple[str, ...] = ()   # devices whose share was clamped
     end_ns: int | None = None       # set when active
-    restored_deadline_ns: int | None = None   # restored after a restart: reverts at this time
     cap_pct: float | None = None    # traffic-light cap in force on it
+    # per device: when its set-point was last sent in a write that was read back (UTC ns; the device's reversion
+    # timer restarted then), and the points of that write; kept across a restart (see `restore`)
+    confirmed_ns: dict[str, int] = field(default_factory=dict)
+    points: dict[str, dict[str, float]] = field(default_factory=dict)
+    held_until_ns: int | None = None   # restored after a restart: left on the devices until then, then reverted
 
     @property
     def channel(self) -> str:
@@ -122,7 +130,46 @@ class Activation:
         return {"id": self.id, "issuer": self.issuer, "type": self.type, "devices": list(self.devices),
                 "quantity": self.quantity, "duration_s": self.duration_s, "revert_s": self.revert_s,
                 "received_ns": self.received_ns, "start_ns": self.start_ns, "latest_start_ns": self.latest_start_ns,
-                "state": self.state.value, "resolved": self.resolved, "end_ns": self.end_ns}
+                "state": self.state.value, "resolved": self.resolved, "end_ns": self.end_ns,
+                "confirmed_ns": self.confirmed_ns, "points": self.points}
+
+    @classmethod
+    def from_json(cls, it: Mapping) -> "Activation":
+        """From the restart file (hostile until checked): ValueError, TypeError, KeyError on anything odd."""
+        def text(v) -> str:
+            if not isinstance(v, str):
+                raise TypeError(f"expected a string, got {type(v).__name__}")
+            return v
+
+        def num(v) -> float:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"expected a finite number, got {v!r}")
+            return float(v)
+
+        def ns(v) -> int:
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"expected an integer time in ns, got {v!r}")
+            return v
+
+        atype = text(it["type"])
+        if atype not in CHANNEL:
+            raise ValueError(f"unknown activation type {atype!r}")
+        devices = tuple(text(d) for d in it["devices"])
+        act = cls(text(it["id"]), text(it["issuer"]), atype, devices, num(it["quantity"]), num(it["duration_s"]),
+                  num(it["revert_s"]), ns(it["received_ns"]), ns(it["start_ns"]), ns(it["latest_start_ns"]),
+                  State(it["state"]), resolved={text(k): num(v) for k, v in it["resolved"].items()},
+                  end_ns=None if it["end_ns"] is None else ns(it["end_ns"]),
+                  confirmed_ns={text(k): ns(v) for k, v in it.get("confirmed_ns", {}).items()},
+                  points={text(d): {text(k): num(v) for k, v in p.items()} for d, p in it.get("points", {}).items()})
+        if not act.revert_s > 0 or not act.duration_s > 0:
+            raise ValueError("revert_s and duration_s must be > 0")
+        return act
+
+    def reverts_at(self) -> int:
+        """When its devices fall back by themselves if the gateway goes silent: revert_s after the oldest last
+        confirmed write (a device never confirmed counts from the activation's start, its first confirmation)."""
+        last = min((self.confirmed_ns.get(d, self.start_ns) for d in self.devices), default=self.start_ns)
+        return last + int(self.revert_s * S)
 
 
 @dataclass(frozen=True)
@@ -192,6 +239,7 @@ class ActivationBook:
         self.version = 0                               # +1 on every change of what is in force
         self._seen: set[str] = set()
         self._seen_order: deque[str] = deque()
+        self.restored: list[Activation] = []           # the ones that were active before a restart (`restore`)
 
     # ------------------------------------------------------------------ queries
 
@@ -470,6 +518,17 @@ class ActivationBook:
         reason = f"capped by {self.light.describe()}" if act.cap_pct is not None else None
         return [self._move(act, State.ACTIVE, now_ns, reason, **detail)]
 
+    def refresh(self, act_id: str, device: str, sent_ns: int, points: Mapping[str, float]) -> None:
+        """A write carrying the activation's set-point reached a device and was read back (sent at sent_ns): the
+        device's reversion timer restarted then. Kept for the restart file."""
+        act = self.activations.get(act_id)
+        if act is None or device not in act.devices:
+            return
+        if act.confirmed_ns.get(device) != sent_ns or act.points.get(device) != points:
+            act.confirmed_ns[device] = sent_ns
+            act.points[device] = dict(points)
+            self.version += 1
+
     def fail(self, act_id: str, now_ns: int, reason: str) -> list[Change]:
         act = self.activations.get(act_id)
         if act is None:
@@ -488,11 +547,11 @@ class ActivationBook:
         for act in list(self.activations.values()):
             if act.state is State.ACTIVE and act.end_ns is not None and now_ns >= act.end_ns:
                 changes.append(self._move(act, State.COMPLETED, now_ns, None))
-            elif act.state is State.ACTIVE and act.restored_deadline_ns is not None \
-                    and now_ns >= act.restored_deadline_ns:
+            elif act.state is State.ACTIVE and act.held_until_ns is not None and now_ns >= act.held_until_ns:
                 changes.append(self._move(act, State.TERMINATED, now_ns,
-                                          f"fail-safe: the gateway agent restarted; the set-point was held for its "
-                                          f"revert time ({act.revert_s:g} s) and reverted to its safe default"))
+                                          f"fail-safe: the gateway agent restarted; the set-point was left on the "
+                                          f"devices until its revert time ({act.revert_s:g} s) ran out and reverted "
+                                          "to its safe default"))
             elif act.state in PENDING and now_ns > act.latest_start_ns and not self._gate(act)[0]:
                 # (one that may start is in force, being written: the engine confirms or fails it)
                 changes.append(self._move(act, State.EXPIRED, now_ns,
@@ -525,39 +584,45 @@ class ActivationBook:
         return [a.to_json() for a in self.activations.values()]
 
     def restore(self, items: Iterable[dict], now_ns: int) -> list[Change]:
-        """After a restart: active ones are held until their revert time has passed, pending ones end."""
+        """After a restart. Nothing is resumed: what the gateway wrote before stays on a device only until the
+        device's own reversion timer, armed by the last confirmed write, runs out (revert_s after it), and the
+        time the agent was down counts. An active activation whose revert time is left is held for what is left
+        (its set-point is not written again: `held_until_ns`); one whose revert time ran out while the agent was
+        down ends at once (the devices have fallen back); pending ones end."""
         changes = []
         for it in items:
             try:
-                act = Activation(it["id"], it["issuer"], it["type"], tuple(it["devices"]), float(it["quantity"]),
-                                 float(it["duration_s"]), float(it["revert_s"]), int(it["received_ns"]),
-                                 int(it["start_ns"]), int(it["latest_start_ns"]), State(it["state"]),
-                                 resolved={str(k): float(v) for k, v in it["resolved"].items()},
-                                 end_ns=it["end_ns"])
-            except (KeyError, TypeError, ValueError) as exc:
-                log.error("restart file: unreadable activation %r (%s); not restored", it, exc)
-                continue
-            if act.type not in CHANNEL:
-                log.error("restart file: unknown activation type %r; not restored", act.type)
+                act = Activation.from_json(it)
+            except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+                log.error("restart file: unreadable activation %.200r (%s); not restored", it, exc)
                 continue
             self._remember(act.id)
-            if act.state is State.ACTIVE and (act.end_ns is None or act.end_ns > now_ns):
-                act.restored_deadline_ns = now_ns + int(act.revert_s * S)
+            if act.state is State.ACTIVE:
+                self.restored.append(act)
+            reverts = act.reverts_at()
+            if act.state is State.ACTIVE and act.end_ns is not None and act.end_ns <= min(now_ns, reverts):
+                state, reason = State.COMPLETED, "gateway agent restarted after its end"
+            elif act.state is State.ACTIVE and reverts <= now_ns:
+                state, reason = State.TERMINATED, (
+                    f"fail-safe: the gateway agent was down; the set-point was last confirmed at "
+                    f"{iso_utc(reverts - int(act.revert_s * S))} and its revert time ({act.revert_s:g} s) ran out "
+                    f"at {iso_utc(reverts)}: the devices had reverted to their safe default; not resumed")
+            elif act.state is State.ACTIVE:
+                act.held_until_ns = reverts if act.end_ns is None else min(act.end_ns, reverts)
                 self.activations[act.id] = act
                 self.version += 1
                 self._event(act, now_ns)
                 changes.append(Change(act.id, "active", f"gateway agent restarted: held until its revert time "
-                                                        f"({act.revert_s:g} s) has passed, then reverted",
-                                      {"state": "active", "end": iso_utc(min(act.end_ns or 0, act.restored_deadline_ns))
-                                       if act.end_ns else iso_utc(act.restored_deadline_ns)}))
+                                                        f"({act.revert_s:g} s) has passed, counted from the last "
+                                                        f"confirmed write at {iso_utc(reverts - int(act.revert_s * S))}"
+                                                        "; not written again, then reverted",
+                                      {"state": "active", "end": iso_utc(act.held_until_ns)}))
+                continue
             else:
-                reason = ("gateway agent restarted before it started" if act.state in PENDING
-                          else "gateway agent restarted after its end")
-                status = State.TERMINATED if act.state in PENDING else State.COMPLETED
-                act.state = status
-                act.reason = reason
-                self._event(act, now_ns)
-                changes.append(Change(act.id, status.value, reason, {"state": status.value}))
+                state, reason = State.TERMINATED, "gateway agent restarted before it started"
+            act.state, act.reason = state, reason
+            self._event(act, now_ns)
+            changes.append(Change(act.id, state.value, reason, {"state": state.value}))
         return changes
 
 

@@ -165,6 +165,16 @@ class Planner:
         self._vw: Curve | None = None
         self._direct_touched: set[str] = set()
 
+    def assume_set(self, device: str, channel: str) -> None:
+        """A previous run of the agent left a set-point of this quantity (P or Q) on the device: write the safe
+        default once nothing asks for one (the device may have no reversion of its own)."""
+        row = self.rows.setdefault(device, _Row())
+        if channel == "P":
+            row.p_touched = True
+            self._direct_touched.add(device)
+        else:
+            row.q_touched = True
+
     # ---- kernel parameters (rebuilt only when the set of rows or their modes change)
 
     def _cycle_params(self, ids: Sequence[str], kinds: Sequence[str], q_modes, q_set, pf_set) -> CycleParams:

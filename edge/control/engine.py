@@ -12,8 +12,10 @@ it written and read back; a write failure before that fails it.
 
 Fail-safe: with the uplink down for longer than an activation's revert time, it ends and the devices go back
 to their safe defaults; the same revert time is written into the device (SunSpec *RvrtTms of 704) so the
-inverter falls back by itself if the gateway dies. After a restart, the activations that were active (kept in
-<storage.dir>/activations.json) are held until their revert time has passed, then reverted; none is resumed.
+inverter falls back by itself if the gateway dies. After a restart none is resumed: the activations that were
+active (kept in <storage.dir>/activations.json with each device's last confirmed write) are left on the devices,
+not written again, until their revert time counted from that write runs out, then reverted (see
+ActivationBook.restore); one whose revert time ran out while the agent was down ends at once.
 
 Two small APIs for other parts of the agent (docs/architecture.md):
 - `add_listener(fn)`: fn(ActivationEvent) on every activation state change (activation id, issuer, type,
@@ -36,7 +38,7 @@ from typing import Awaitable, Callable, Mapping
 from gridedge import contract
 from gridedge.contract import Command
 
-from .activation import PENDING, ActivationBook, Change, Listener
+from .activation import CHANNEL_POINTS, PENDING, ActivationBook, Change, Listener
 from .capability import Capability
 from .measure import Meas, read_meas
 
@@ -59,6 +61,8 @@ class DeviceWriter:
         self.desired: dict[str, float] = {}
         self.reversion: dict[str, float] = {}
         self.written: dict[str, float] = {}
+        self.sent_ns: dict[str, int] = {}   # per point: when the last write of it that was read back was sent
+        self.hold_until_mono = 0.0          # after a restart: what the device holds is not re-written until then
         self.remote = False
         self.rated_w: float | None = None
         self.carries: set[str] = set()
@@ -107,7 +111,8 @@ class DeviceWriter:
             out.update(armed)
         keepalive = max(KEEPALIVE_MIN_S, min(self.reversion.get(k, math.inf) for k in self.reversion) / 3) \
             if self.reversion else math.inf
-        if not out and self.remote and self.reversion and now_mono - self.last_write_mono >= keepalive:
+        if not out and self.remote and self.reversion and now_mono - self.last_write_mono >= keepalive \
+                and now_mono >= self.hold_until_mono:
             out = dict(self.desired)      # re-write: restarts the device's reversion timer
         if self.heartbeat and self.remote and now_mono - self.last_hb_mono >= HEARTBEAT_S:
             out["ControllerHb"] = (self.hb_value + 1) % 2**32
@@ -128,6 +133,7 @@ class DeviceWriter:
             if "ControllerHb" in values:
                 self.last_hb_mono = now
                 self.hb_value = values["ControllerHb"]
+            sent_ns = self.engine.clock()
             try:
                 readback = await self.device.write_points(values)
             except asyncio.CancelledError:
@@ -146,12 +152,19 @@ class DeviceWriter:
                 self.writes += 1
                 self.last_write_mono = time.monotonic()
                 self.written.update(values)
+                self.sent_ns.update(dict.fromkeys(values, sent_ns))
                 self.done_gen = max(self.done_gen, gen)
                 self.engine._written(self.id, carries, readback)
             if not self._diff(time.monotonic()):
                 self.idle.set()
             else:
                 self._changed.set()
+
+    def hold(self, points: Mapping[str, float], until_mono: float) -> None:
+        """After a restart: the device still holds these points (written before it), until its own reversion
+        timer runs out at until_mono. They count as written, and are not re-written to keep that timer alive."""
+        self.written.update(points)
+        self.hold_until_mono = until_mono
 
     def poke(self) -> None:
         """Time-driven writes (keepalive, heartbeat) without a new plan."""
@@ -358,9 +371,10 @@ class ControlEngine:
             if dp is None:
                 writer.update(self.gen, {}, {}, False, set(), None, False)
                 continue
-            due = writer.update(self.gen, dp.points, dp.reversion, dp.remote, dp.carries & pending,
+            due = writer.update(self.gen, dp.points, dp.reversion, dp.remote, set(dp.carries),
                                 self._caps[dev_id].rated_w, "ControllerHb" in self._meas[dev_id].supports)
-            if not due and dp.carries & pending:
+            if not due and dp.carries:
+                self._confirmations(dev_id, dp.carries)
                 changes += self._mark(dev_id, dp.carries & pending, {})
         self._applied = {a.id: a.devices for a in in_force}
         self._queue(changes, self.gen)
@@ -380,7 +394,21 @@ class ControlEngine:
                 out += self.book.confirm(act_id, self.clock(), written=done)
         return out
 
+    def _confirmations(self, dev_id: str, carries: set[str]) -> None:
+        """The activations carried by a device's writer: when their set-point was last sent to it in a write that
+        was read back, and what that write held (for the restart file: `ActivationBook.restore`)."""
+        w = self.writers[dev_id]
+        for act_id in carries:
+            act = self.book.get(act_id)
+            if act is None:
+                continue
+            points = {k: v for k, v in w.written.items() if k.startswith(CHANNEL_POINTS[act.channel])}
+            sent = [w.sent_ns[k] for k in points if k in w.sent_ns]
+            if sent:
+                self.book.refresh(act_id, dev_id, max(sent), points)
+
     def _written(self, dev_id: str, carries: set[str], readback: dict) -> None:
+        self._confirmations(dev_id, carries)
         self._queue(self._mark(dev_id, carries, readback), 0)
         self.wake()
 
@@ -422,9 +450,24 @@ class ControlEngine:
         items = self._load()
         if items:
             self._refresh(self.clock())
-            await self._publish(self.book.restore(items, self.clock()))
+            now = self.clock()
+            changes = self.book.restore(items, now)
+            self._left_on_devices(now)
+            await self._publish(changes)
         self._task = asyncio.create_task(self.run(), name="control")
         self.wake()
+
+    def _left_on_devices(self, now_ns: int) -> None:
+        """What a previous run wrote stays on the devices until their reversion timers run out: a held activation
+        is not written again (nor kept alive) until then, and every device that carried one gets its safe default
+        written once nothing asks for a set-point (a device without a reversion of its own needs it)."""
+        for act in self.book.restored:
+            for dev in act.devices:
+                if self.planner is not None:
+                    self.planner.assume_set(dev, act.channel)
+                w = self.writers.get(dev)
+                if w is not None and act.held_until_ns is not None:
+                    w.hold(act.points.get(dev, {}), time.monotonic() + (act.held_until_ns - now_ns) / 1e9)
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """End every activation, write the safe defaults and wait (bounded) for the writers."""
