@@ -127,6 +127,49 @@ def test_priorities_conflicts_and_the_loser_is_told_why(book):
     assert "superseded by tso's newer activation t2" in ch[1].reason
 
 
+def test_a_scheduled_higher_priority_activation_preempts_when_it_starts_not_when_accepted(book):
+    """Issue 11 defect 16: the running DSO activation keeps running until the scheduled TSO one starts."""
+    book.submit(cmd("d1", device="inv1", params={"limit_pct": 40, "duration_s": 600}), T0)
+    book.confirm("d1", T0)
+    ch = book.submit(cmd("t1", issuer="tso", device="inv1", valid_from=iso(T0 + 60 * S),
+                         valid_until=iso(T0 + 120 * S)), T0 + S)
+    assert [(c.cmd_id, c.status) for c in ch] == [("t1", "accepted"), ("d1", "active"), ("t1", "scheduled")]
+    assert ch[1].reason == f"to be preempted by tso activation t1 when it starts (from {iso(T0 + 60 * S)})"
+    assert [a.id for a in book.in_force(T0 + 60 * S - 1)] == ["d1"] and book.tick(T0 + 60 * S - 1) == []
+    ch = book.tick(T0 + 60 * S)
+    assert [(c.cmd_id, c.status) for c in ch] == [("d1", "terminated")]
+    assert ch[0].reason == "preempted by tso activation t1 (priority tso > dso > aggregator)"
+    assert [a.id for a in book.in_force(T0 + 60 * S)] == ["t1"]
+
+
+def test_a_preemption_waits_for_the_winner_to_be_allowed_and_lapses_with_it(book):
+    book.submit(cmd("g1", issuer="aggregator", device="inv1", params={"limit_pct": 40, "duration_s": 600}), T0)
+    book.confirm("g1", T0)
+    book.submit(cmd("t1", issuer="tso", device="inv1", valid_from=iso(T0 + 10 * S), valid_until=iso(T0 + 100 * S)),
+                T0)
+    book.submit(cmd("d1", device="inv2", params={"limit_pct": 40, "duration_s": 600}), T0)   # (other device)
+    # a winner cancelled by its issuer before it starts preempts nothing: the loser runs on
+    ch = book.submit(cmd("x1", "cancel", issuer="tso", params={"activation_id": "t1"}), T0 + 5 * S)
+    assert [(c.cmd_id, c.status) for c in ch] == [("x1", "accepted"), ("t1", "cancelled"), ("x1", "completed"),
+                                                  ("g1", "active")]
+    assert ch[-1].reason == "no longer to be preempted by tso activation t1: it ended before it started"
+    assert book.tick(T0 + 10 * S) == [] and {a.id for a in book.in_force(T0 + 10 * S)} == {"g1", "d1"}
+    # a scheduled superseding activation of the same issuer also waits for its start
+    ch = book.submit(cmd("g2", issuer="aggregator", device="inv1", valid_from=iso(T0 + 30 * S),
+                         valid_until=iso(T0 + 40 * S)), T0 + 20 * S)
+    assert [(c.cmd_id, c.status) for c in ch] == [("g2", "accepted"), ("g1", "active"), ("g2", "scheduled")]
+    ch = book.tick(T0 + 30 * S)
+    assert [(c.cmd_id, c.status) for c in ch] == [("g1", "cancelled")]
+    assert ch[0].reason == "superseded by aggregator's newer activation g2"
+    # a winner held by a red traffic light does not start, so the DSO's own activation it would preempt runs on
+    book.submit(cmd("tl", "traffic_light", params={"colour": "red"}), T0 + 31 * S)
+    book.submit(cmd("t2", issuer="tso", device="inv2", valid_until=iso(T0 + 90 * S)), T0 + 32 * S)
+    assert book.tick(T0 + 33 * S) == [] and "d1" in {a.id for a in book.in_force(T0 + 33 * S)}
+    ch = book.submit(cmd("tl2", "traffic_light", params={"colour": "green"}), T0 + 34 * S)
+    assert ("d1", "terminated") in [(c.cmd_id, c.status) for c in ch]
+    assert [a.id for a in book.in_force(T0 + 34 * S) if "inv2" in a.devices] == ["t2"]
+
+
 def test_no_conflict_across_quantities_devices_or_time(book):
     book.submit(cmd("p1", device="inv1"), T0)
     assert statuses(book.submit(cmd("q1", "set_reactive_power", issuer="aggregator", device="inv1"), T0)) == ["accepted"]

@@ -144,6 +144,37 @@ def test_priorities_and_termination_reach_the_wire_before_the_result(tmp_path):
     run(scenario())
 
 
+def test_a_scheduled_tso_activation_preempts_the_running_dso_one_when_it_starts(tmp_path):
+    """Issue 11 defect 16: the DSO's limit stays on the inverter until the TSO's scheduled one starts; then the TSO's
+    replaces it with no release in between, and only then is the DSO's terminated."""
+    async def scenario():
+        async with Rig(tmp_path) as rig:
+            dso = rig.dso
+            await dso.send(dso.activation(40, 600, cmd_id="dso-1"))
+            await dso.wait_status("dso-1", "active", 10)
+            await dso.wait_for(lambda: dso.latest.get("WMaxLimPct") == 40.0, 10, "the DSO's limit on the inverter")
+            tso = dso.command("limit_active_power", {"limit_pct": 20, "duration_s": 600}, cmd_id="tso-1",
+                              issuer="tso", valid_from=4.0, valid_until=30.0)
+            await dso.send(tso)
+            await dso.wait_status("tso-1", "scheduled", 10)
+            notice = await dso.wait_for(lambda: [r for r in dso.results("dso-1") if r["reason"]], 10, "the notice")
+            assert notice[0]["status"] == "active" and notice[0]["detail"]["end"] == tso["valid_from"]
+            assert "to be preempted by tso activation tso-1 when it starts" in notice[0]["reason"]
+            assert "terminated" not in dso.statuses("dso-1") and dso.latest.get("WMaxLimPct") == 40.0
+            done = await dso.wait_status("dso-1", "terminated", 15)
+            assert done["reason"] == "preempted by tso activation tso-1 (priority tso > dso > aggregator)"
+            await dso.wait_status("tso-1", "active", 10)
+            t_start = contract.parse_iso_utc(tso["valid_from"])
+            assert contract.parse_iso_utc(done["ts"]) >= t_start
+            limits = [w for t, w in sim_writes(rig) if "'WMaxLimPct'" in w]
+            assert "'WMaxLimPct': 40.0" in limits[0] and "'WMaxLimPct': 20.0" in limits[-1]
+            assert not [w for w in limits if "'WMaxLimPctEna': 0" in w]            # never released in between
+            (t20,) = [t for t, w in sim_writes(rig) if "'WMaxLimPct': 20.0" in w][:1]
+            assert t20 >= t_start
+            validate_all(rig)
+    run(scenario())
+
+
 def test_scheduled_activation_and_cancel(tmp_path):
     async def scenario():
         async with Rig(tmp_path) as rig:

@@ -13,7 +13,9 @@
   time. The one from the higher priority issuer wins (control.priorities, default tso > dso > aggregator):
   a new one of higher priority terminates the others ("preempted"); one of lower or equal priority from another
   issuer is rejected, naming the one in force; the same issuer's newer activation supersedes its older one
-  (cancelled). Every loser's result says who won and why.
+  (cancelled). A loser gives way when the winner starts, not when it is accepted (`yields_to`), so a scheduled
+  winner leaves no gap; a winner that ends before it starts preempts nothing. Every loser's result says who won
+  and why.
 - An activation id is executed once: a second submit of a known id is rejected.
 - Traffic light (DSO): green allows, amber caps the active power change an activation may ask of a device
   (limit_pct, % of WMax), red lets none start and terminates running ones. It does not apply to the DSO's own
@@ -110,6 +112,7 @@ class Activation:
     confirmed_ns: dict[str, int] = field(default_factory=dict)
     points: dict[str, dict[str, float]] = field(default_factory=dict)
     held_until_ns: int | None = None   # restored after a restart: left on the devices until then, then reverted
+    yields_to: tuple[str, State, str] | None = None   # (winner id, final state, reason): ends when the winner starts
 
     @property
     def channel(self) -> str:
@@ -249,7 +252,7 @@ class ActivationBook:
         A pending one in this list becomes active when the engine confirms its first write (`confirm`)."""
         out = []
         for act in self.activations.values():
-            if now_ns >= act.interval()[1]:
+            if now_ns >= act.interval()[1] or self._gives_way(act, now_ns):
                 continue      # an activation acts only within its interval, so two never overlap (tick ends it)
             if act.state is State.ACTIVE:
                 out.append(act)
@@ -271,6 +274,33 @@ class ActivationBook:
 
     def get(self, act_id: str) -> Activation | None:
         return self.activations.get(act_id)
+
+    def _starts(self, act: Activation, now_ns: int) -> bool:
+        """Is it in force now, or would be (its start has come and the traffic light lets it)?"""
+        return act.state is State.ACTIVE or (act.state in PENDING and act.start_ns <= now_ns and self._gate(act)[0])
+
+    def _gives_way(self, act: Activation, now_ns: int) -> bool:
+        """Has the activation that preempts or supersedes it started?"""
+        winner = self.activations.get(act.yields_to[0]) if act.yields_to else None
+        return winner is not None and self._starts(winner, now_ns)
+
+    def _yield(self, now_ns: int) -> list[Change]:
+        """Activations give way once the one that won their conflict starts; if it ends before it started, they
+        run on as they were."""
+        changes = []
+        for act in list(self.activations.values()):
+            if act.yields_to is None:
+                continue
+            winner_id, state, why = act.yields_to
+            if self._gives_way(act, now_ns):
+                changes.append(self._move(act, state, now_ns, why))
+            elif winner_id not in self.activations:
+                act.yields_to = None
+                if act.state is State.ACTIVE:
+                    changes.append(self._move(act, State.ACTIVE, now_ns, f"no longer to be {why.split(' (')[0]}: "
+                                                                          "it ended before it started",
+                                              end=iso_utc(act.end_ns)))
+        return changes
 
     def _gate(self, act: Activation) -> tuple[bool, float | None]:
         """(may it start or run, the cap in % of WMax or None)."""
@@ -335,10 +365,12 @@ class ActivationBook:
                                                    f"(control.priorities = {list(self.priorities)})",
                            {"state": "rejected"})]
         if cmd.type in ACTIVATION_TYPES:
-            return self._start(cmd, now_ns)
-        if cmd.type == "traffic_light":
-            return self._traffic_light(cmd, now_ns)
-        return self._end(cmd, now_ns)
+            changes = self._start(cmd, now_ns)
+        elif cmd.type == "traffic_light":
+            changes = self._traffic_light(cmd, now_ns)
+        else:
+            changes = self._end(cmd, now_ns)
+        return changes + self._yield(now_ns)
 
     def _targets(self, cmd: Command) -> tuple[str, ...]:
         caps = self.capabilities()
@@ -419,10 +451,10 @@ class ActivationBook:
             if a0 >= o1 or o0 >= a1:
                 continue
             if other.issuer == act.issuer:
-                losers.append((other, State.CANCELLED, f"superseded by {act.issuer}'s newer activation {act.id}"))
+                losers.append((other, State.CANCELLED, f"superseded by {act.issuer}'s newer activation {act.id}", ""))
             elif self.rank[act.issuer] < self.rank[other.issuer]:
-                losers.append((other, State.TERMINATED, f"preempted by {act.issuer} activation {act.id} "
-                                                        f"(priority {' > '.join(self.priorities)})"))
+                losers.append((other, State.TERMINATED, f"preempted by {act.issuer} activation {act.id}",
+                               f" (priority {' > '.join(self.priorities)})"))
             else:
                 when = "active" if other.state is State.ACTIVE else f"{other.state.value} from {iso_utc(other.start_ns)}"
                 return [self._move(act, State.REJECTED, now_ns,
@@ -438,8 +470,16 @@ class ActivationBook:
             detail["clamped"] = list(act.clamped)
         changes.append(self._move(act, State.VALIDATED, now_ns,
                                   _clamp_reason(act, self.capabilities()) if act.clamped else None, **detail))
-        for other, state, why in losers:
-            changes.append(self._move(other, state, now_ns, why))
+        for other, state, what, why in losers:
+            if self._starts(act, now_ns):
+                changes.append(self._move(other, state, now_ns, what + why))
+                continue
+            # it gives way when the winner starts, not before: until then it runs (or may start) as it was
+            other.yields_to = (act.id, state, what + why)
+            if other.state is State.ACTIVE:
+                changes.append(self._move(other, State.ACTIVE, now_ns, f"to be {what} when it starts (from "
+                                                                        f"{iso_utc(act.start_ns)})",
+                                          end=iso_utc(min(other.end_ns, act.start_ns))))
         if act.start_ns > now_ns or not ok:
             why = None if ok else f"held: {self.light.describe()}; it may start until {iso_utc(act.latest_start_ns)}"
             changes.append(self._move(act, State.SCHEDULED, now_ns, why, start=iso_utc(act.start_ns)))
@@ -560,7 +600,7 @@ class ActivationBook:
             elif act.state in PENDING and now_ns >= act.interval()[1]:
                 changes.append(self._move(act, State.EXPIRED, now_ns,
                                           "not started within its window: its devices did not take it"))
-        return changes
+        return changes + self._yield(now_ns)
 
     def revert_remote(self, now_ns: int, down_s: float) -> list[Change]:
         """Uplink lost for down_s: every activation whose revert time has passed reverts to its safe default."""
