@@ -193,7 +193,8 @@ class Planner:
             kof=pr.k_of_pct / 100, kuf=pr.k_uf_pct / 100, p_min=np.where(batt, -1.0, 0.0),
             q_mode=np.array(q_modes, dtype=np.intc), q_set=np.array(q_set, dtype=float),
             pf_set=np.array(pf_set, dtype=float), p_priority=False,
-            olrt_p=np.where(batt, 0.0, pr.olrt_p_s), olrt_q=pr.olrt_q_s,
+            of_momentary=~batt & (pr.of_reference == "p_momentary"),   # storage: in P_max (it may go on to charge)
+            olrt_p=np.where(batt, 0.0, pr.olrt_p_s), olrt_vw=np.where(batt, 0.0, pr.olrt_vw_s), olrt_q=pr.olrt_q_s,
             ramp_up_p=np.where(batt, math.inf, rate(pr.ramp_up_pct_per_s)),
             ramp_dn_p=np.where(batt, math.inf, rate(pr.ramp_dn_pct_per_s)), ramp_q=math.inf)
         self._params, self._params_key, self._vw = params, key, params.volt_watt
