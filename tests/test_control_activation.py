@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gridedge import contract
-from gridedge.control.activation import FINAL, ActivationBook, State
+from gridedge.control.activation import FINAL, State
+from gridedge.control.book import ActivationBook
 from gridedge.control.capability import Capability
 
 S = 1_000_000_000

@@ -9,9 +9,11 @@ import pytest
 import gridedge.cext as kernels
 from gridedge import contract
 from gridedge.cext import twin
-from gridedge.control.activation import ActivationBook
+from gridedge.control.book import ActivationBook
 from gridedge.control.capability import Capability
-from gridedge.control.controllers import HEADROOM, Meas, Planner, PocLimit, read_meas
+from gridedge.control.controllers import PocLimit
+from gridedge.control.measure import Meas, read_meas
+from gridedge.control.planner import HEADROOM, Planner
 from gridedge.control.profiles import EN50549_VDE4105, IEEE1547_CAT_B
 from gridedge.core.model import Sample, Validity
 
