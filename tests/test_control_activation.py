@@ -5,7 +5,7 @@ import json
 import math
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gridedge import contract
@@ -312,14 +312,18 @@ def test_restart_holds_active_until_revert_time_and_ends_pending(book):
     assert fresh.restore([{"id": "broken"}], later) == []
 
 
+def limit_45_restarted_at(book, now_ns):
+    """A 45 % limit (revert 10 s) confirmed at T0, then the agent restarted at now_ns: (the new book, its results)."""
+    book.submit(cmd("a1", device="inv1", params={"limit_pct": 45, "duration_s": 600, "revert_s": 10}), T0)
+    book.confirm("a1", T0)
+    fresh = ActivationBook(caps, revert_s=60)
+    return fresh, fresh.restore(json.loads(json.dumps(book.snapshot())), now_ns)
+
+
 def test_restart_after_the_revert_time_ends_the_activation_and_holds_nothing(book):
     """Issue 11 defect 14: the agent was down longer than the revert time. The device has fallen back by itself;
     the activation must stay released: terminated at restore, nothing in force, nothing to write."""
-    book.submit(cmd("a1", device="inv1", params={"limit_pct": 45, "duration_s": 600, "revert_s": 10}), T0)
-    book.confirm("a1", T0)
-    snap = json.loads(json.dumps(book.snapshot()))
-    fresh = ActivationBook(caps, revert_s=60)
-    ch = fresh.restore(snap, T0 + 25 * S)
+    fresh, ch = limit_45_restarted_at(book, T0 + 25 * S)
     assert [(c.cmd_id, c.status) for c in ch] == [("a1", "terminated")]
     assert ch[0].reason.startswith("fail-safe: the gateway agent was down") and "not resumed" in ch[0].reason
     assert iso(T0 + 10 * S) in ch[0].reason              # when the device fell back by itself
@@ -328,11 +332,7 @@ def test_restart_after_the_revert_time_ends_the_activation_and_holds_nothing(boo
 
 def test_restart_within_the_revert_time_holds_only_what_is_left_of_it(book):
     """The revert time counts from the last confirmed write before the restart, not from the restart."""
-    book.submit(cmd("a1", device="inv1", params={"limit_pct": 45, "duration_s": 600, "revert_s": 10}), T0)
-    book.confirm("a1", T0)
-    snap = json.loads(json.dumps(book.snapshot()))
-    fresh = ActivationBook(caps, revert_s=60)
-    ch = fresh.restore(snap, T0 + 4 * S)
+    fresh, ch = limit_45_restarted_at(book, T0 + 4 * S)
     assert [(c.cmd_id, c.status) for c in ch] == [("a1", "active")]
     assert ch[0].detail["end"] == iso(T0 + 10 * S)
     assert [a.id for a in fresh.in_force(T0 + 4 * S)] == ["a1"]
@@ -428,6 +428,9 @@ ops = st.one_of(
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(ops, max_size=40))
+@example([("act", "a", "tso", "set_reactive_power", None, 0, 0),     # a loser of two scheduled winners gives way
+          ("act", "a", "tso", "set_reactive_power", None, 1, 0),     # to the first that starts
+          ("act", "a", "tso", "set_reactive_power", None, 2, 0), ("tick", 1)])
 def test_fuzz_sequences_keep_the_invariants(seq):
     book = ActivationBook(caps, revert_s=60)
     now = T0

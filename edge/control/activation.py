@@ -83,7 +83,8 @@ class Activation:
     confirmed_ns: dict[str, int] = field(default_factory=dict)
     points: dict[str, dict[str, float]] = field(default_factory=dict)
     held_until_ns: int | None = None   # restored after a restart: left on the devices until then, then reverted
-    yields_to: tuple[str, State, str] | None = None   # (winner id, final state, reason): ends when the winner starts
+    # the activations that won a conflict with it: (winner id, final state, what, reason); it ends when one starts
+    yields_to: list[tuple[str, State, str, str]] = field(default_factory=list)
 
     @property
     def channel(self) -> str:

@@ -103,27 +103,40 @@ class ActivationBook:
         """Is it in force now, or would be (its start has come and the traffic light lets it)?"""
         return act.state is State.ACTIVE or (act.state in PENDING and act.start_ns <= now_ns and self._gate(act)[0])
 
+    def _winner(self, act: Activation, now_ns: int) -> tuple[str, State, str, str] | None:
+        """The first of the activations that won a conflict with it that has started, if any."""
+        for w in act.yields_to:
+            winner = self.activations.get(w[0])
+            if winner is not None and self._starts(winner, now_ns):
+                return w
+        return None
+
     def _gives_way(self, act: Activation, now_ns: int) -> bool:
-        """Has the activation that preempts or supersedes it started?"""
-        winner = self.activations.get(act.yields_to[0]) if act.yields_to else None
-        return winner is not None and self._starts(winner, now_ns)
+        return bool(act.yields_to) and self._winner(act, now_ns) is not None
+
+    def _yield_end(self, act: Activation) -> int:
+        """When it is to give way (the earliest planned start of its winners), or its own end."""
+        starts = [self.activations[w[0]].start_ns for w in act.yields_to if w[0] in self.activations]
+        return min([act.end_ns] + starts) if act.end_ns is not None else min(starts, default=act.start_ns)
 
     def _yield(self, now_ns: int) -> list[Change]:
-        """Activations give way once the one that won their conflict starts; if it ends before it started, they
+        """Activations give way once one that won their conflict starts; if those end before they started, they
         run on as they were."""
         changes = []
         for act in list(self.activations.values()):
-            if act.yields_to is None:
+            if not act.yields_to:
                 continue
-            winner_id, state, why = act.yields_to
-            if self._gives_way(act, now_ns):
-                changes.append(self._move(act, state, now_ns, why))
-            elif winner_id not in self.activations:
-                act.yields_to = None
+            won = self._winner(act, now_ns)
+            if won is not None:
+                changes.append(self._move(act, won[1], now_ns, won[3]))
+                continue
+            gone = [w for w in act.yields_to if w[0] not in self.activations]
+            if gone:
+                act.yields_to = [w for w in act.yields_to if w not in gone]
                 if act.state is State.ACTIVE:
-                    changes.append(self._move(act, State.ACTIVE, now_ns, f"no longer to be {why.split(' (')[0]}: "
-                                                                          "it ended before it started",
-                                              end=iso_utc(act.end_ns)))
+                    changes.append(self._move(act, State.ACTIVE, now_ns, f"no longer to be {gone[0][2]}: it ended "
+                                                                          "before it started",
+                                              end=iso_utc(self._yield_end(act))))
         return changes
 
     def _gate(self, act: Activation) -> tuple[bool, float | None]:
@@ -245,11 +258,11 @@ class ActivationBook:
                 changes.append(self._move(other, state, now_ns, what + why))
                 continue
             # it gives way when the winner starts, not before: until then it runs (or may start) as it was
-            other.yields_to = (act.id, state, what + why)
+            other.yields_to.append((act.id, state, what, what + why))
             if other.state is State.ACTIVE:
                 changes.append(self._move(other, State.ACTIVE, now_ns, f"to be {what} when it starts (from "
                                                                         f"{iso_utc(act.start_ns)})",
-                                          end=iso_utc(min(other.end_ns, act.start_ns))))
+                                          end=iso_utc(self._yield_end(other))))
         if act.start_ns > now_ns or not ok:
             why = None if ok else f"held: {self.light.describe()}; it may start until {iso_utc(act.latest_start_ns)}"
             changes.append(self._move(act, State.SCHEDULED, now_ns, why, start=iso_utc(act.start_ns)))
