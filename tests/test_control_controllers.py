@@ -53,9 +53,8 @@ def view(acts=(), caps=CAPS, **m):
 # ---------------------------------------------------------------- each controller on its own
 
 def test_prequalified_limits_are_permanent_ceilings():
-    assert Prequalified().contribute(view()) == {
-        "inv1": Contribution(p_ceiling=1.0), "inv2": Contribution(p_ceiling=0.8),
-        "load1": Contribution(p_ceiling=0.75)}        # read-only, unrated, battery and meter: nothing
+    assert Prequalified().contribute(view()) == {     # inv1 at its rating; read-only, unrated, battery, meter
+        "inv2": Contribution(p_ceiling=0.8), "load1": Contribution(p_ceiling=0.75)}
 
 
 REMOTE = [  # (activation, device) -> what RemoteSetpoints asks of it
@@ -94,8 +93,8 @@ LOCAL = [  # (q_mode, pf, q_pct) -> the reactive power function every controlled
 @pytest.mark.parametrize("q_mode, pf, q_pct, expected", LOCAL, ids=[r[0] for r in LOCAL])
 def test_local_reactive_power_function(q_mode, pf, q_pct, expected):
     out = LocalFunctions(EN50549_VDE4105, q_mode=q_mode, pf=pf, q_pct=q_pct).contribute(view())
-    assert out.keys() == {"inv1", "inv2", "bat1"}
-    assert {c.q for c in out.values()} == {expected}
+    assert {d: c.q for d, c in out.items()} == ({} if expected is None else dict.fromkeys(("inv1", "inv2", "bat1"),
+                                                                                       expected))
 
 
 PM = [  # frequency, measured output (pu) per cycle -> the P_M frequency-watt counts from (EN 50549: 50 +/- 0.2 Hz)
@@ -114,11 +113,11 @@ def test_p_m_of_frequency_watt(steps, expected):
     local = LocalFunctions(EN50549_VDE4105)
     got = []
     for hz, p in steps:
-        got.append(local.contribute(view(inv1=meas(p=p * 10000, hz=hz)))["inv1"].p_m)
+        got.append(local.contribute(view(inv1=meas(p=p * 10000, hz=hz))).get("inv1", Contribution()).p_m)
     assert got == expected
     assert PmLatch().update(True, -0.2) == 0.0
     off = LocalFunctions(EN50549_VDE4105, freq_watt=False)
-    assert off.contribute(view(inv1=meas(hz=51.0)))["inv1"].p_m is None      # frequency-watt off: no P_M
+    assert off.contribute(view(inv1=meas(hz=51.0))) == {}      # frequency-watt off, no Q function: nothing
 
 
 POC = [  # (site meter W, inverter outputs W) -> generator ceilings (pu), export limit 4 kW, gain 0.7

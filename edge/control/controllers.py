@@ -15,6 +15,7 @@ writable inverters and batteries with a known rating, the ones the kernel runs f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Mapping, Protocol, Sequence
 
 from gridedge.cext.twin import QMode
@@ -37,6 +38,7 @@ class CycleView:
     caps: Mapping[str, Capability]
     in_force: Sequence[tuple[Activation, Mapping[str, float]]] = ()
 
+    @cached_property
     def controlled(self) -> list[str]:
         """Writable inverters and batteries with a known rating: the kernel's rows."""
         return [d for d, c in self.caps.items() if c.writable and c.known and c.kind in ("inverter", "battery")]
@@ -81,15 +83,17 @@ def _clip(x: float, lo: float, hi: float) -> float:
 
 class Prequalified:
     """The prequalified limits of the configuration (`[[control.devices]]` p_max_w, p_min_w) as permanent
-    ceilings: an inverter's largest P, a controllable load's largest consumption."""
+    ceilings: an inverter's largest P, a controllable load's largest consumption, where below the rating."""
 
     def contribute(self, view: CycleView) -> dict[str, Contribution]:
         out = {}
         for d, c in view.caps.items():
-            if c.writable and c.known and c.kind == "inverter":
-                out[d] = Contribution(p_ceiling=c.p_max_w / c.rated_w)
-            elif c.writable and c.known and c.kind == "load":
-                out[d] = Contribution(p_ceiling=-c.p_min_w / c.rated_w)
+            if not (c.writable and c.known):
+                continue
+            ceiling = c.p_max_w / c.rated_w if c.kind == "inverter" else -c.p_min_w / c.rated_w \
+                if c.kind == "load" else 1.0
+            if ceiling < 1.0:
+                out[d] = Contribution(p_ceiling=ceiling)
         return out
 
 
@@ -120,6 +124,7 @@ class LocalFunctions:
         self.profile = profile
         mode = LOCAL_Q.get(q_mode)
         self.q = None if mode is None else QAsk(mode, _clip(q_pct / 100, -1, 1), pf)
+        self._q_only = Contribution(q=self.q)     # what most devices get: one object, read only
         self.freq_watt = freq_watt
         self.latches: dict[str, PmLatch] = {}
 
@@ -129,13 +134,16 @@ class LocalFunctions:
 
     def contribute(self, view: CycleView) -> dict[str, Contribution]:
         out = {}
-        for d in view.controlled():
+        for d in view.controlled:
             c, m = view.caps[d], view.meas_of(d)
             p_m = None
             if c.kind == "inverter":
                 pm = _clip((m.p_w if m.p_w is not None else 0.0) / c.rated_w, -1, 1)
                 p_m = self.latches.setdefault(d, PmLatch()).update(self.out_of_band(m.hz), pm)
-            out[d] = Contribution(q=self.q, p_m=p_m)
+            if p_m is not None:
+                out[d] = Contribution(q=self.q, p_m=p_m)
+            elif self.q is not None:
+                out[d] = self._q_only
         return out
 
 
@@ -196,7 +204,7 @@ class PocLimit:
         self._last_ts: int | None = None
 
     def contribute(self, view: CycleView) -> dict[str, Contribution]:
-        gens = {d: (view.caps[d], view.meas_of(d).p_w or 0.0) for d in view.controlled()
+        gens = {d: (view.caps[d], view.meas_of(d).p_w or 0.0) for d in view.controlled
                 if view.caps[d].kind == "inverter"}
         loads = {d: (c, view.meas_of(d).p_w or 0.0) for d, c in view.caps.items()
                  if c.writable and c.known and c.kind == "load"}

@@ -135,7 +135,9 @@ class Planner:
         for d, c in caps.items():
             if c.writable and c.kind == "load" or c.writable and not c.known and c.kind == "inverter":
                 self._direct_points(plan, d, c, asks.get(d, Ask()))
-        controlled = view.controlled()
+        controlled = view.controlled
+        for d in controlled:
+            asks.setdefault(d, Ask())
         if controlled:
             out_p, out_q, vw = self.respond(view, controlled, asks)
             for i, d in enumerate(controlled):
