@@ -110,7 +110,8 @@ class ControlEngine:
         poll = self.dev_cfg[dev_id].poll_ms / 1000
         return max(3 * poll, 2.0) + self.period_s
 
-    def _refresh(self, now_ns: int) -> None:
+    def read_image(self, now_ns: int) -> None:
+        """1. The process image -> measurements and capabilities of the devices control acts on or looks at."""
         self._meas = {d: read_meas(self.image, d, now_ns, self._stale_s(d)) for d in self._measured}
         caps = {}
         for d, cfg in self.dev_cfg.items():
@@ -134,7 +135,7 @@ class ControlEngine:
 
     def capabilities(self) -> dict[str, Capability]:
         if self._caps is None:
-            self._refresh(self.clock())
+            self.read_image(self.clock())
         return self._caps
 
     # ------------------------------------------------------------------ APIs
@@ -153,7 +154,7 @@ class ControlEngine:
 
     async def submit(self, cmd: Command) -> None:
         """A parsed command from the uplink (or a local API); results go out through report()."""
-        self._refresh(self.clock())
+        self.read_image(self.clock())
         self._queue(self.book.submit(cmd, self.clock()), self.gen + 1)
         await self._flush()
         self._save()
@@ -239,10 +240,6 @@ class ControlEngine:
         self._queue(self.hand_to_writers(plan, in_force), self.gen)
         self.cycles += 1
         self.last_cycle_s = time.perf_counter() - t0
-
-    def read_image(self, now_ns: int) -> None:
-        """1. The process image -> measurements and capabilities of the devices control acts on or looks at."""
-        self._refresh(now_ns)
 
     def tick(self, now_ns: int) -> list[Change]:
         """2. The book ticks (completions, expiries, traffic-light periods, hand-overs) and the fail-safe checks
@@ -348,7 +345,7 @@ class ControlEngine:
             w.task = asyncio.create_task(w.run(), name=f"control-writer:{w.id}")
         items = self._load()
         if items:
-            self._refresh(self.clock())
+            self.read_image(self.clock())
             now = self.clock()
             changes = self.book.restore(items, now)
             self._left_on_devices(now)
