@@ -264,8 +264,11 @@ class ControlEngine:
         holds is confirmed on it at once (the others when their write is read back: _written)."""
         changes: list[Change] = []
         pending = {a.id for a in in_force if a.state in PENDING}
+        held = {a.id for a in in_force if a.held_until_ns is not None}
         for dev_id, writer in self.writers.items() if plan is not None else ():
             dp = plan.devices.get(dev_id)
+            if writer.held and not (dp is not None and dp.carries & held):
+                writer.release_hold()
             if dp is None:
                 writer.update(self.gen, {}, {}, False, set(), None, False)
                 continue

@@ -34,7 +34,8 @@ class DeviceWriter:
         self.reversion: dict[str, float] = {}
         self.written: dict[str, float] = {}
         self.sent_ns: dict[str, int] = {}   # per point: when the last write of it that was read back was sent
-        self.hold_until_mono = 0.0          # after a restart: what the device holds is not re-written until then
+        self.held: frozenset[str] = frozenset()   # after a restart: points the device holds, not re-written
+        self.hold_until_mono = 0.0                 # ... until then
         self.remote = False
         self.rated_w: float | None = None
         self.carries: set[str] = set()
@@ -83,9 +84,9 @@ class DeviceWriter:
             out.update(armed)
         keepalive = max(KEEPALIVE_MIN_S, min(self.reversion.get(k, math.inf) for k in self.reversion) / 3) \
             if self.reversion else math.inf
-        if not out and self.remote and self.reversion and now_mono - self.last_write_mono >= keepalive \
-                and now_mono >= self.hold_until_mono:
-            out = dict(self.desired)      # re-write: restarts the device's reversion timer
+        if not out and self.remote and self.reversion and now_mono - self.last_write_mono >= keepalive:
+            held = self.held if now_mono < self.hold_until_mono else ()
+            out = {k: v for k, v in self.desired.items() if k not in held}   # re-write: restarts its timers
         if self.heartbeat and self.remote and now_mono - self.last_hb_mono >= HEARTBEAT_S:
             out["ControllerHb"] = (self.hb_value + 1) % 2**32
         return out
@@ -136,7 +137,11 @@ class DeviceWriter:
         """After a restart: the device still holds these points (written before it), until its own reversion
         timer runs out at until_mono. They count as written, and are not re-written to keep that timer alive."""
         self.written.update(points)
-        self.hold_until_mono = until_mono
+        self.held, self.hold_until_mono = frozenset(points), until_mono
+
+    def release_hold(self) -> None:
+        """The held activation ended: what follows is kept alive as usual."""
+        self.held, self.hold_until_mono = frozenset(), 0.0
 
     def poke(self) -> None:
         """Time-driven writes (keepalive, heartbeat) without a new plan."""
