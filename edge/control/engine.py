@@ -274,9 +274,10 @@ class ControlEngine:
                 continue
             due = writer.update(self.gen, dp.points, dp.reversion, dp.remote, set(dp.carries),
                                 self._caps[dev_id].rated_w, "ControllerHb" in self._meas[dev_id].supports)
-            if not due and dp.carries:
-                self._confirmations(dev_id, dp.carries)
-                changes += self._mark(dev_id, dp.carries & pending, {})
+            starting = dp.carries & pending
+            if not due and starting:              # (what is already in force was confirmed when it was written)
+                self._confirmations(dev_id, starting)
+                changes += self._mark(dev_id, starting, {})
         self._applied = {a.id: a.devices for a in in_force}
         return changes
 
