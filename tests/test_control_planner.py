@@ -221,7 +221,7 @@ def test_compiled_and_twin_plan_the_same():
             out.append(p.plan(DT, m, caps, [active("set_active_power", device="bat1", w=-1500)]).devices)
         return [{d: dp.points for d, dp in step.items()} for step in out]
     a, b = plans(kernels), plans(twin)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert x.keys() == y.keys()
         for d in x:
             assert x[d].keys() == y[d].keys()
