@@ -75,7 +75,7 @@ def cycle_ms(n: int, kernels, repeats: int) -> float:
     async def go():
         eng, image = engine_for(n, kernels)
         fill(image, n, 0)
-        eng._refresh(time.time_ns())
+        eng.read_image(time.time_ns())
         for i in range(0, n, 2):  # half the devices under a remote limit
             doc = {"schema": contract.SCHEMA_COMMAND, "cmd_id": f"a{i}", "type": "limit_active_power",
                    "device": f"inv{i}", "params": {"limit_pct": 50, "duration_s": 3600}}

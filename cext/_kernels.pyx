@@ -32,12 +32,15 @@ cdef inline double _interp(const double[:, ::1] xs, const double[:, ::1] ys, Py_
 
 
 cdef inline double _droop(double f, double f_nom, double dbof, double dbuf, double kof, double kuf,
-                          double p_pre, double p_min, double p_max) noexcept nogil:
+                          double p_pre, double p_min, double p_max, bint of_momentary) noexcept nogil:
     cdef double f_of = f_nom + dbof
     cdef double f_uf = f_nom - dbuf
     cdef double p
+    cdef double scale = 1.0
     if f > f_of:
-        p = p_pre - (f - f_of) / (f_nom * kof)
+        if of_momentary:
+            scale = p_pre if p_pre > 0.0 else 0.0
+        p = p_pre - (f - f_of) / (f_nom * kof) * scale
         return p if p > p_min else p_min
     if f < f_uf:
         p = p_pre + (f_uf - f) / (f_nom * kuf)
@@ -86,22 +89,24 @@ def curve_eval(xs, ys, npts, x, out=None):
     return out
 
 
-def droop(f, f_nom, dbof, dbuf, kof, kuf, p_pre, p_min, p_max, out=None):
-    """Frequency-watt P(f), IEEE 1547-2018 / EN 50549 LFSM-O/U:
+def droop(f, f_nom, dbof, dbuf, kof, kuf, p_pre, p_min, p_max, out=None, of_momentary=False):
+    """Frequency-watt P(f), IEEE 1547-2018 / EN 50549 LFSM-O/U (see twin.droop):
 
-        f > f_nom + dbof:  p = max(p_pre - (f - (f_nom + dbof)) / (f_nom * kof), p_min)
+        f > f_nom + dbof:  p = max(p_pre - (f - (f_nom + dbof)) / (f_nom * kof) * ref, p_min)
         f < f_nom - dbuf:  p = min(p_pre + ((f_nom - dbuf) - f) / (f_nom * kuf), p_max)
         otherwise:         p = p_pre
+    ref = max(p_pre, 0) (the momentary power) where of_momentary, else 1 (the rating).
     """
-    f, f_nom, dbof, dbuf, kof, kuf, p_pre, p_min, p_max, out = _twin.prepare_droop(
-        f, f_nom, dbof, dbuf, kof, kuf, p_pre, p_min, p_max, out)
+    f, f_nom, dbof, dbuf, kof, kuf, p_pre, p_min, p_max, mom, out = _twin.prepare_droop(
+        f, f_nom, dbof, dbuf, kof, kuf, p_pre, p_min, p_max, out, of_momentary)
     cdef const double[::1] vf = f, vfn = f_nom, vdo = dbof, vdu = dbuf, vko = kof, vku = kuf
     cdef const double[::1] vpre = p_pre, vmin = p_min, vmax = p_max
+    cdef const unsigned char[::1] vmom = mom
     cdef double[::1] vo = out
     cdef Py_ssize_t i
     with nogil:
         for i in range(vf.shape[0]):
-            vo[i] = _droop(vf[i], vfn[i], vdo[i], vdu[i], vko[i], vku[i], vpre[i], vmin[i], vmax[i])
+            vo[i] = _droop(vf[i], vfn[i], vdo[i], vdu[i], vko[i], vku[i], vpre[i], vmin[i], vmax[i], vmom[i])
     return out
 
 
@@ -142,10 +147,10 @@ def cycle(params, inputs, dt, out_p=None, out_q=None):
     cdef const int[::1] vv_n = c.volt_var.npts, vw_n = c.volt_watt.npts, wv_n = c.watt_var.npts
     cdef const double[::1] f_nom = c.f_nom, dbof = c.dbof, dbuf = c.dbuf, kof = c.kof, kuf = c.kuf
     cdef const double[::1] p_min = c.p_min, q_set = c.q_set, pf_set = c.pf_set
-    cdef const double[::1] olrt_p = c.olrt_p, olrt_q = c.olrt_q
+    cdef const double[::1] olrt_p = c.olrt_p, olrt_vw = c.olrt_vw, olrt_q = c.olrt_q
     cdef const double[::1] up_p = c.ramp_up_p, dn_p = c.ramp_dn_p, r_q = c.ramp_q
     cdef const int[::1] q_mode = c.q_mode
-    cdef const unsigned char[::1] prio = c.p_priority
+    cdef const unsigned char[::1] prio = c.p_priority, of_mom = c.of_momentary
     cdef const double[::1] mv = v, mf = f, mav = p_avail, mlim = p_limit, mpp = p_prev, mqp = q_prev
     cdef const double[::1] mlo = p_lo
     cdef const double[::1] mpre, mmeas
@@ -161,24 +166,26 @@ def cycle(params, inputs, dt, out_p=None, out_q=None):
         mmeas = p_prev  # placeholder, not read
     cdef double[::1] op = out_p, oq = out_q
     cdef double cdt = dt
-    cdef double p_base, p_dr, p_tgt, p, p_q, q_tgt, q, pf, lim, pre
+    cdef double p_vw, p_base, p_dr, p_tgt, p, p_q, q_tgt, q, pf, lim, pre, olrt
     cdef int mode
     cdef Py_ssize_t i
     with nogil:
         for i in range(mv.shape[0]):
             # 1. P target
-            p_base = _interp(vw_x, vw_y, i, vw_n[i], mv[i])
+            p_vw = _interp(vw_x, vw_y, i, vw_n[i], mv[i])
+            p_base = p_vw
             if mlim[i] < p_base:
                 p_base = mlim[i]
             if mav[i] < p_base:
                 p_base = mav[i]
             pre = mpre[i] if has_pre else p_base
-            p_dr = _droop(mf[i], f_nom[i], dbof[i], dbuf[i], kof[i], kuf[i], pre, p_min[i], mav[i])
+            p_dr = _droop(mf[i], f_nom[i], dbof[i], dbuf[i], kof[i], kuf[i], pre, p_min[i], mav[i], of_mom[i])
             p_tgt = p_dr if p_dr < p_base else p_base
             if p_tgt < mlo[i]:
                 p_tgt = mlo[i]
-            # 2. P response, ramp, range
-            p = _ramp(mpp[i], _first_order(mpp[i], p_tgt, olrt_p[i], cdt), up_p[i], dn_p[i], cdt)
+            # 2. P response (volt-watt's own OLRT while it is the function acting), ramp, range
+            olrt = olrt_vw[i] if (p_vw < mlim[i] and p_vw < mav[i] and p_vw <= p_dr) else olrt_p[i]
+            p = _ramp(mpp[i], _first_order(mpp[i], p_tgt, olrt, cdt), up_p[i], dn_p[i], cdt)
             lim = mav[i] if mav[i] < 1.0 else 1.0
             p = _clip(p, mlo[i], lim)
             # 3. Q target

@@ -146,7 +146,17 @@ def prepare_curve_eval(xs, ys, npts, x, out):
     return xs, ys, npts, x, check_out("out", out, x.shape[0])
 
 
-def prepare_droop(f, f_nom, dbof, dbuf, kof, kuf, p_pre, p_min, p_max, out):
+def as_flags(name: str, value, n: int) -> np.ndarray:
+    """A C-contiguous uint8 (n,) array of 0/1; a scalar is broadcast to n."""
+    a = np.asarray(value)
+    if a.ndim == 0:
+        a = np.full(n, a)
+    if a.shape != (n,) or a.dtype.kind not in "biu" or not np.isin(a, (0, 1)).all():
+        raise ValueError(f"{name}: expected {n} booleans, got {value!r}")
+    return np.ascontiguousarray(a, dtype=np.uint8)
+
+
+def prepare_droop(f, f_nom, dbof, dbuf, kof, kuf, p_pre, p_min, p_max, out, of_momentary=False):
     f = as_vector("f", f)
     n = f.shape[0]
     f_nom = as_vector("f_nom", f_nom, n)
@@ -162,7 +172,8 @@ def prepare_droop(f, f_nom, dbof, dbuf, kof, kuf, p_pre, p_min, p_max, out):
     p_pre = as_vector("p_pre", p_pre, n)
     p_min = as_vector("p_min", p_min, n)
     p_max = as_vector("p_max", p_max, n)
-    return f, f_nom, dbof, dbuf, kof, kuf, p_pre, p_min, p_max, check_out("out", out, n)
+    return (f, f_nom, dbof, dbuf, kof, kuf, p_pre, p_min, p_max, as_flags("of_momentary", of_momentary, n),
+            check_out("out", out, n))
 
 
 def prepare_ramp(y_prev, target, rate_up, rate_dn, dt, out):
@@ -254,7 +265,9 @@ class CycleParams:
     Scalars are broadcast to all n devices. Curves default to "no effect": volt-var and watt-var Q = 0,
     volt-watt P = 1 pu. p_priority False means Q priority (P is curtailed to honour Q), the usual choice
     for volt-var support since Q is the grid requirement. olrt_p covers volt-watt, droop and limit changes
-    alike (one response per device); rates may be inf (no ramp limit).
+    alike (one response per device), except volt-watt: olrt_vw (default olrt_p) applies while the volt-watt P is
+    the lowest of the P targets; rates may be inf (no ramp limit). of_momentary: the over-frequency reduction
+    counts in the momentary power P_M (p_pre; VDE-AR-N 4105) instead of the rating P_max (IEEE 1547; default).
     """
 
     n: int
@@ -272,7 +285,9 @@ class CycleParams:
     pf_set: object = 1.0
     p_priority: object = False
     olrt_p: object = 0.0
+    olrt_vw: object = None
     olrt_q: object = 0.0
+    of_momentary: object = False
     ramp_up_p: object = math.inf
     ramp_dn_p: object = math.inf
     ramp_q: object = math.inf
@@ -311,6 +326,9 @@ class CycleParams:
         if bad.any():
             raise ValueError(f"pf_set: device {_first(bad)}: power factor 0 is not allowed (|pf| in (0, 1])")
         vec("olrt_p")
+        if self.olrt_vw is None:
+            object.__setattr__(self, "olrt_vw", self.olrt_p)
+        vec("olrt_vw")
         vec("olrt_q")
         vec("ramp_up_p", allow_inf=True, lo=0.0)
         vec("ramp_dn_p", allow_inf=True, lo=0.0)
@@ -326,19 +344,16 @@ class CycleParams:
             i = _first(bad) if bad.any() else 0
             raise ValueError(f"q_mode: device {i}: {mode[i].item()!r} is not one of {sorted(valid)} (QMode)")
         object.__setattr__(self, "q_mode", _frozen(mode.astype(np.intc)))
-        prio = np.asarray(self.p_priority)
-        if prio.ndim == 0:
-            prio = np.full(n, prio)
-        if prio.shape != (n,) or prio.dtype.kind not in "biu" or not np.isin(prio, (0, 1)).all():
-            raise ValueError(f"p_priority: expected {n} booleans, got {prio!r}")
-        object.__setattr__(self, "p_priority", _frozen(prio.astype(np.uint8)))
+        for name in ("p_priority", "of_momentary"):
+            object.__setattr__(self, name, _frozen(as_flags(name, getattr(self, name), n)))
 
     @classmethod
     def ieee1547_cat_b(cls, n: int, f_nom: float = 60.0, **overrides) -> "CycleParams":
-        """IEEE 1547-2018 Category B defaults: volt-var (OLRT 5 s), volt-watt, droop 5 % with 0.036 Hz dead band."""
+        """IEEE 1547-2018 Category B defaults: volt-var (OLRT 5 s), volt-watt (OLRT 10 s), droop 5 % with 0.036 Hz
+        dead band (OLRT 5 s), counted in the rating."""
         kw = dict(volt_var=Curve.uniform(IEEE1547_CAT_B_VOLT_VAR, n, "volt-var"),
                   volt_watt=Curve.uniform(IEEE1547_VOLT_WATT, n, "volt-watt"),
-                  f_nom=f_nom, dbof=0.036, dbuf=0.036, kof=0.05, kuf=0.05, olrt_q=5.0, olrt_p=5.0)
+                  f_nom=f_nom, dbof=0.036, dbuf=0.036, kof=0.05, kuf=0.05, olrt_q=5.0, olrt_p=5.0, olrt_vw=10.0)
         kw.update(overrides)
         return cls(n=n, **kw)
 
@@ -415,23 +430,26 @@ def curve_eval(xs, ys, npts, x, out=None) -> np.ndarray:
     return out
 
 
-def _droop(f, f_nom, dbof, dbuf, kof, kuf, p_pre, p_min, p_max):
+def _droop(f, f_nom, dbof, dbuf, kof, kuf, p_pre, p_min, p_max, of_momentary):
     f_of = f_nom + dbof
     f_uf = f_nom - dbuf
-    p_of = np.maximum(p_pre - (f - f_of) / (f_nom * kof), p_min)
+    scale = np.where(of_momentary, np.maximum(p_pre, 0.0), 1.0)
+    p_of = np.maximum(p_pre - (f - f_of) / (f_nom * kof) * scale, p_min)
     p_uf = np.minimum(p_pre + (f_uf - f) / (f_nom * kuf), p_max)
     return np.where(f > f_of, p_of, np.where(f < f_uf, p_uf, p_pre))
 
 
-def droop(f, f_nom, dbof, dbuf, kof, kuf, p_pre, p_min, p_max, out=None) -> np.ndarray:
+def droop(f, f_nom, dbof, dbuf, kof, kuf, p_pre, p_min, p_max, out=None, of_momentary=False) -> np.ndarray:
     """Frequency-watt P(f) (IEEE 1547-2018 6.5.2.7.2; EN 50549-1 LFSM-O / LFSM-U), P in pu of rating.
 
-        f > f_nom + dbof:  p = max(p_pre - (f - (f_nom + dbof)) / (f_nom * kof), p_min)
+        f > f_nom + dbof:  p = max(p_pre - (f - (f_nom + dbof)) / (f_nom * kof) * ref, p_min)
         f < f_nom - dbuf:  p = min(p_pre + ((f_nom - dbuf) - f) / (f_nom * kuf), p_max)
         otherwise:         p = p_pre
     kof, kuf are per-unit droops (0.05 = 5 %: full rated P per 5 % of f_nom); p_max is the available P.
+    ref is 1 (the rating P_max: IEEE 1547, an EN 50549-1 option) or, where of_momentary, the momentary power
+    P_M = max(p_pre, 0) (VDE-AR-N 4105: 40 %/Hz of P_M at 50 Hz and 5 %). Under-frequency counts in P_max.
     """
-    args = prepare_droop(f, f_nom, dbof, dbuf, kof, kuf, p_pre, p_min, p_max, out)
+    args = prepare_droop(f, f_nom, dbof, dbuf, kof, kuf, p_pre, p_min, p_max, out, of_momentary)
     out = args[-1]
     out[:] = _droop(*args[:-1])
     return out
@@ -471,8 +489,10 @@ def cycle(params: CycleParams, inputs: CycleInputs, dt: float, out_p=None, out_q
 
     1. P target = max(p_lo, min(p_limit, volt-watt P(v), droop P(f), p_avail)); the droop starts from p_pre
        (default min(p_limit, volt-watt, p_avail)) and is capped at p_avail for under-frequency.
-    2. P = ramp_limit(first_order(p_prev -> P target, olrt_p)), then clipped to [p_lo, min(p_avail, 1)]
-       (so a lower p_avail acts at once, a higher one through the response and the ramp).
+    2. P = ramp_limit(first_order(p_prev -> P target, OLRT)), then clipped to [p_lo, min(p_avail, 1)]
+       (so a lower p_avail acts at once, a higher one through the response and the ramp). OLRT is olrt_vw while
+       volt-watt is the function acting (its P below p_limit and p_avail, and not above the droop's), else
+       olrt_p (so a release, with every target back at the limit, follows olrt_p).
     3. Q target by q_mode: volt-var Q(v), fixed q_set, fixed PF from P' = min(P, p_meas) (P without p_meas),
        Q = sign(pf) * |P'| * tan(acos |pf|), or watt-var Q(P').
     4. Q = ramp_limit(first_order(q_prev -> Q target, olrt_q)) with the symmetric rate ramp_q.
@@ -484,9 +504,11 @@ def cycle(params: CycleParams, inputs: CycleInputs, dt: float, out_p=None, out_q
     c = params
     p_vw = _interp(c.volt_watt.xs, c.volt_watt.ys, c.volt_watt.npts, v)
     p_base = np.minimum(np.minimum(p_limit, p_vw), p_avail)
-    p_dr = _droop(f, c.f_nom, c.dbof, c.dbuf, c.kof, c.kuf, p_base if p_pre is None else p_pre, c.p_min, p_avail)
+    p_dr = _droop(f, c.f_nom, c.dbof, c.dbuf, c.kof, c.kuf, p_base if p_pre is None else p_pre, c.p_min, p_avail,
+                  c.of_momentary)
     p_tgt = np.maximum(np.minimum(p_base, p_dr), p_lo)
-    p = _ramp(p_prev, _first_order(p_prev, p_tgt, c.olrt_p, dt), c.ramp_up_p, c.ramp_dn_p, dt)
+    olrt = np.where((p_vw < p_limit) & (p_vw < p_avail) & (p_vw <= p_dr), c.olrt_vw, c.olrt_p)
+    p = _ramp(p_prev, _first_order(p_prev, p_tgt, olrt, dt), c.ramp_up_p, c.ramp_dn_p, dt)
     p = np.clip(p, p_lo, np.minimum(p_avail, 1.0))
 
     p_q = p if p_meas is None else np.minimum(p, p_meas)

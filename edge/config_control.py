@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gridedge.control.profiles import PROFILES, Q_MODES
+from gridedge.control.profiles import OF_REFERENCES, PROFILES, Q_MODES
 from gridedge.core import schema as s
 
 from .config_devices import ID
@@ -40,7 +40,10 @@ CONTROL = s.Dict({
         "volt_watt": s.Optional(s.Custom(lambda v: v), doc="volt-watt curve, [[V pu, P pu], ...]"),
         "watt_var": s.Optional(s.Custom(lambda v: v), doc="watt-var curve, [[P pu, Q pu], ...]"),
         "olrt_q_s": s.Optional(s.Float(ge=0, le=600), doc="open-loop response time, reactive power, s"),
-        "olrt_p_s": s.Optional(s.Float(ge=0, le=600), doc="open-loop response time, volt-watt and P(f), s"),
+        "olrt_p_s": s.Optional(s.Float(ge=0, le=600), doc="open-loop response time, P(f), s"),
+        "olrt_vw_s": s.Optional(s.Float(ge=0, le=600), doc="open-loop response time, volt-watt, s"),
+        "of_reference": s.Optional(s.Str(choices=OF_REFERENCES),
+                                   doc="over-frequency reduction in the momentary power or the rating"),
         "db_of_hz": s.Optional(s.Float(ge=0, le=5), doc="P(f) dead band above f_nom, Hz"),
         "db_uf_hz": s.Optional(s.Float(ge=0, le=5), doc="P(f) dead band below f_nom, Hz"),
         "k_of_pct": s.Optional(s.Float(ge=1, le=20), doc="over-frequency droop, %"),

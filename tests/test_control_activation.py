@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gridedge import contract
-from gridedge.control.activation import FINAL, ActivationBook, State
+from gridedge.control.activation import FINAL, State
+from gridedge.control.book import ActivationBook
 from gridedge.control.capability import Capability
 
 S = 1_000_000_000
@@ -124,6 +126,49 @@ def test_priorities_conflicts_and_the_loser_is_told_why(book):
     ch = book.submit(cmd("t2", issuer="tso", device="inv1", params={"limit_pct": 20, "duration_s": 60}), T0 + 3 * S)
     assert [(c.cmd_id, c.status) for c in ch] == [("t2", "accepted"), ("t1", "cancelled")]
     assert "superseded by tso's newer activation t2" in ch[1].reason
+
+
+def test_a_scheduled_higher_priority_activation_preempts_when_it_starts_not_when_accepted(book):
+    """Issue 11 defect 16: the running DSO activation keeps running until the scheduled TSO one starts."""
+    book.submit(cmd("d1", device="inv1", params={"limit_pct": 40, "duration_s": 600}), T0)
+    book.confirm("d1", T0)
+    ch = book.submit(cmd("t1", issuer="tso", device="inv1", valid_from=iso(T0 + 60 * S),
+                         valid_until=iso(T0 + 120 * S)), T0 + S)
+    assert [(c.cmd_id, c.status) for c in ch] == [("t1", "accepted"), ("d1", "active"), ("t1", "scheduled")]
+    assert ch[1].reason == f"to be preempted by tso activation t1 when it starts (from {iso(T0 + 60 * S)})"
+    assert [a.id for a in book.in_force(T0 + 60 * S - 1)] == ["d1"] and book.tick(T0 + 60 * S - 1) == []
+    ch = book.tick(T0 + 60 * S)
+    assert [(c.cmd_id, c.status) for c in ch] == [("d1", "terminated")]
+    assert ch[0].reason == "preempted by tso activation t1 (priority tso > dso > aggregator)"
+    assert [a.id for a in book.in_force(T0 + 60 * S)] == ["t1"]
+
+
+def test_a_preemption_waits_for_the_winner_to_be_allowed_and_lapses_with_it(book):
+    book.submit(cmd("g1", issuer="aggregator", device="inv1", params={"limit_pct": 40, "duration_s": 600}), T0)
+    book.confirm("g1", T0)
+    book.submit(cmd("t1", issuer="tso", device="inv1", valid_from=iso(T0 + 10 * S), valid_until=iso(T0 + 100 * S)),
+                T0)
+    book.submit(cmd("d1", device="inv2", params={"limit_pct": 40, "duration_s": 600}), T0)   # (other device)
+    # a winner cancelled by its issuer before it starts preempts nothing: the loser runs on
+    ch = book.submit(cmd("x1", "cancel", issuer="tso", params={"activation_id": "t1"}), T0 + 5 * S)
+    assert [(c.cmd_id, c.status) for c in ch] == [("x1", "accepted"), ("t1", "cancelled"), ("x1", "completed"),
+                                                  ("g1", "active")]
+    assert ch[-1].reason == "no longer to be preempted by tso activation t1: it ended before it started"
+    assert book.tick(T0 + 10 * S) == [] and {a.id for a in book.in_force(T0 + 10 * S)} == {"g1", "d1"}
+    # a scheduled superseding activation of the same issuer also waits for its start
+    ch = book.submit(cmd("g2", issuer="aggregator", device="inv1", valid_from=iso(T0 + 30 * S),
+                         valid_until=iso(T0 + 40 * S)), T0 + 20 * S)
+    assert [(c.cmd_id, c.status) for c in ch] == [("g2", "accepted"), ("g1", "active"), ("g2", "scheduled")]
+    ch = book.tick(T0 + 30 * S)
+    assert [(c.cmd_id, c.status) for c in ch] == [("g1", "cancelled")]
+    assert ch[0].reason == "superseded by aggregator's newer activation g2"
+    # a winner held by a red traffic light does not start, so the DSO's own activation it would preempt runs on
+    book.submit(cmd("tl", "traffic_light", params={"colour": "red"}), T0 + 31 * S)
+    book.submit(cmd("t2", issuer="tso", device="inv2", valid_until=iso(T0 + 90 * S)), T0 + 32 * S)
+    assert book.tick(T0 + 33 * S) == [] and "d1" in {a.id for a in book.in_force(T0 + 33 * S)}
+    ch = book.submit(cmd("tl2", "traffic_light", params={"colour": "green"}), T0 + 34 * S)
+    assert ("d1", "terminated") in [(c.cmd_id, c.status) for c in ch]
+    assert [a.id for a in book.in_force(T0 + 34 * S) if "inv2" in a.devices] == ["t2"]
 
 
 def test_no_conflict_across_quantities_devices_or_time(book):
@@ -255,16 +300,96 @@ def test_restart_holds_active_until_revert_time_and_ends_pending(book):
     book.submit(cmd("s1", device="inv2", valid_from=iso(T0 + 600 * S), valid_until=iso(T0 + 700 * S)), T0)
     snap = json.loads(json.dumps(book.snapshot()))
     fresh = ActivationBook(caps, revert_s=60)
-    later = T0 + 100 * S
+    later = T0 + 10 * S          # within the revert time: held for the 20 s that are left of it
     ch = fresh.restore(snap, later)
     assert [(c.cmd_id, c.status) for c in ch] == [("a1", "active"), ("s1", "terminated")]
     assert "restarted" in ch[0].reason and "restarted before it started" in ch[1].reason
     assert [a.id for a in fresh.in_force(later)] == ["a1"]
-    assert fresh.tick(later + 29 * S) == []
-    ch = fresh.tick(later + 30 * S)
+    assert fresh.tick(later + 19 * S) == []
+    ch = fresh.tick(later + 20 * S)
     assert [(c.cmd_id, c.status) for c in ch] == [("a1", "terminated")] and "fail-safe" in ch[0].reason
     assert statuses(fresh.submit(cmd("a1", device="inv1"), later + 31 * S)) == ["rejected"]   # still never twice
     assert fresh.restore([{"id": "broken"}], later) == []
+
+
+def limit_45_restarted_at(book, now_ns):
+    """A 45 % limit (revert 10 s) confirmed at T0, then the agent restarted at now_ns: (the new book, its results)."""
+    book.submit(cmd("a1", device="inv1", params={"limit_pct": 45, "duration_s": 600, "revert_s": 10}), T0)
+    book.confirm("a1", T0)
+    fresh = ActivationBook(caps, revert_s=60)
+    return fresh, fresh.restore(json.loads(json.dumps(book.snapshot())), now_ns)
+
+
+def test_restart_after_the_revert_time_ends_the_activation_and_holds_nothing(book):
+    """Issue 11 defect 14: the agent was down longer than the revert time. The device has fallen back by itself;
+    the activation must stay released: terminated at restore, nothing in force, nothing to write."""
+    fresh, ch = limit_45_restarted_at(book, T0 + 25 * S)
+    assert [(c.cmd_id, c.status) for c in ch] == [("a1", "terminated")]
+    assert ch[0].reason.startswith("fail-safe: the gateway agent was down") and "not resumed" in ch[0].reason
+    assert iso(T0 + 10 * S) in ch[0].reason              # when the device fell back by itself
+    assert fresh.in_force(T0 + 25 * S) == [] and fresh.activations == {}
+
+
+def test_restart_within_the_revert_time_holds_only_what_is_left_of_it(book):
+    """The revert time counts from the last confirmed write before the restart, not from the restart."""
+    fresh, ch = limit_45_restarted_at(book, T0 + 4 * S)
+    assert [(c.cmd_id, c.status) for c in ch] == [("a1", "active")]
+    assert ch[0].detail["end"] == iso(T0 + 10 * S)
+    assert [a.id for a in fresh.in_force(T0 + 4 * S)] == ["a1"]
+    assert fresh.tick(T0 + 10 * S - 1) == []
+    ch = fresh.tick(T0 + 10 * S)
+    assert [(c.cmd_id, c.status) for c in ch] == [("a1", "terminated")] and "fail-safe" in ch[0].reason
+
+
+def test_the_last_confirmed_write_of_each_device_counts_and_the_oldest_one_decides(book):
+    book.submit(cmd("a1", params={"limit_pct": 45, "duration_s": 600, "revert_s": 10}), T0)   # inv1 and inv2
+    book.confirm("a1", T0)
+    book.refresh("a1", "inv1", T0 + 6 * S, {"WMaxLimPct": 45.0, "WMaxLimPctEna": 1})        # keepalives
+    book.refresh("a1", "inv2", T0 + 3 * S, {"WMaxLimPct": 45.0, "WMaxLimPctEna": 1})
+    book.refresh("a1", "inv9", T0 + 9 * S, {"WMaxLimPct": 1.0})                            # not a target
+    book.refresh("nope", "inv1", T0 + 9 * S, {})
+    snap = json.loads(json.dumps(book.snapshot()))
+    assert snap[0]["points"] == {"inv1": {"WMaxLimPct": 45.0, "WMaxLimPctEna": 1},
+                                 "inv2": {"WMaxLimPct": 45.0, "WMaxLimPctEna": 1}}
+    fresh = ActivationBook(caps, revert_s=60)
+    ch = fresh.restore(snap, T0 + 12 * S)
+    assert [(c.cmd_id, c.status, c.detail["end"]) for c in ch] == [("a1", "active", iso(T0 + 13 * S))]
+    assert iso(T0 + 3 * S) in ch[0].reason and "not written again" in ch[0].reason
+    (act,) = fresh.activations.values()
+    assert act.held_until_ns == T0 + 13 * S and act.points == snap[0]["points"]
+    # the held activation still reserves its devices against one of lower priority
+    assert statuses(fresh.submit(cmd("g1", issuer="aggregator", device="inv1"), T0 + 12 * S)) == ["rejected"]
+    # it never outlives its own end
+    book2 = ActivationBook(caps)
+    book2.submit(cmd("e1", device="inv1", params={"limit_pct": 45, "duration_s": 5, "revert_s": 10}), T0)
+    book2.confirm("e1", T0)
+    ch = ActivationBook(caps).restore(book2.snapshot(), T0 + 2 * S)
+    assert ch[0].detail["end"] == iso(T0 + 5 * S)
+    ch = ActivationBook(caps).restore(book2.snapshot(), T0 + 6 * S)
+    assert [(c.status, c.reason) for c in ch] == [("completed", "gateway agent restarted after its end")]
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+                           lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=5), kids,
+                                                                                      max_size=3), max_leaves=8)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(json_values, st.fixed_dictionaries({}, optional={
+    "id": json_values | st.text(max_size=3), "issuer": st.sampled_from(["dso", "tso"]) | json_values,
+    "type": st.sampled_from(["limit_active_power", "set_active_power"]) | json_values,
+    "devices": st.just(["inv1"]) | json_values, "quantity": json_values, "duration_s": json_values,
+    "revert_s": json_values, "received_ns": json_values, "start_ns": json_values, "latest_start_ns": json_values,
+    "state": st.sampled_from(["active", "scheduled", "completed"]) | json_values, "resolved": json_values,
+    "end_ns": json_values, "confirmed_ns": json_values, "points": json_values})), max_size=4))
+def test_fuzz_the_restart_file_is_hostile_input(items):
+    """Whatever the file holds: no exception, and an activation is held only with time left before it reverts."""
+    fresh = ActivationBook(caps)
+    fresh.restore([i for i in items if isinstance(i, dict)], T0)
+    for act in fresh.activations.values():
+        assert act.state is State.ACTIVE and act.held_until_ns > T0 and act.held_until_ns <= act.reverts_at()
+        assert all(isinstance(d, str) for d in act.devices) and math.isfinite(act.quantity)
+        assert all(math.isfinite(v) for p in act.points.values() for v in p.values())
 
 
 def test_a_failing_listener_does_not_break_the_book(book):
@@ -303,6 +428,9 @@ ops = st.one_of(
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(ops, max_size=40))
+@example([("act", "a", "tso", "set_reactive_power", None, 0, 0),     # a loser of two scheduled winners gives way
+          ("act", "a", "tso", "set_reactive_power", None, 1, 0),     # to the first that starts
+          ("act", "a", "tso", "set_reactive_power", None, 2, 0), ("tick", 1)])
 def test_fuzz_sequences_keep_the_invariants(seq):
     book = ActivationBook(caps, revert_s=60)
     now = T0

@@ -9,9 +9,11 @@ import pytest
 import gridedge.cext as kernels
 from gridedge import contract
 from gridedge.cext import twin
-from gridedge.control.activation import ActivationBook
+from gridedge.control.book import ActivationBook
 from gridedge.control.capability import Capability
-from gridedge.control.controllers import HEADROOM, Meas, Planner, PocLimit, read_meas
+from gridedge.control.controllers import PocLimit
+from gridedge.control.measure import Meas, read_meas
+from gridedge.control.planner import HEADROOM, Planner
 from gridedge.control.profiles import EN50549_VDE4105, IEEE1547_CAT_B
 from gridedge.core.model import Sample, Validity
 
@@ -101,14 +103,26 @@ def test_volt_watt_acts_on_the_measured_output_with_its_response_time():
 
 def test_frequency_watt_reduces_from_the_latched_output():
     p = Planner(EN50549_VDE4105.with_settings(olrt_p_s=0.0, ramp_up_pct_per_s=0.0))
-    # LFSM-O: 50.7 Hz is 0.5 Hz beyond 50.2: 5 % droop at 50 Hz takes 0.2 pu off the latched 0.6 pu
+    # LFSM-O: 50.7 Hz is 0.5 Hz beyond 50.2: 40 %/Hz of the latched 0.6 pu (VDE-AR-N 4105) takes 0.12 pu off
     plan = run(p, {"inv1": meas(p=6000.0, hz=50.7)}, {"inv1": inv()})
-    assert plan.devices["inv1"].points == {"WMaxLimPct": pytest.approx(40.0), "WMaxLimPctEna": 1}
+    assert plan.devices["inv1"].points == {"WMaxLimPct": pytest.approx(48.0), "WMaxLimPctEna": 1}
     # the output follows the ceiling, but the droop keeps counting from the output before the disturbance
-    plan = run(p, {"inv1": meas(p=4000.0, hz=50.7)}, {"inv1": inv()})
-    assert plan.devices["inv1"].points["WMaxLimPct"] == pytest.approx(40.0)
+    plan = run(p, {"inv1": meas(p=4800.0, hz=50.7)}, {"inv1": inv()})
+    assert plan.devices["inv1"].points["WMaxLimPct"] == pytest.approx(48.0)
     plan = run(p, {"inv1": meas(p=4000.0, hz=50.0)}, {"inv1": inv()}, cycles=3)
     assert plan.devices["inv1"].points == {"WMaxLimPct": 100, "WMaxLimPctEna": 0}
+
+
+def test_lfsm_o_of_the_vde_profile_counts_in_the_momentary_power():
+    """VDE-AR-N 4105: 40 %/Hz of P_M, the output frozen when 50.2 Hz is crossed; IEEE 1547 counts in P_max."""
+    p = Planner(EN50549_VDE4105.with_settings(olrt_p_s=0.0, ramp_up_pct_per_s=0.0))
+    plan = run(p, {"inv1": meas(p=6000.0, hz=50.7)}, {"inv1": inv()})
+    assert plan.devices["inv1"].points == {"WMaxLimPct": pytest.approx(48.0), "WMaxLimPctEna": 1}  # 0.6 x (1 - 0.2)
+    p = Planner(EN50549_VDE4105.with_settings(olrt_p_s=0.0, ramp_up_pct_per_s=0.0, of_reference="p_max"))
+    plan = run(p, {"inv1": meas(p=6000.0, hz=50.7)}, {"inv1": inv()})
+    assert plan.devices["inv1"].points["WMaxLimPct"] == pytest.approx(40.0)                         # 0.6 - 0.2
+    assert IEEE1547_CAT_B.of_reference == "p_max" and EN50549_VDE4105.of_reference == "p_momentary"
+    assert IEEE1547_CAT_B.olrt_vw_s == 10.0 and IEEE1547_CAT_B.olrt_p_s == 5.0
 
 
 def test_volt_var_and_constant_pf():
@@ -207,7 +221,7 @@ def test_compiled_and_twin_plan_the_same():
             out.append(p.plan(DT, m, caps, [active("set_active_power", device="bat1", w=-1500)]).devices)
         return [{d: dp.points for d, dp in step.items()} for step in out]
     a, b = plans(kernels), plans(twin)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert x.keys() == y.keys()
         for d in x:
             assert x[d].keys() == y[d].keys()

@@ -1,46 +1,20 @@
-"""Activations as an explicit state machine, with no I/O: the book of what remote operators asked for.
+"""What an activation is: its states, what it acts on, how it is shared out over devices, what it reports.
 
-    received -> validated -> [scheduled ->] active -> completed | terminated | cancelled | failed
-                    |             |
-                    |             +-> expired     (its window closed before it could start)
-                    +-> rejected  (never validated)          (any non-final state can also be terminated,
-                                                               cancelled or failed)
-
-- received: the command was read; validated: its targets, quantity and conflicts are settled ("accepted");
-  scheduled: it waits for its start, or for the traffic light; active: the control cycle has written it and
-  read it back on every target device (the engine calls `confirm`); then one of the final states.
-- Conflicts: two activations conflict when they act on the same quantity (P, or Q) of a device in overlapping
-  time. The one from the higher priority issuer wins (control.priorities, default tso > dso > aggregator):
-  a new one of higher priority terminates the others ("preempted"); one of lower or equal priority from another
-  issuer is rejected, naming the one in force; the same issuer's newer activation supersedes its older one
-  (cancelled). Every loser's result says who won and why.
-- An activation id is executed once: a second submit of a known id is rejected.
-- Traffic light (DSO): green allows, amber caps the active power change an activation may ask of a device
-  (limit_pct, % of WMax), red lets none start and terminates running ones. It does not apply to the DSO's own
-  activations. An activation held by red waits while its window is open, then expires.
-- Termination (the DSO, or an issuer of at least the activation's priority) and cancellation (its issuer) act
-  at once: the engine is woken and the next cycle, run immediately, no longer applies it.
-- Fail-safe: `revert_remote` ends remote activations (uplink lost for longer than their revert time); after a
-  restart, activations that were active are restored only until their revert time has passed (`restore`).
-
-Every state change produces a `Change` (turned into a result message by the agent) and an `ActivationEvent` for
-the listeners (the observer hook, e.g. flexibility verification).
+The state machine itself (conflicts, priorities, the traffic light, the fail-safe, restart) is the book
+(book.ActivationBook); this module is its vocabulary: `State`, `Activation` (and its restart-file form),
+`Change` (a result to publish), `ActivationEvent` (for observers), `TrafficLight`, and the sharing rules
+(`targets`, `resolve`, `capped`).
 """
 from __future__ import annotations
 
 import enum
-import logging
-from collections import deque
+import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Mapping
 
 from gridedge.contract import ACTIVATION_TYPES, Command
-from gridedge.core.text import escape
-from gridedge.core.utc import iso_utc
 
 from .capability import Capability
-
-log = logging.getLogger(__name__)
 
 S = 1_000_000_000
 
@@ -72,6 +46,8 @@ PENDING = frozenset({State.VALIDATED, State.SCHEDULED})
 
 #: Which quantity of a device an activation type acts on: one activation per (device, channel) at a time.
 CHANNEL = {"limit_active_power": "P", "set_active_power": "P", "set_reactive_power": "Q", "set_power_factor": "Q"}
+#: The points that carry each quantity's set-point on a device (canonical names, docs/points.md), by prefix.
+CHANNEL_POINTS = {"P": ("WMaxLimPct", "WSet"), "Q": ("VArSet",)}
 #: Which device kinds take which activation type, and the default targets when the command names no device.
 TAKES = {"limit_active_power": ("inverter", "load"), "set_active_power": ("inverter", "battery"),
          "set_reactive_power": ("inverter", "battery"), "set_power_factor": ("inverter", "battery")}
@@ -101,8 +77,14 @@ class Activation:
     resolved: dict[str, float] = field(default_factory=dict)   # per device: % (limit), W, var or PF
     clamped: tuple[str, ...] = ()   # devices whose share was clamped
     end_ns: int | None = None       # set when active
-    restored_deadline_ns: int | None = None   # restored after a restart: reverts at this time
     cap_pct: float | None = None    # traffic-light cap in force on it
+    # per device: when its set-point was last sent in a write that was read back (UTC ns; the device's reversion
+    # timer restarted then), and the points of that write; kept across a restart (see `restore`)
+    confirmed_ns: dict[str, int] = field(default_factory=dict)
+    points: dict[str, dict[str, float]] = field(default_factory=dict)
+    held_until_ns: int | None = None   # restored after a restart: left on the devices until then, then reverted
+    # the activations that won a conflict with it: (winner id, final state, what, reason); it ends when one starts
+    yields_to: list[tuple[str, State, str, str]] = field(default_factory=list)
 
     @property
     def channel(self) -> str:
@@ -123,7 +105,46 @@ class Activation:
         return {"id": self.id, "issuer": self.issuer, "type": self.type, "devices": list(self.devices),
                 "quantity": self.quantity, "duration_s": self.duration_s, "revert_s": self.revert_s,
                 "received_ns": self.received_ns, "start_ns": self.start_ns, "latest_start_ns": self.latest_start_ns,
-                "state": self.state.value, "resolved": self.resolved, "end_ns": self.end_ns}
+                "state": self.state.value, "resolved": self.resolved, "end_ns": self.end_ns,
+                "confirmed_ns": self.confirmed_ns, "points": self.points}
+
+    @classmethod
+    def from_json(cls, it: Mapping) -> "Activation":
+        """From the restart file (hostile until checked): ValueError, TypeError, KeyError on anything odd."""
+        def text(v) -> str:
+            if not isinstance(v, str):
+                raise TypeError(f"expected a string, got {type(v).__name__}")
+            return v
+
+        def num(v) -> float:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"expected a finite number, got {v!r}")
+            return float(v)
+
+        def ns(v) -> int:
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"expected an integer time in ns, got {v!r}")
+            return v
+
+        atype = text(it["type"])
+        if atype not in CHANNEL:
+            raise ValueError(f"unknown activation type {atype!r}")
+        devices = tuple(text(d) for d in it["devices"])
+        act = cls(text(it["id"]), text(it["issuer"]), atype, devices, num(it["quantity"]), num(it["duration_s"]),
+                  num(it["revert_s"]), ns(it["received_ns"]), ns(it["start_ns"]), ns(it["latest_start_ns"]),
+                  State(it["state"]), resolved={text(k): num(v) for k, v in it["resolved"].items()},
+                  end_ns=None if it["end_ns"] is None else ns(it["end_ns"]),
+                  confirmed_ns={text(k): ns(v) for k, v in it.get("confirmed_ns", {}).items()},
+                  points={text(d): {text(k): num(v) for k, v in p.items()} for d, p in it.get("points", {}).items()})
+        if not act.revert_s > 0 or not act.duration_s > 0:
+            raise ValueError("revert_s and duration_s must be > 0")
+        return act
+
+    def reverts_at(self) -> int:
+        """When its devices fall back by themselves if the gateway goes silent: revert_s after the oldest last
+        confirmed write (a device never confirmed counts from the activation's start, its first confirmation)."""
+        last = min((self.confirmed_ns.get(d, self.start_ns) for d in self.devices), default=self.start_ns)
+        return last + int(self.revert_s * S)
 
 
 @dataclass(frozen=True)
@@ -172,397 +193,64 @@ class TrafficLight:
 Listener = Callable[[ActivationEvent], None]
 
 
-class ActivationBook:
-    """The state machine for all activations of one gateway. Pure: time comes in as now_ns, nothing is awaited.
+# ---------------------------------------------------------------- sharing out
 
-    capabilities() gives the devices as the control engine sees them now (kind, writable, rating, limits).
-    Methods return the Changes to publish, in order; listeners are called on every activation state change.
-    """
+def targets(cmd: Command, caps: Mapping[str, Capability]) -> tuple[str, ...]:
+    """The devices an activation command acts on; raises ValueError naming the fault."""
+    takes = TAKES[cmd.type]
+    if cmd.device is not None:
+        c = caps.get(cmd.device)
+        if c is None:
+            raise ValueError(f"device: unknown device {cmd.device!r}")
+        if c.kind not in takes:
+            raise ValueError(f"device: {cmd.device!r} is a {c.kind}; {cmd.type} needs a "
+                             f"{' or '.join(takes)}")
+        if not c.writable:
+            raise ValueError(f"device: {cmd.device!r} is read-only (writable = false in the configuration)")
+        return (cmd.device,)
+    kinds = DEFAULT_TARGETS[cmd.type]
+    candidates = [d for d, c in caps.items() if c.kind in kinds]
+    targets = tuple(d for d in candidates if caps[d].writable)
+    if not targets:
+        ro = ", ".join(candidates)
+        raise ValueError(f"no writable {' or '.join(kinds)} on this gateway"
+                         + (f" ({ro}: read-only, writable = false in the configuration)" if ro else ""))
+    return targets
 
-    def __init__(self, capabilities: Callable[[], Mapping[str, Capability]], *,
-                 priorities: Iterable[str] = ("tso", "dso", "aggregator"), revert_s: float = 60.0,
-                 grid_operator: str = "dso") -> None:
-        self.capabilities = capabilities
-        self.priorities = tuple(priorities)
-        self.rank = {issuer: i for i, issuer in enumerate(self.priorities)}
-        self.revert_s = float(revert_s)
-        self.grid_operator = grid_operator
-        self.activations: dict[str, Activation] = {}   # non-final, by id
-        self.light = TrafficLight()
-        self.listeners: list[Listener] = []
-        self.version = 0                               # +1 on every change of what is in force
-        self._seen: set[str] = set()
-        self._seen_order: deque[str] = deque()
-
-    # ------------------------------------------------------------------ queries
-
-    def in_force(self, now_ns: int) -> list[Activation]:
-        """What the control cycle applies now: active ones, and pending ones whose start has come and may start.
-
-        A pending one in this list becomes active when the engine confirms its first write (`confirm`)."""
-        out = []
-        for act in self.activations.values():
-            if now_ns >= act.interval()[1]:
-                continue      # an activation acts only within its interval, so two never overlap (tick ends it)
-            if act.state is State.ACTIVE:
-                out.append(act)
-            elif act.state in PENDING and act.start_ns <= now_ns and self._gate(act)[0]:
-                out.append(act)
-        return out
-
-    def effective(self, act: Activation) -> dict[str, float]:
-        """Each device's share with the traffic-light cap applied (the value the cycle writes)."""
-        cap = self._gate(act)[1]
-        if cap is None:
-            return dict(act.resolved)
-        caps = self.capabilities()
-        out = {}
-        for dev, value in act.resolved.items():
-            c = caps.get(dev)
-            out[dev] = _capped(act.type, value, cap, c)
-        return out
-
-    def get(self, act_id: str) -> Activation | None:
-        return self.activations.get(act_id)
-
-    def _gate(self, act: Activation) -> tuple[bool, float | None]:
-        """(may it start or run, the cap in % of WMax or None)."""
-        if act.issuer == self.grid_operator or act.channel != "P":
-            return True, None
-        if self.light.colour == "red":
-            return False, None
-        if self.light.colour == "amber":
-            return True, self.light.limit_pct
-        return True, None
-
-    # ------------------------------------------------------------------ transitions
-
-    def _event(self, act: Activation, now_ns: int) -> None:
-        caps = self.capabilities()
-        resolved_w: dict[str, float | None] = {}
-        eff = act.resolved if act.state.final else self.effective(act)
+def resolve(act: Activation, caps: Mapping[str, Capability]) -> None:
+    """Each device's share, clamped to its capability; raises ValueError if a rating is missing."""
+    resolved, clamped = {}, []
+    if act.type == "limit_active_power":
         for dev in act.devices:
-            c = caps.get(dev)
-            v = eff.get(dev)
-            if act.type == "limit_active_power":
-                resolved_w[dev] = v / 100 * c.rated_w if v is not None and c is not None and c.known else None
-            elif act.type == "set_active_power":
-                resolved_w[dev] = v
-            else:
-                resolved_w[dev] = None
-        ev = ActivationEvent(act.id, act.issuer, act.type, act.devices, (act.quantity, act.unit), resolved_w,
-                             act.start_ns, act.end_ns, act.state, act.reason, now_ns)
-        for listener in list(self.listeners):
-            try:
-                listener(ev)
-            except Exception:  # an observer must never break control
-                log.exception("activation listener %r failed on %s %s", listener, escape(act.id), act.state.value)
-
-    def _move(self, act: Activation, state: State, now_ns: int, reason: str | None = None,
-              **detail) -> Change | None:
-        act.state = state
-        act.reason = reason
-        self.version += 1
-        if state.final:
-            self.activations.pop(act.id, None)
-        self._event(act, now_ns)
-        status = state.status
-        if status is None:
-            return None
-        return Change(act.id, status, reason, {"state": state.value, **detail})
-
-    def _remember(self, act_id: str) -> None:
-        self._seen.add(act_id)
-        self._seen_order.append(act_id)
-        while len(self._seen_order) > SEEN_IDS:
-            self._seen.discard(self._seen_order.popleft())
-
-    def submit(self, cmd: Command, now_ns: int) -> list[Change]:
-        """A parsed command: an activation, a terminate, a cancel or a traffic light."""
-        if cmd.cmd_id in self._seen:
-            return [Change(cmd.cmd_id, "rejected", f"duplicate: id {cmd.cmd_id!r} was already received by this gateway "
-                                                   "and is never executed twice", {"state": "rejected"})]
-        self._remember(cmd.cmd_id)
-        if cmd.issuer not in self.rank:
-            return [Change(cmd.cmd_id, "rejected", f"issuer: {cmd.issuer!r} is not accepted by this gateway "
-                                                   f"(control.priorities = {list(self.priorities)})",
-                           {"state": "rejected"})]
-        if cmd.type in ACTIVATION_TYPES:
-            return self._start(cmd, now_ns)
-        if cmd.type == "traffic_light":
-            return self._traffic_light(cmd, now_ns)
-        return self._end(cmd, now_ns)
-
-    def _targets(self, cmd: Command) -> tuple[str, ...]:
-        caps = self.capabilities()
-        takes = TAKES[cmd.type]
-        if cmd.device is not None:
-            c = caps.get(cmd.device)
-            if c is None:
-                raise ValueError(f"device: unknown device {cmd.device!r}")
-            if c.kind not in takes:
-                raise ValueError(f"device: {cmd.device!r} is a {c.kind}; {cmd.type} needs a "
-                                 f"{' or '.join(takes)}")
-            if not c.writable:
-                raise ValueError(f"device: {cmd.device!r} is read-only (writable = false in the configuration)")
-            return (cmd.device,)
-        kinds = DEFAULT_TARGETS[cmd.type]
-        candidates = [d for d, c in caps.items() if c.kind in kinds]
-        targets = tuple(d for d in candidates if caps[d].writable)
-        if not targets:
-            ro = ", ".join(candidates)
-            raise ValueError(f"no writable {' or '.join(kinds)} on this gateway"
-                             + (f" ({ro}: read-only, writable = false in the configuration)" if ro else ""))
-        return targets
-
-    def _resolve(self, act: Activation) -> None:
-        """Each device's share, clamped to its capability; raises ValueError if a rating is missing."""
-        caps = self.capabilities()
-        resolved, clamped = {}, []
-        if act.type == "limit_active_power":
-            for dev in act.devices:
-                c = caps[dev]
-                pct = act.quantity
-                if c.known:
-                    lo, hi = (c.p_min_w, c.p_max_w) if c.kind != "load" else (-c.p_max_w, -c.p_min_w)
-                    bounded = min(max(pct, lo / c.rated_w * 100), hi / c.rated_w * 100)
-                    if abs(bounded - pct) > 1e-9:
-                        clamped.append(dev)
-                    pct = bounded
-                resolved[dev] = pct
-        elif act.type == "set_power_factor":
-            resolved = {dev: act.quantity for dev in act.devices}
-        else:
-            missing = [d for d in act.devices if not caps[d].known]
-            if missing:
-                raise ValueError(f"rating of {', '.join(missing)} unknown (no WMax from the device yet and no "
-                                 "control.devices rated_w): cannot share out a set-point in "
-                                 + ("W" if act.type == "set_active_power" else "var"))
-            total = sum(caps[d].rated_w for d in act.devices)
-            for dev in act.devices:
-                c = caps[dev]
-                share = act.quantity * c.rated_w / total
-                value, was = c.clamp_w(share) if act.type == "set_active_power" else c.clamp_var(share)
-                resolved[dev] = value
-                if was:
+            c = caps[dev]
+            pct = act.quantity
+            if c.known:
+                lo, hi = (c.p_min_w, c.p_max_w) if c.kind != "load" else (-c.p_max_w, -c.p_min_w)
+                bounded = min(max(pct, lo / c.rated_w * 100), hi / c.rated_w * 100)
+                if abs(bounded - pct) > 1e-9:
                     clamped.append(dev)
-        act.resolved, act.clamped = resolved, tuple(clamped)
-
-    def _start(self, cmd: Command, now_ns: int) -> list[Change]:
-        p = cmd.params
-        start = max(now_ns, cmd.valid_from_ns or now_ns)
-        latest = cmd.valid_until_ns if cmd.valid_until_ns is not None else start
-        act = Activation(cmd.cmd_id, cmd.issuer, cmd.type, (), p[QUANTITY_KEY[cmd.type]], p["duration_s"],
-                         p.get("revert_s", self.revert_s), now_ns, start, max(latest, start))
-        self._event(act, now_ns)  # received
-        try:
-            act.devices = self._targets(cmd)
-            self._resolve(act)
-        except ValueError as exc:
-            return [self._move(act, State.REJECTED, now_ns, str(exc))]
-        ok, _cap = self._gate(act)
-        if not ok and act.latest_start_ns <= now_ns:
-            return [self._move(act, State.REJECTED, now_ns, f"not allowed now: {self.light.describe()}")]
-        losers = []
-        for other in self.activations.values():
-            if other.channel != act.channel or not set(other.devices) & set(act.devices):
-                continue
-            a0, a1 = act.interval()
-            o0, o1 = other.interval()
-            if a0 >= o1 or o0 >= a1:
-                continue
-            if other.issuer == act.issuer:
-                losers.append((other, State.CANCELLED, f"superseded by {act.issuer}'s newer activation {act.id}"))
-            elif self.rank[act.issuer] < self.rank[other.issuer]:
-                losers.append((other, State.TERMINATED, f"preempted by {act.issuer} activation {act.id} "
-                                                        f"(priority {' > '.join(self.priorities)})"))
-            else:
-                when = "active" if other.state is State.ACTIVE else f"{other.state.value} from {iso_utc(other.start_ns)}"
-                return [self._move(act, State.REJECTED, now_ns,
-                                   f"conflict: {other.issuer} activation {other.id} ({when}) acts on the "
-                                   f"{'active' if act.channel == 'P' else 'reactive'} power of "
-                                   f"{', '.join(sorted(set(other.devices) & set(act.devices)))} and has equal or "
-                                   f"higher priority ({' > '.join(self.priorities)})")]
-        changes = []
-        self.activations[act.id] = act
-        detail = {"devices": list(act.devices), "start": iso_utc(act.start_ns),
-                  "latest_start": iso_utc(act.latest_start_ns), "resolved": act.resolved}
-        if act.clamped:
-            detail["clamped"] = list(act.clamped)
-        changes.append(self._move(act, State.VALIDATED, now_ns,
-                                  _clamp_reason(act, self.capabilities()) if act.clamped else None, **detail))
-        for other, state, why in losers:
-            changes.append(self._move(other, state, now_ns, why))
-        if act.start_ns > now_ns or not ok:
-            why = None if ok else f"held: {self.light.describe()}; it may start until {iso_utc(act.latest_start_ns)}"
-            changes.append(self._move(act, State.SCHEDULED, now_ns, why, start=iso_utc(act.start_ns)))
-        return changes
-
-    def _end(self, cmd: Command, now_ns: int) -> list[Change]:
-        target_id = cmd.params["activation_id"]
-        target = self.activations.get(target_id)
-        if target is None:
-            return [Change(cmd.cmd_id, "rejected", f"no activation {target_id!r} is scheduled or active",
-                           {"state": "rejected"})]
-        if cmd.type == "cancel":
-            if cmd.issuer != target.issuer:
-                return [Change(cmd.cmd_id, "rejected", f"only its issuer ({target.issuer}) may cancel activation "
-                                                       f"{target_id}; a {cmd.issuer} ends it with terminate",
-                               {"state": "rejected"})]
-            state, why = State.CANCELLED, f"cancelled by its issuer (command {cmd.cmd_id})"
-        else:
-            if cmd.issuer != self.grid_operator and self.rank[cmd.issuer] > self.rank[target.issuer]:
-                return [Change(cmd.cmd_id, "rejected", f"{cmd.issuer} may not terminate a {target.issuer} activation "
-                                                       f"(only the {self.grid_operator} or an issuer of equal or higher "
-                                                       "priority may)", {"state": "rejected"})]
-            state, why = State.TERMINATED, f"terminated by {cmd.issuer} command {cmd.cmd_id}"
-        return [Change(cmd.cmd_id, "accepted", None, {"activation_id": target_id}),
-                self._move(target, state, now_ns, why),
-                Change(cmd.cmd_id, "completed", None, {"activation_id": target_id})]
-
-    def _traffic_light(self, cmd: Command, now_ns: int) -> list[Change]:
-        p = cmd.params
-        changes = [Change(cmd.cmd_id, "accepted", None, {"colour": p["colour"]})]
-        if self.light.cmd_id is not None:
-            changes.append(Change(self.light.cmd_id, "completed", f"replaced by traffic light command {cmd.cmd_id}",
-                                  {"colour": self.light.colour}))
-        until = now_ns + int(p["duration_s"] * S) if "duration_s" in p else None
-        self.light = TrafficLight(p["colour"], p.get("limit_pct"), cmd.cmd_id, until)
-        self.version += 1
-        detail = {"colour": p["colour"]} | ({"limit_pct": p["limit_pct"]} if "limit_pct" in p else {})
-        if until is not None:
-            detail["end"] = iso_utc(until)
-        changes.append(Change(cmd.cmd_id, "active", None, detail))
-        return changes + self._apply_light(now_ns)
-
-    def _apply_light(self, now_ns: int) -> list[Change]:
-        """After the light changed: red ends running activations; amber/green re-report changed caps."""
-        changes = []
-        for act in list(self.activations.values()):
-            ok, cap = self._gate(act)
-            if act.state is State.ACTIVE and not ok:
-                changes.append(self._move(act, State.TERMINATED, now_ns, f"stopped by {self.light.describe()}"))
-            elif act.state is State.VALIDATED and not ok:
-                changes.append(self._move(act, State.SCHEDULED, now_ns, f"held: {self.light.describe()}; it may "
-                                                                         f"start until {iso_utc(act.latest_start_ns)}"))
-            elif act.state is State.ACTIVE and cap != act.cap_pct:
-                act.cap_pct = cap
-                reason = (f"capped by {self.light.describe()}" if cap is not None
-                          else f"cap lifted: {self.light.describe()}")
-                changes.append(self._move(act, State.ACTIVE, now_ns, reason, setpoints=self.effective(act),
-                                          end=iso_utc(act.end_ns)))
-        return changes
-
-    def confirm(self, act_id: str, now_ns: int, written: Mapping[str, dict] | None = None) -> list[Change]:
-        """The engine wrote a pending activation to every target and read it back: it is active now."""
-        act = self.activations.get(act_id)
-        if act is None or act.state not in PENDING:
-            return []
-        act.start_ns = now_ns
-        # it runs for duration_s, but never past its planned interval (latest start + duration), which the
-        # conflict check reserved for it
-        act.end_ns = min(now_ns, act.latest_start_ns) + int(act.duration_s * S)
-        act.cap_pct = self._gate(act)[1]
-        detail = {"devices": list(act.devices), "end": iso_utc(act.end_ns), "setpoints": self.effective(act)}
-        if act.type == "limit_active_power":
-            detail["limit_pct"] = act.quantity
-        if written:
-            detail["written"] = dict(written)
-        reason = f"capped by {self.light.describe()}" if act.cap_pct is not None else None
-        return [self._move(act, State.ACTIVE, now_ns, reason, **detail)]
-
-    def fail(self, act_id: str, now_ns: int, reason: str) -> list[Change]:
-        act = self.activations.get(act_id)
-        if act is None:
-            return []
-        return [self._move(act, State.FAILED, now_ns, reason)]
-
-    def tick(self, now_ns: int) -> list[Change]:
-        """Time passes: activations complete or expire, restored ones revert, the traffic light runs out."""
-        changes = []
-        if self.light.until_ns is not None and now_ns >= self.light.until_ns:
-            changes.append(Change(self.light.cmd_id, "completed", "traffic light period over; back to green",
-                                  {"colour": self.light.colour}))
-            self.light = TrafficLight()
-            self.version += 1
-            changes += self._apply_light(now_ns)
-        for act in list(self.activations.values()):
-            if act.state is State.ACTIVE and act.end_ns is not None and now_ns >= act.end_ns:
-                changes.append(self._move(act, State.COMPLETED, now_ns, None))
-            elif act.state is State.ACTIVE and act.restored_deadline_ns is not None \
-                    and now_ns >= act.restored_deadline_ns:
-                changes.append(self._move(act, State.TERMINATED, now_ns,
-                                          f"fail-safe: the gateway agent restarted; the set-point was held for its "
-                                          f"revert time ({act.revert_s:g} s) and reverted to its safe default"))
-            elif act.state in PENDING and now_ns > act.latest_start_ns and not self._gate(act)[0]:
-                # (one that may start is in force, being written: the engine confirms or fails it)
-                changes.append(self._move(act, State.EXPIRED, now_ns,
-                                          f"held by {self.light.describe()} until its window closed at "
-                                          f"{iso_utc(act.latest_start_ns)}"))
-            elif act.state in PENDING and now_ns >= act.interval()[1]:
-                changes.append(self._move(act, State.EXPIRED, now_ns,
-                                          "not started within its window: its devices did not take it"))
-        return changes
-
-    def revert_remote(self, now_ns: int, down_s: float) -> list[Change]:
-        """Uplink lost for down_s: every activation whose revert time has passed reverts to its safe default."""
-        changes = []
-        for act in list(self.activations.values()):
-            if down_s >= act.revert_s:
-                changes.append(self._move(act, State.TERMINATED, now_ns,
-                                          f"fail-safe: uplink lost for {down_s:.0f} s, longer than the revert time "
-                                          f"{act.revert_s:g} s; reverted to the safe default"))
-        return changes
-
-    def end_all(self, now_ns: int, reason: str) -> list[Change]:
-        changes = []
-        for act in list(self.activations.values()):
-            changes.append(self._move(act, State.TERMINATED, now_ns, reason))
-        return changes
-
-    # ------------------------------------------------------------------ restart
-
-    def snapshot(self) -> list[dict]:
-        return [a.to_json() for a in self.activations.values()]
-
-    def restore(self, items: Iterable[dict], now_ns: int) -> list[Change]:
-        """After a restart: active ones are held until their revert time has passed, pending ones end."""
-        changes = []
-        for it in items:
-            try:
-                act = Activation(it["id"], it["issuer"], it["type"], tuple(it["devices"]), float(it["quantity"]),
-                                 float(it["duration_s"]), float(it["revert_s"]), int(it["received_ns"]),
-                                 int(it["start_ns"]), int(it["latest_start_ns"]), State(it["state"]),
-                                 resolved={str(k): float(v) for k, v in it["resolved"].items()},
-                                 end_ns=it["end_ns"])
-            except (KeyError, TypeError, ValueError) as exc:
-                log.error("restart file: unreadable activation %s (%s); not restored", escape(it), escape(exc))
-                continue
-            if act.type not in CHANNEL:
-                log.error("restart file: unknown activation type %s; not restored", escape(repr(act.type)))
-                continue
-            self._remember(act.id)
-            if act.state is State.ACTIVE and (act.end_ns is None or act.end_ns > now_ns):
-                act.restored_deadline_ns = now_ns + int(act.revert_s * S)
-                self.activations[act.id] = act
-                self.version += 1
-                self._event(act, now_ns)
-                changes.append(Change(act.id, "active", f"gateway agent restarted: held until its revert time "
-                                                        f"({act.revert_s:g} s) has passed, then reverted",
-                                      {"state": "active", "end": iso_utc(min(act.end_ns or 0, act.restored_deadline_ns))
-                                       if act.end_ns else iso_utc(act.restored_deadline_ns)}))
-            else:
-                reason = ("gateway agent restarted before it started" if act.state in PENDING
-                          else "gateway agent restarted after its end")
-                status = State.TERMINATED if act.state in PENDING else State.COMPLETED
-                act.state = status
-                act.reason = reason
-                self._event(act, now_ns)
-                changes.append(Change(act.id, status.value, reason, {"state": status.value}))
-        return changes
+                pct = bounded
+            resolved[dev] = pct
+    elif act.type == "set_power_factor":
+        resolved = {dev: act.quantity for dev in act.devices}
+    else:
+        missing = [d for d in act.devices if not caps[d].known]
+        if missing:
+            raise ValueError(f"rating of {', '.join(missing)} unknown (no WMax from the device yet and no "
+                             "control.devices rated_w): cannot share out a set-point in "
+                             + ("W" if act.type == "set_active_power" else "var"))
+        total = sum(caps[d].rated_w for d in act.devices)
+        for dev in act.devices:
+            c = caps[dev]
+            share = act.quantity * c.rated_w / total
+            value, was = c.clamp_w(share) if act.type == "set_active_power" else c.clamp_var(share)
+            resolved[dev] = value
+            if was:
+                clamped.append(dev)
+    act.resolved, act.clamped = resolved, tuple(clamped)
 
 
-def _capped(atype: str, value: float, cap_pct: float, c: Capability | None) -> float:
+def capped(atype: str, value: float, cap_pct: float, c: Capability | None) -> float:
     """The traffic-light cap: the active power change an activation may ask, from what the device would do
     without it (a generator's full output; a battery or load idle at 0 W)."""
     if atype == "limit_active_power":
@@ -575,5 +263,5 @@ def _capped(atype: str, value: float, cap_pct: float, c: Capability | None) -> f
     return value
 
 
-def _clamp_reason(act: Activation, caps: Mapping[str, Capability]) -> str:
+def clamp_reason(act: Activation, caps: Mapping[str, Capability]) -> str:
     return "clamped to " + "; ".join(caps[d].describe() for d in act.clamped if d in caps)

@@ -1,19 +1,19 @@
 """The control engine: a cycle every control.cycle_ms (default 200 ms), and at once when an activation changes.
 
-    1. read the process image (Agent.image) into measurements and capabilities;
-    2. run the controllers in priority order (controllers.Planner, activation.ActivationBook);
-    3. hand each device's set-points to its writer.
+    1. read_image       the process image (Agent.image) -> measurements and capabilities;
+    2. tick             the activation book (book.ActivationBook) and the uplink fail-safe;
+    3. run_controllers  the controllers in priority order, the kernel, the points (planner.Planner);
+    4. hand_to_writers  each device's set-points to its writer (writer.DeviceWriter: one task per device).
 
-Writers are one task per device, so a slow or dead device never holds up the cycle or the others; a writer
-writes only what changed (beyond control.write_deadband_pct), reads it back (the driver verifies), re-writes
-while a device-side reversion is armed (every revert time / 3) and bumps the SunSpec 715 controller heartbeat
-once a second while remote set-points are in force. An activation becomes active when every target device has
-it written and read back; a write failure before that fails it.
+An activation becomes active when every target device has it written and read back; a write failure before that
+fails it.
 
 Fail-safe: with the uplink down for longer than an activation's revert time, it ends and the devices go back
 to their safe defaults; the same revert time is written into the device (SunSpec *RvrtTms of 704) so the
-inverter falls back by itself if the gateway dies. After a restart, the activations that were active (kept in
-<storage.dir>/activations.json) are held until their revert time has passed, then reverted; none is resumed.
+inverter falls back by itself if the gateway dies. After a restart none is resumed: the activations that were
+active (kept in <storage.dir>/activations.json with each device's last confirmed write) are left on the devices,
+not written again, until their revert time counted from that write runs out, then reverted (see
+ActivationBook.restore); one whose revert time ran out while the agent was down ends at once.
 
 Two small APIs for other parts of the agent (docs/architecture.md):
 - `add_listener(fn)`: fn(ActivationEvent) on every activation state change (activation id, issuer, type,
@@ -26,139 +26,30 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import os
 import time
 import uuid
 from pathlib import Path
-from typing import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Awaitable, Callable, Mapping
 
 from gridedge import contract
-from gridedge.contract import Command
 from gridedge.core.text import escape
+from gridedge.contract import Command
 
-from .activation import PENDING, ActivationBook, Change, Listener
+from .activation import CHANNEL_POINTS, PENDING, Change, Listener
+from .book import ActivationBook
 from .capability import Capability
 from .measure import Meas, read_meas
+from .writer import DeviceWriter
+
+if TYPE_CHECKING:
+    from .planner import Plan
 
 log = logging.getLogger("gridedge.control")
 
 Report = Callable[..., Awaitable[None]]   # report(cmd_id, status, reason=None, **detail)
-KEEPALIVE_MIN_S = 1.0
-HEARTBEAT_S = 1.0
 STATE_FILE = "activations.json"
 START_WINDOW_S = 5.0   # hold_setpoint: how long the set-point may take to reach the device
-
-
-class DeviceWriter:
-    """Writes one device's set-points: only changes, in one request per contiguous run, verified by read-back."""
-
-    def __init__(self, device_id: str, device, engine: "ControlEngine") -> None:
-        self.id = device_id
-        self.device = device
-        self.engine = engine
-        self.desired: dict[str, float] = {}
-        self.reversion: dict[str, float] = {}
-        self.written: dict[str, float] = {}
-        self.remote = False
-        self.rated_w: float | None = None
-        self.carries: set[str] = set()
-        self.heartbeat = False
-        self.hb_value = 0
-        self.last_write_mono = 0.0
-        self.last_hb_mono = 0.0
-        self.writes = 0
-        self.failures = 0
-        self.gen = 0            # generation of the plan in self.desired
-        self.done_gen = 0       # newest generation written and read back (or with nothing to write)
-        self._changed = asyncio.Event()
-        self.idle = asyncio.Event()
-        self.idle.set()
-        self.task: asyncio.Task | None = None
-
-    def update(self, gen: int, points: dict[str, float], reversion: dict[str, float], remote: bool,
-               carries: set[str], rated_w: float | None, heartbeat: bool) -> bool:
-        """New set-points from the cycle; returns True if something is to be written."""
-        self.desired, self.reversion, self.remote, self.carries = points, reversion, remote, carries
-        self.rated_w, self.heartbeat, self.gen = rated_w, heartbeat, gen
-        due = bool(self._diff(time.monotonic()))
-        if due:
-            self.idle.clear()
-            self._changed.set()
-        else:
-            self.done_gen = gen
-        return due
-
-    def _differs(self, name: str, new: float) -> bool:
-        old = self.written.get(name)
-        if old is None:
-            return True
-        if name.endswith("Ena") or "Rvrt" in name or name == "ControllerHb":
-            return old != new
-        band = self.engine.deadband_pct
-        if name.endswith("Pct"):
-            return abs(new - old) > band
-        tol = band / 100 * self.rated_w if self.rated_w else 0.0
-        return abs(new - old) > tol
-
-    def _diff(self, now_mono: float) -> dict[str, float]:
-        out = {k: v for k, v in self.desired.items() if self._differs(k, v)}
-        armed = {k: v for k, v in self.reversion.items() if self._differs(k, v)}
-        if out or armed:
-            out.update(armed)
-        keepalive = max(KEEPALIVE_MIN_S, min(self.reversion.get(k, math.inf) for k in self.reversion) / 3) \
-            if self.reversion else math.inf
-        if not out and self.remote and self.reversion and now_mono - self.last_write_mono >= keepalive:
-            out = dict(self.desired)      # re-write: restarts the device's reversion timer
-        if self.heartbeat and self.remote and now_mono - self.last_hb_mono >= HEARTBEAT_S:
-            out["ControllerHb"] = (self.hb_value + 1) % 2**32
-        return out
-
-    async def run(self) -> None:
-        while True:
-            await self._changed.wait()
-            self._changed.clear()
-            now = time.monotonic()
-            values = self._diff(now)
-            carries, gen = set(self.carries), self.gen
-            if not values:
-                self.done_gen = max(self.done_gen, gen)
-                self.idle.set()
-                self.engine._written(self.id, carries, {})
-                continue
-            if "ControllerHb" in values:
-                self.last_hb_mono = now
-                self.hb_value = values["ControllerHb"]
-            try:
-                readback = await self.device.write_points(values)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a device error fails what it carried, never the engine
-                self.failures += 1
-                for k in values:
-                    self.written.pop(k, None)
-                log.warning("control: write to %s failed: %s", self.id, escape(exc))
-                self.engine._write_failed(self.id, carries, str(exc))
-                await asyncio.sleep(min(0.25 * 2 ** min(self.failures, 6), 10.0))  # a dead device: back off
-                self._changed.set()
-                continue
-            else:
-                self.failures = 0
-                self.writes += 1
-                self.last_write_mono = time.monotonic()
-                self.written.update(values)
-                self.done_gen = max(self.done_gen, gen)
-                self.engine._written(self.id, carries, readback)
-            if not self._diff(time.monotonic()):
-                self.idle.set()
-            else:
-                self._changed.set()
-
-    def poke(self) -> None:
-        """Time-driven writes (keepalive, heartbeat) without a new plan."""
-        if self._diff(time.monotonic()):
-            self.idle.clear()
-            self._changed.set()
 
 
 _UNMEASURED = Meas()
@@ -190,7 +81,8 @@ class ControlEngine:
                         if d.writable and d.role != "meter" and hasattr(devices[d.id], "write_points")}
         self.planner = None  # nothing to control (no writable device, no site limit): no kernels, no numpy loaded
         if self.writers or ctl.poc:
-            from .controllers import Planner, PocLimit
+            from .controllers import PocLimit
+            from .planner import Planner
 
             poc = ctl.poc and PocLimit(ctl.poc.meter, ctl.poc.export_limit_w, ctl.poc.import_limit_w,
                                        ctl.poc.fail_safe_pct)
@@ -219,7 +111,8 @@ class ControlEngine:
         poll = self.dev_cfg[dev_id].poll_ms / 1000
         return max(3 * poll, 2.0) + self.period_s
 
-    def _refresh(self, now_ns: int) -> None:
+    def read_image(self, now_ns: int) -> None:
+        """1. The process image -> measurements and capabilities of the devices control acts on or looks at."""
         self._meas = {d: read_meas(self.image, d, now_ns, self._stale_s(d)) for d in self._measured}
         caps = {}
         for d, cfg in self.dev_cfg.items():
@@ -243,7 +136,7 @@ class ControlEngine:
 
     def capabilities(self) -> dict[str, Capability]:
         if self._caps is None:
-            self._refresh(self.clock())
+            self.read_image(self.clock())
         return self._caps
 
     # ------------------------------------------------------------------ APIs
@@ -262,7 +155,7 @@ class ControlEngine:
 
     async def submit(self, cmd: Command) -> None:
         """A parsed command from the uplink (or a local API); results go out through report()."""
-        self._refresh(self.clock())
+        self.read_image(self.clock())
         self._queue(self.book.submit(cmd, self.clock()), self.gen + 1)
         await self._flush()
         self._save()
@@ -337,40 +230,61 @@ class ControlEngine:
         self._save()
 
     def step(self) -> None:
-        """One cycle (no await): time, fail-safe, controllers, writers; results are queued for _flush."""
+        """One cycle (no await); results are queued for _flush. Its phases, in order:"""
         t0 = time.perf_counter()
         now = self.clock()
         mono = time.monotonic()
         dt = self.period_s if self._last_mono is None else min(max(mono - self._last_mono, 1e-3), 5 * self.period_s)
         self._last_mono = mono
-        self._refresh(now)
-        changes = list(self.book.tick(now))
+        self.read_image(now)
+        ended = self.tick(now)
+        in_force = self.book.in_force(now)
+        plan = self.run_controllers(dt, in_force)
+        self.gen += 1
+        self._queue(ended, self.gen)      # what ended in the tick: reported once this plan is written
+        self._queue(self.hand_to_writers(plan, in_force), self.gen)
+        self.cycles += 1
+        self.last_cycle_s = time.perf_counter() - t0
+
+    def tick(self, now_ns: int) -> list[Change]:
+        """2. The book ticks (completions, expiries, traffic-light periods, hand-overs) and the fail-safe checks
+        the uplink: remote set-points end once it has been down for longer than their revert time."""
+        changes = list(self.book.tick(now_ns))
         if self.uplink_up():
             self._down_since = None
         else:
-            self._down_since = self._down_since or now
-            changes += self.book.revert_remote(now, (now - self._down_since) / 1e9)
-        in_force = self.book.in_force(now)
-        # with nothing to control (no planner) activations are refused at validation; lights and the book still tick
-        plan = self.planner.plan(dt, self._meas, self._caps, [(a, self.book.effective(a)) for a in in_force]) \
-            if self.planner is not None else None
-        self.gen += 1
-        self._queue(changes, self.gen)      # what ended in tick/revert: reported once this plan is written
-        changes = []
+            self._down_since = self._down_since or now_ns
+            changes += self.book.revert_remote(now_ns, (now_ns - self._down_since) / 1e9)
+        return changes
+
+    def run_controllers(self, dt: float, in_force) -> "Plan | None":
+        """3. The controllers in priority order, the kernel, the points (planner.Planner). With nothing to control
+        there is no planner: activations are refused at validation, the lights and the book still tick."""
+        if self.planner is None:
+            return None
+        return self.planner.plan(dt, self._meas, self._caps, [(a, self.book.effective(a)) for a in in_force])
+
+    def hand_to_writers(self, plan: "Plan | None", in_force) -> list[Change]:
+        """4. Each device's set-points go to its writer; a pending activation whose points a device already
+        holds is confirmed on it at once (the others when their write is read back: _written)."""
+        changes: list[Change] = []
         pending = {a.id for a in in_force if a.state in PENDING}
+        held = {a.id for a in in_force if a.held_until_ns is not None}
         for dev_id, writer in self.writers.items() if plan is not None else ():
             dp = plan.devices.get(dev_id)
+            if writer.held and not (dp is not None and dp.carries & held):
+                writer.release_hold()
             if dp is None:
                 writer.update(self.gen, {}, {}, False, set(), None, False)
                 continue
-            due = writer.update(self.gen, dp.points, dp.reversion, dp.remote, dp.carries & pending,
+            due = writer.update(self.gen, dp.points, dp.reversion, dp.remote, set(dp.carries),
                                 self._caps[dev_id].rated_w, "ControllerHb" in self._meas[dev_id].supports)
-            if not due and dp.carries & pending:
-                changes += self._mark(dev_id, dp.carries & pending, {})
+            starting = dp.carries & pending
+            if not due and starting:              # (what is already in force was confirmed when it was written)
+                self._confirmations(dev_id, starting)
+                changes += self._mark(dev_id, starting, {})
         self._applied = {a.id: a.devices for a in in_force}
-        self._queue(changes, self.gen)
-        self.cycles += 1
-        self.last_cycle_s = time.perf_counter() - t0
+        return changes
 
     def _mark(self, dev_id: str, ids: set[str], readback: dict) -> list[Change]:
         out = []
@@ -385,7 +299,21 @@ class ControlEngine:
                 out += self.book.confirm(act_id, self.clock(), written=done)
         return out
 
+    def _confirmations(self, dev_id: str, carries: set[str]) -> None:
+        """The activations carried by a device's writer: when their set-point was last sent to it in a write that
+        was read back, and what that write held (for the restart file: `ActivationBook.restore`)."""
+        w = self.writers[dev_id]
+        for act_id in carries:
+            act = self.book.get(act_id)
+            if act is None:
+                continue
+            points = {k: v for k, v in w.written.items() if k.startswith(CHANNEL_POINTS[act.channel])}
+            sent = [w.sent_ns[k] for k in points if k in w.sent_ns]
+            if sent:
+                self.book.refresh(act_id, dev_id, max(sent), points)
+
     def _written(self, dev_id: str, carries: set[str], readback: dict) -> None:
+        self._confirmations(dev_id, carries)
         self._queue(self._mark(dev_id, carries, readback), 0)
         self.wake()
 
@@ -426,10 +354,25 @@ class ControlEngine:
             w.task = asyncio.create_task(w.run(), name=f"control-writer:{w.id}")
         items = self._load()
         if items:
-            self._refresh(self.clock())
-            await self._publish(self.book.restore(items, self.clock()))
+            self.read_image(self.clock())
+            now = self.clock()
+            changes = self.book.restore(items, now)
+            self._left_on_devices(now)
+            await self._publish(changes)
         self._task = asyncio.create_task(self.run(), name="control")
         self.wake()
+
+    def _left_on_devices(self, now_ns: int) -> None:
+        """What a previous run wrote stays on the devices until their reversion timers run out: a held activation
+        is not written again (nor kept alive) until then, and every device that carried one gets its safe default
+        written once nothing asks for a set-point (a device without a reversion of its own needs it)."""
+        for act in self.book.restored:
+            for dev in act.devices:
+                if self.planner is not None:
+                    self.planner.assume_set(dev, act.channel)
+                w = self.writers.get(dev)
+                if w is not None and act.held_until_ns is not None:
+                    w.hold(act.points.get(dev, {}), time.monotonic() + (act.held_until_ns - now_ns) / 1e9)
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """End every activation, write the safe defaults and wait (bounded) for the writers."""

@@ -1,7 +1,7 @@
 """What the control cycle knows of each device: its measurements and ratings from the process image.
 
-Apart from the controllers (controllers.py) because it needs no numpy: the engine reads the site meter and the
-controllable devices even where nothing asks for the kernels.
+Apart from the controllers (controllers.py, planner.py) because it needs no numpy: the engine reads the site meter
+and the controllable devices even where nothing asks for the kernels.
 """
 from __future__ import annotations
 

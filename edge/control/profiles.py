@@ -20,6 +20,9 @@ from gridedge.core import schema as s
 Points = tuple[tuple[float, float], ...]
 
 Q_MODES = ("off", "volt_var", "watt_var", "constant_pf", "constant_q")
+#: What the over-frequency reduction counts in: the momentary power P_M frozen when the threshold is crossed
+#: (VDE-AR-N 4105) or the rating P_max (IEEE 1547); EN 50549-1 allows either.
+OF_REFERENCES = ("p_momentary", "p_max")
 
 
 @dataclass(frozen=True)
@@ -33,13 +36,15 @@ class GridProfile:
     volt_watt: Points
     watt_var: Points
     olrt_q_s: float          # open-loop response time of the reactive power functions (90 % of a step)
-    olrt_p_s: float          # of volt-watt and frequency-watt
+    olrt_p_s: float          # of frequency-watt
+    olrt_vw_s: float         # of volt-watt
     db_of_hz: float          # frequency-watt dead band above f_nom
     db_uf_hz: float          # ... and below
     k_of_pct: float          # droop: % of f_nom for the full rated P, over-frequency
     k_uf_pct: float
     ramp_up_pct_per_s: float  # increase of the P ceiling (release after a limit); 0 = unlimited
     ramp_dn_pct_per_s: float  # 0 = unlimited (a curtailment acts at once)
+    of_reference: str = "p_max"   # OF_REFERENCES: over-frequency reduction in P_M or in P_max
     notes: str = ""
 
     def with_settings(self, **settings) -> "GridProfile":
@@ -47,6 +52,8 @@ class GridProfile:
         unknown = set(settings) - known
         if unknown:
             raise ValueError(f"unknown profile setting(s): {', '.join(sorted(unknown))}")
+        if settings.get("of_reference", self.of_reference) not in OF_REFERENCES:
+            raise ValueError(f"of_reference must be one of {', '.join(OF_REFERENCES)}")
         return replace(self, **settings)
 
 
@@ -56,10 +63,10 @@ IEEE1547_CAT_B = GridProfile(
     volt_var=((0.92, 0.44), (0.98, 0.0), (1.02, 0.0), (1.08, -0.44)),
     volt_watt=((1.06, 1.0), (1.10, 0.0)),
     watt_var=((0.2, 0.0), (0.5, 0.0), (1.0, -0.44)),
-    olrt_q_s=5.0, olrt_p_s=5.0,      # volt-var 5 s; frequency droop 5 s (volt-watt's 10 s is the slower bound)
+    olrt_q_s=5.0, olrt_p_s=5.0, olrt_vw_s=10.0,   # volt-var 5 s, frequency droop 5 s, volt-watt 10 s
     db_of_hz=0.036, db_uf_hz=0.036, k_of_pct=5.0, k_uf_pct=5.0,
-    ramp_up_pct_per_s=0.0, ramp_dn_pct_per_s=0.0,
-    notes="Table 8 volt-var, Table 9 watt-var, Table 10 volt-watt, 6.5.2.7 frequency droop",
+    ramp_up_pct_per_s=0.0, ramp_dn_pct_per_s=0.0, of_reference="p_max",
+    notes="Table 8 volt-var, Table 9 watt-var, Table 10 volt-watt, 6.5.2.7 frequency droop (in P_max)",
 )
 
 EN50549_VDE4105 = GridProfile(
@@ -68,11 +75,12 @@ EN50549_VDE4105 = GridProfile(
     volt_var=((0.92, 0.33), (0.96, 0.0), (1.04, 0.0), (1.08, -0.33)),
     volt_watt=((1.08, 1.0), (1.10, 0.0)),
     watt_var=((0.0, 0.0), (0.5, 0.0), (1.0, -0.33)),
-    olrt_q_s=10.0, olrt_p_s=2.0,
+    olrt_q_s=10.0, olrt_p_s=2.0, olrt_vw_s=2.0,
     db_of_hz=0.2, db_uf_hz=0.2, k_of_pct=5.0, k_uf_pct=5.0,
     ramp_up_pct_per_s=10.0 / 60.0, ramp_dn_pct_per_s=0.0,   # 10 % of WMax per minute after a limit is lifted
-    notes="LFSM-O 50.2 Hz / 5 %, LFSM-U 49.8 Hz / 5 % (storage), cos phi(P) 0.95 under-excited at P = 1, "
-          "Q(U) to cos phi 0.95; the DSO's settings replace these",
+    of_reference="p_momentary",   # VDE-AR-N 4105: 40 %/Hz of P_M (EN 50549-1 also allows P_max)
+    notes="LFSM-O 50.2 Hz / 5 % of P_M (40 %/Hz), LFSM-U 49.8 Hz / 5 % of P_max (storage), cos phi(P) 0.95 "
+          "under-excited at P = 1, Q(U) to cos phi 0.95; the DSO's settings replace these",
 )
 
 PROFILES: dict[str, GridProfile] = {p.name: p for p in (EN50549_VDE4105, IEEE1547_CAT_B)}
