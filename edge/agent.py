@@ -72,6 +72,8 @@ class Agent:
             self._step_tests: set[str] = set()  # activations that are step tests: no settlement window
             self.control.add_listener(self._on_activation)
         self.gate = CommandGate(self)
+        self.control.on_write = self._audit_write
+        self.control.restore_check = self._still_allowed
         self.service = Service(self)
 
     def topic(self, kind: str) -> str:
@@ -102,6 +104,19 @@ class Agent:
             self.outbox.append("audit", self.topic(contract.TOPIC_AUDIT), contract.audit(rec), "event")
             return
         self._append("audit", contract.TOPIC_AUDIT, contract.audit(rec), "event")
+
+    def _audit_write(self, device: str, points: dict, activations: list[str], error: str | None) -> None:
+        self.audit_event("write", device=device, points=points, activations=activations, error=error)
+
+    def _still_allowed(self, act) -> str | None:
+        """A restored activation against this run's trust configuration: None, or why it may not go on."""
+        if self.trust is None:
+            return f"the trust configuration is not loaded ({self.trust_error})"
+        entry = self.trust.issuers.get(act.principal) if act.principal else None
+        if entry is None:
+            return f"its issuer {act.principal or act.issuer!r} is not trusted any more"
+        who = self.trust.principal(entry, "restored", "restored")
+        return self.trust.authorize(who, act.type, tuple(act.devices))
 
     def devices_of(self, cmd: contract.Command) -> tuple[str, ...] | None:
         """The devices a command acts on, for the issuer's device scope; None: it names none (the site)."""
@@ -318,7 +333,7 @@ class Agent:
         self._step_tests.add(cmd.cmd_id)
         try:
             await self.control.hold_setpoint(res.devices[0], w=p["w"], duration_s=p["duration_s"], issuer=cmd.issuer,
-                                             activation_id=cmd.cmd_id)
+                                             principal=cmd.principal, activation_id=cmd.cmd_id)
         except ValueError as exc:
             self.flex.cancel_step_test(cmd.cmd_id)
             await self.report(cmd.cmd_id, "rejected", str(exc))

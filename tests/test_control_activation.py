@@ -34,8 +34,11 @@ def cmd(cmd_id, ctype="limit_active_power", now=T0, **kw):
         params = {"limit_active_power": {"limit_pct": 40, "duration_s": 60}, "set_active_power": {"w": -2000, "duration_s": 60},
                   "set_reactive_power": {"var": 1000, "duration_s": 60}, "set_power_factor": {"pf": -0.95, "duration_s": 60},
                   "terminate": {}, "cancel": {}, "traffic_light": {"colour": "green"}}[ctype]
+    issuer = kw.pop("issuer", "dso")  # what authenticated it (the actor class), never a field of the document
+    principal = kw.pop("principal", issuer)
     doc = {"schema": contract.SCHEMA_COMMAND, "cmd_id": cmd_id, "type": ctype, "params": params, **kw}
-    return contract.parse_command(json.dumps(doc).encode(), now, max_activation_s=86400, schedule_horizon_s=86400)
+    return contract.parse_command(json.dumps(doc).encode(), now, issuer=issuer, principal=principal,
+                                  max_activation_s=86400, schedule_horizon_s=86400)
 
 
 def iso(ns):

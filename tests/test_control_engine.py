@@ -248,6 +248,9 @@ class StubEngine:
     def _write_failed(self, *a):
         pass
 
+    def wrote(self, *a):
+        pass
+
 
 def test_writer_leaves_held_points_alone_and_keeps_the_others_alive():
     """After a restart the points a device still holds are neither written again nor kept alive (its own timer

@@ -85,6 +85,7 @@ class Activation:
     held_until_ns: int | None = None   # restored after a restart: left on the devices until then, then reverted
     # the activations that won a conflict with it: (winner id, final state, what, reason); it ends when one starts
     yields_to: list[tuple[str, State, str, str]] = field(default_factory=list)
+    principal: str | None = None    # the authenticated issuer id (`issuer` is its actor class, the priority)
 
     @property
     def channel(self) -> str:
@@ -106,7 +107,7 @@ class Activation:
                 "quantity": self.quantity, "duration_s": self.duration_s, "revert_s": self.revert_s,
                 "received_ns": self.received_ns, "start_ns": self.start_ns, "latest_start_ns": self.latest_start_ns,
                 "state": self.state.value, "resolved": self.resolved, "end_ns": self.end_ns,
-                "confirmed_ns": self.confirmed_ns, "points": self.points}
+                "confirmed_ns": self.confirmed_ns, "points": self.points, "principal": self.principal}
 
     @classmethod
     def from_json(cls, it: Mapping) -> "Activation":
@@ -135,7 +136,8 @@ class Activation:
                   State(it["state"]), resolved={text(k): num(v) for k, v in it["resolved"].items()},
                   end_ns=None if it["end_ns"] is None else ns(it["end_ns"]),
                   confirmed_ns={text(k): ns(v) for k, v in it.get("confirmed_ns", {}).items()},
-                  points={text(d): {text(k): num(v) for k, v in p.items()} for d, p in it.get("points", {}).items()})
+                  points={text(d): {text(k): num(v) for k, v in p.items()} for d, p in it.get("points", {}).items()},
+                  principal=None if it.get("principal") is None else text(it["principal"]))
         if not act.revert_s > 0 or not act.duration_s > 0:
             raise ValueError("revert_s and duration_s must be > 0")
         return act

@@ -215,7 +215,8 @@ class ActivationBook:
         start = max(now_ns, cmd.valid_from_ns or now_ns)
         latest = cmd.valid_until_ns if cmd.valid_until_ns is not None else start
         act = Activation(cmd.cmd_id, cmd.issuer, cmd.type, (), p[QUANTITY_KEY[cmd.type]], p["duration_s"],
-                         p.get("revert_s", self.revert_s), now_ns, start, max(latest, start))
+                         p.get("revert_s", self.revert_s), now_ns, start, max(latest, start),
+                         principal=cmd.principal)
         self._event(act, now_ns)  # received
         try:
             caps = self.capabilities()
@@ -234,7 +235,7 @@ class ActivationBook:
             o0, o1 = other.interval()
             if a0 >= o1 or o0 >= a1:
                 continue
-            if other.issuer == act.issuer:
+            if other.issuer == act.issuer and other.principal == act.principal:
                 losers.append((other, State.CANCELLED, f"superseded by {act.issuer}'s newer activation {act.id}", ""))
             elif self.rank[act.issuer] < self.rank[other.issuer]:
                 losers.append((other, State.TERMINATED, f"preempted by {act.issuer} activation {act.id}",
@@ -276,9 +277,10 @@ class ActivationBook:
             return [Change(cmd.cmd_id, "rejected", f"no activation {target_id!r} is scheduled or active",
                            {"state": "rejected"})]
         if cmd.type == "cancel":
-            if cmd.issuer != target.issuer:
-                return [Change(cmd.cmd_id, "rejected", f"only its issuer ({target.issuer}) may cancel activation "
-                                                       f"{target_id}; a {cmd.issuer} ends it with terminate",
+            if (cmd.issuer, cmd.principal) != (target.issuer, target.principal):
+                who = target.principal or target.issuer
+                return [Change(cmd.cmd_id, "rejected", f"only its issuer ({who}) may cancel activation "
+                                                       f"{target_id}; another ends it with terminate",
                                {"state": "rejected"})]
             state, why = State.CANCELLED, f"cancelled by its issuer (command {cmd.cmd_id})"
         else:
@@ -407,12 +409,14 @@ class ActivationBook:
     def snapshot(self) -> list[dict]:
         return [a.to_json() for a in self.activations.values()]
 
-    def restore(self, items: Iterable[dict], now_ns: int) -> list[Change]:
+    def restore(self, items: Iterable[dict], now_ns: int,
+                allowed: Callable[[Activation], str | None] | None = None) -> list[Change]:
         """After a restart. Nothing is resumed: what the gateway wrote before stays on a device only until the
         device's own reversion timer, armed by the last confirmed write, runs out (revert_s after it), and the
         time the agent was down counts. An active activation whose revert time is left is held for what is left
         (its set-point is not written again: `held_until_ns`); one whose revert time ran out while the agent was
-        down ends at once (the devices have fallen back); pending ones end."""
+        down ends at once (the devices have fallen back); pending ones end. `allowed(act)` checks an activation
+        against the trust configuration of this run: one whose issuer may no longer send it ends at once."""
         changes = []
         for it in items:
             try:
@@ -421,10 +425,13 @@ class ActivationBook:
                 log.error("restart file: unreadable activation %s (%s); not restored", escape(repr(it), 200), escape(exc))
                 continue
             self._remember(act.id)
-            if act.state is State.ACTIVE:
+            refused = allowed(act) if allowed is not None else None
+            if act.state is State.ACTIVE:  # terminated or held: its devices get their safe default once
                 self.restored.append(act)
             reverts = act.reverts_at()
-            if act.state is State.ACTIVE and act.end_ns is not None and act.end_ns <= min(now_ns, reverts):
+            if refused is not None:
+                state, reason = State.TERMINATED, f"gateway agent restarted: not resumed: {refused}"
+            elif act.state is State.ACTIVE and act.end_ns is not None and act.end_ns <= min(now_ns, reverts):
                 state, reason = State.COMPLETED, "gateway agent restarted after its end"
             elif act.state is State.ACTIVE and reverts <= now_ns:
                 state, reason = State.TERMINATED, (

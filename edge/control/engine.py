@@ -104,6 +104,10 @@ class ControlEngine:
         self.gen = 0                                # generation of the last plan handed to the writers
         self._applied: dict[str, tuple[str, ...]] = {}   # activation id -> devices, in the last plan
         self._outq: list[tuple[list[Change], tuple[str, ...], int]] = []   # results waiting for a revert write
+        # hooks the agent sets: is a restored activation still allowed (its issuer's rights in this run; None: no
+        # check), and every write that changed a device's points, or failed (the audit trail)
+        self.restore_check: Callable[[object], str | None] | None = None
+        self.on_write: Callable[..., None] | None = None
 
     # ------------------------------------------------------------------ view of the devices
 
@@ -163,6 +167,7 @@ class ControlEngine:
 
     async def hold_setpoint(self, device: str, *, duration_s: float, w: float | None = None,
                             var: float | None = None, limit_pct: float | None = None, issuer: str = "aggregator",
+                            principal: str | None = None,
                             activation_id: str | None = None, revert_s: float | None = None) -> str:
         """Hold one set-point on one device for duration_s (a prequalification step test); returns its id.
 
@@ -176,11 +181,12 @@ class ControlEngine:
         params = {key: value, "duration_s": duration_s} | ({"revert_s": revert_s} if revert_s is not None else {})
         act_id = activation_id or f"step-{uuid.uuid4().hex[:12]}"
         # it may start within START_WINDOW_S, so duration_s counts from when the device has it, exactly
-        doc = {"schema": contract.SCHEMA_COMMAND, "cmd_id": act_id, "type": ctype, "issuer": issuer,
+        doc = {"schema": contract.SCHEMA_COMMAND, "cmd_id": act_id, "type": ctype,
                "device": device, "params": params,
                "valid_until": contract.iso_utc(self.clock() + int(START_WINDOW_S * 1e9))}
         try:  # the same checks as a command from the uplink
-            cmd = contract.parse_command(contract.dumps(doc), self.clock(), max_activation_s=self.ctl.max_activation_s)
+            cmd = contract.parse_command(contract.dumps(doc), self.clock(), issuer=issuer, principal=principal,
+                                         max_activation_s=self.ctl.max_activation_s)
         except contract.CommandRejected as exc:
             raise ValueError(exc.reason) from None
         await self.submit(cmd)
@@ -317,6 +323,14 @@ class ControlEngine:
         self._queue(self._mark(dev_id, carries, readback), 0)
         self.wake()
 
+    def wrote(self, dev_id: str, points: dict, carries: set[str], error: str | None = None) -> None:
+        """A writer changed `points` on a device (or failed to: error); for the audit trail."""
+        if self.on_write is not None:
+            try:
+                self.on_write(dev_id, points, sorted(carries), error)
+            except Exception:  # the audit must never stop control
+                log.exception("control: write hook failed")
+
     def _write_failed(self, dev_id: str, carries: set[str], reason: str) -> None:
         changes = []
         for act_id in carries:
@@ -356,7 +370,7 @@ class ControlEngine:
         if items:
             self.read_image(self.clock())
             now = self.clock()
-            changes = self.book.restore(items, now)
+            changes = self.book.restore(items, now, self.restore_check)
             self._left_on_devices(now)
             await self._publish(changes)
         self._task = asyncio.create_task(self.run(), name="control")

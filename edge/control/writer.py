@@ -118,6 +118,7 @@ class DeviceWriter:
                 for k in values:
                     self.written.pop(k, None)
                 log.warning("control: write to %s failed: %s", self.id, escape(exc))
+                self.engine.wrote(self.id, values, carries, str(exc))
                 self.engine._write_failed(self.id, carries, str(exc))
                 await asyncio.sleep(min(0.25 * 2 ** min(self.failures, 6), 10.0))  # a dead device: back off
                 self._changed.set()
@@ -126,6 +127,9 @@ class DeviceWriter:
                 self.failures = 0
                 self.writes += 1
                 self.last_write_mono = time.monotonic()
+                changed = {k: v for k, v in values.items() if k != "ControllerHb" and self.written.get(k) != v}
+                if changed:  # keepalives and heartbeats repeat what the device has: not worth an audit record
+                    self.engine.wrote(self.id, changed, carries)
                 self.written.update(values)
                 self.sent_ns.update(dict.fromkeys(values, sent_ns))
                 self.done_gen = max(self.done_gen, gen)
