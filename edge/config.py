@@ -110,7 +110,8 @@ class DeviceConfig:
     # OPC UA (opcua)
     endpoint: str = ""
     nodes: tuple[tuple[str, str], ...] = ()        # (point name, node id)
-    security_policy: str = "None"
+    security_policy: str = "Basic256Sha256"
+    allow_insecure: bool = False
     security_mode: str = "SignAndEncrypt"
     client_cert: Path | None = None
     client_key: Path | None = None
@@ -442,7 +443,7 @@ def _build(c: dict, base: Path) -> Config:
             parity=d["parity"], stopbits=d["stopbits"], bytesize=d["bytesize"],
             inter_frame_ms=d.get("inter_frame_ms"),
             endpoint=d.get("endpoint", ""), nodes=tuple(d.get("nodes", {}).items()),
-            security_policy=d["security_policy"], security_mode=d["security_mode"],
+            security_policy=d["security_policy"], security_mode=d["security_mode"], allow_insecure=d["allow_insecure"],
             client_cert=resolve(base, d["client_cert"]) if "client_cert" in d else None,
             client_key=resolve(base, d["client_key"]) if "client_key" in d else None,
             server_cert=resolve(base, d["server_cert"]) if "server_cert" in d else None,

@@ -100,20 +100,23 @@ FIELDS = {
     "nodes": s.Optional(s.Map(s.Str(regex=_POINT, regex_hint="be a point name like F1.W (letters, digits, _ . : -)"),
                               s.All(s.Str(min_len=1, max_len=4096), s.Custom(_node_id)), min_len=1),
                         doc="point name -> OPC UA node id, all in one subscription (opcua)"),
-    "security_policy": s.Optional(s.Str(choices=("None", "Basic256Sha256")), default="None",
-                                  doc="OPC UA security policy (opcua)"),
+    "security_policy": s.Optional(s.Str(choices=("None", "Basic256Sha256")), default="Basic256Sha256",
+                                  doc="OPC UA security policy (opcua); None needs allow_insecure = true"),
+    "allow_insecure": s.Optional(s.Bool(), default=False,
+                                 doc="accept security_policy = \"None\": no encryption, any server (opcua; lab only)"),
     "security_mode": s.Optional(s.Str(choices=("Sign", "SignAndEncrypt")), default="SignAndEncrypt",
                                 doc="OPC UA message security mode with Basic256Sha256 (opcua)"),
     "client_cert": s.Optional(PATH, doc="the gateway's OPC UA application certificate, PEM or DER (opcua)"),
     "client_key": s.Optional(PATH, doc="its RSA private key, PEM or DER (opcua)"),
-    "server_cert": s.Optional(PATH, doc="the server's certificate, pinned (opcua; recommended)"),
+    "server_cert": s.Optional(PATH, doc="the server's certificate, pinned (opcua; required with Basic256Sha256)"),
 }
 DEVICES = s.List(s.Dict(FIELDS), unique_key="id")
 
 _COMMON = ("id", "driver", "role", "poll_ms", "timeout_ms", "writable")
 _SERIAL = ("serial_port", "baudrate", "parity", "stopbits", "bytesize", "inter_frame_ms")
 _MAP = ("map", "poll_groups")
-_OPCUA = ("endpoint", "nodes", "security_policy", "security_mode", "client_cert", "client_key", "server_cert")
+_OPCUA = ("endpoint", "nodes", "security_policy", "security_mode", "client_cert", "client_key", "server_cert",
+          "allow_insecure")
 _MODBUS = ("unit_id", "max_outstanding", "points")
 #: Per transport: its own keys, the keys it needs and why, and who else's keys it refuses in what words.
 _KEYS = {"tcp": _MODBUS + ("host", "port"), "serial": _MODBUS + _SERIAL, "opcua": _OPCUA}
@@ -176,10 +179,20 @@ def device_issues(i: int, dev: dict, raw: Mapping, spec: DriverSpec, base: Path,
 
 def _opcua_security(dev: dict, raw: Mapping, at, base: Path, check_files: bool) -> list[s.Issue]:
     files = ("client_cert", "client_key", "server_cert")
-    if dev.get("security_policy", "None") == "None":
-        return [at(k, "only with security_policy = \"Basic256Sha256\"") for k in ("security_mode",) + files if k in raw]
-    issues = [at(k, f"required key missing (needed with security_policy {dev['security_policy']!r})")
-              for k in files[:2] if k not in raw]
+    if dev.get("security_policy", "Basic256Sha256") == "None":
+        issues = [at(k, "only with security_policy = \"Basic256Sha256\"") for k in ("security_mode",) + files if k in raw]
+        if dev.get("allow_insecure") is not True:
+            issues.append(at("security_policy", "\"None\" sends everything in the clear and trusts any server: "
+                                                "set allow_insecure = true to accept that (a lab), or use "
+                                                "Basic256Sha256 with a pinned server_cert"))
+        return issues
+    if "allow_insecure" in raw:
+        issues = [at("allow_insecure", "only with security_policy = \"None\"")]
+    else:
+        issues = []
+    issues += [at(k, f"required key missing (needed with security_policy {dev['security_policy']!r}"
+                     + (": the server's certificate, pinned, or any server would be trusted)" if k == "server_cert"
+                        else ")")) for k in files if k not in raw]
     if check_files:
         paths = [resolve(base, dev[k]) if k in dev else None for k in files]
         issues += [at(k, msg) for k, msg in opcua_security_issues(*paths)]

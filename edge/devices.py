@@ -4,12 +4,15 @@ other. A device object has poll() (and run(sink) where it keeps its own schedule
 write_points()."""
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .config import DeviceConfig
+
+log = logging.getLogger("gridedge.devices")
 
 __all__ = ["DriverSpec", "DRIVERS", "TRANSPORTS", "register_driver", "make_device"]
 
@@ -98,7 +101,10 @@ def _opcua(cfg: DeviceConfig):
     from .drivers.opcua import OpcUaDevice, OpcUaSecurity
 
     security = None
-    if cfg.security_policy != "None":
+    if cfg.security_policy == "None":
+        log.warning("OPC UA device %s: security_policy None (allow_insecure): its values travel in the clear and any "
+                    "server at %s is trusted", cfg.id, cfg.endpoint)
+    else:
         security = OpcUaSecurity(cfg.security_policy, cfg.security_mode, cfg.client_cert, cfg.client_key,
                                  cfg.server_cert)
     dev = OpcUaDevice(cfg.id, cfg.endpoint, dict(cfg.nodes), security=security, publishing_ms=cfg.poll_ms,
