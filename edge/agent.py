@@ -100,10 +100,9 @@ class Agent:
             log.error("audit record %s not written: %s", event, exc)
 
     def _audit_uplink(self, rec: dict) -> None:
-        if getattr(self, "publisher", None) is None:  # before run(): the record waits in the local trail only
-            self.outbox.append("audit", self.topic(contract.TOPIC_AUDIT), contract.audit(rec), "event")
-            return
-        self._append("audit", contract.TOPIC_AUDIT, contract.audit(rec), "event")
+        """Into the outbox at once; published with the next telemetry flush, not now: an audit record must not
+        stand between a command and its write to the device."""
+        self.outbox.append("audit", self.topic(contract.TOPIC_AUDIT), contract.audit(rec), "event")
 
     def _audit_write(self, device: str, points: dict, activations: list[str], error: str | None) -> None:
         self.audit_event("write", device=device, points=points, activations=activations, error=error)
@@ -257,6 +256,7 @@ class Agent:
         while True:
             await asyncio.sleep(STATE_INTERVAL_S)
             dropped = self.outbox.stats()["dropped"]
+            self.gate.summarise()
             if self.mqtt.connected.is_set():
                 await self._publish_state()
                 if dropped != last:
@@ -273,6 +273,7 @@ class Agent:
         while True:
             await asyncio.sleep(interval)
             self._flush_telemetry()
+            self.publisher.notify()  # audit records wait for this beat (see _audit_uplink)
 
     def _flush_telemetry(self) -> None:
         """Everything buffered into telemetry messages of at most max_message_bytes, stored in one transaction."""
@@ -412,6 +413,7 @@ class Agent:
         finally:
             log.info("stopping")
             self.service.notifier.stopping()
+            self.gate.summarise(force=True)
             self.audit_event("stop", boot_id=self.boot_id)
             await self.control.close()
             for t in tasks:

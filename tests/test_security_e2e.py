@@ -178,3 +178,43 @@ def test_audit_verify_catches_a_tampered_log(tmp_path):
     assert subprocess.run(gridedge, capture_output=True, timeout=60).returncode == 0
     cut = subprocess.run(gridedge + anchor, capture_output=True, text=True, timeout=60)
     assert cut.returncode == 1 and "missing" in cut.stderr, cut.stderr
+
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def test_a_flood_of_forged_commands_is_refused_cheaply(tmp_path):
+    """A compromised issuer identity floods the gateway with forgeries: each is refused, their answers and audit
+    records have a budget (the outbox and the audit trail do not grow with the flood), telemetry goes on without
+    a gap, memory stays flat, and a real command behind the flood is still executed."""
+    async def scenario():
+        async with Rig(tmp_path, telemetry_ms=250) as rig:
+            dso = rig.dso
+            await dso.wait_for(lambda: dso.latest.get("W") is not None, 15, "telemetry")
+            rss0 = _rss_kb(rig.agent.pid)
+            fake = ed25519.Ed25519PrivateKey.generate()
+            doc = dso.activation(0, 86400, issuer="aggregator")
+            n = 400
+            t0 = time.monotonic()
+            for k in range(n):   # valid-looking, signed, on the aggregator's own topic: only the key is wrong
+                await dso.send(dict(doc, cmd_id=f"flood-{k}"), key=fake)
+            await dso.send(dso.activation(60, 2, cmd_id="real"))
+            await dso.wait_status("real", "completed", 60)   # behind the whole flood (one inbound queue)
+            elapsed = time.monotonic() - t0
+            rss1 = _rss_kb(rig.agent.pid)
+            assert rss1 - rss0 < 10_000, (rss0, rss1)
+            answers = [r for r in dso.results(None) if r["detail"].get("refusal") == "unauthenticated"]
+            assert 10 <= len(answers) <= 10 + elapsed / 6 + 1
+            refusals = [r for r in audit_records(rig) if r.get("decision") == "unauthenticated"]
+            assert len(refusals) <= 20 + elapsed / 6 + 1          # one by one within the budget only
+            rep = dso.audit.report(rig.gateway_id, "telemetry")
+            assert rep.received > elapsed and rep.missing == [] and not rep.reused
+            assert await rig.stop_agent() == 0
+            await dso.wait_for(lambda: any(r.get("suppressed") for r in audit_records(rig)), 10, "the summary")
+            summed = sum(r.get("suppressed", 0) for r in audit_records(rig))
+            one_by_one = sum(1 for r in audit_records(rig) if r.get("decision") == "unauthenticated"
+                             and not r.get("suppressed"))
+            assert summed + one_by_one == n          # every forgery is accounted for in the trail
+    run(scenario())
