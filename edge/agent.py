@@ -117,6 +117,10 @@ class Agent:
         who = self.trust.principal(entry, "restored", "restored")
         return self.trust.authorize(who, act.type, tuple(act.devices))
 
+    async def fleet_command(self, cmd: contract.Command, who) -> None:
+        """configure, update, rotate_certificate, install_certificate (docs/fleet.md)."""
+        await self.report(cmd.cmd_id, "rejected", f"{cmd.type} is not available on this gateway yet")
+
     def devices_of(self, cmd: contract.Command) -> tuple[str, ...] | None:
         """The devices a command acts on, for the issuer's device scope; None: it names none (the site)."""
         if cmd.type in ("terminate", "cancel"):

@@ -152,6 +152,8 @@ class CommandGate:
         try:
             if cmd.type == "prequalification_test":
                 await a.step_test(cmd, received_ns)
+            elif cmd.type in contract.FLEET_TYPES:
+                await a.fleet_command(cmd, who)
             else:
                 await a.control.submit(cmd)
         except Exception:
