@@ -11,6 +11,7 @@ from .control.activation import State
 from .control.engine import ControlEngine
 from .config import Config, DeviceConfig
 from .commands import CommandGate
+from .fleet import Fleet
 from .service import Service
 from .devices import make_device
 from .image import ProcessImage
@@ -72,6 +73,7 @@ class Agent:
             self._step_tests: set[str] = set()  # activations that are step tests: no settlement window
             self.control.add_listener(self._on_activation)
         self.gate = CommandGate(self)
+        self.fleet = Fleet(self)
         self.control.on_write = self._audit_write
         self.control.restore_check = self._still_allowed
         self.service = Service(self)
@@ -119,7 +121,7 @@ class Agent:
 
     async def fleet_command(self, cmd: contract.Command, who) -> None:
         """configure, update, rotate_certificate, install_certificate (docs/fleet.md)."""
-        await self.report(cmd.cmd_id, "rejected", f"{cmd.type} is not available on this gateway yet")
+        await self.fleet.handle(cmd, who)
 
     def devices_of(self, cmd: contract.Command) -> tuple[str, ...] | None:
         """The devices a command acts on, for the issuer's device scope; None: it names none (the site)."""
