@@ -12,13 +12,12 @@ import time
 
 
 class Health:
-    def __init__(self, agent, *, since_ns: int | None = None, good_before: set[str] | None = None) -> None:
-        """since_ns: readings before it do not count (default: now); good_before: the devices that answered
-        before the change (default: all configured devices are expected to answer)."""
+    def __init__(self, agent, *, since_ns: int | None = None, expected: set[str] | None = None) -> None:
+        """since_ns: readings before it do not count (default: now); expected: the devices that must answer
+        (default: every configured one; a change passes the ones that answered before it plus the new ones)."""
         self.agent = agent
         self.since_ns = time.time_ns() if since_ns is None else since_ns
-        self.expected = set(agent.devices) if good_before is None else (good_before & set(agent.devices)) | \
-            (set(agent.devices) - set(getattr(agent, "previous_devices", set(agent.devices))))
+        self.expected = set(agent.devices) if expected is None else set(expected) & set(agent.devices)
         self.cycles0 = agent.control.cycles
 
     def answered(self) -> set[str]:
