@@ -251,3 +251,54 @@ class ReplayGuard:
 
     def reset(self) -> None:
         self._last.clear()
+
+
+# ---------------------------------------------------------------- the secrets file
+
+class Secrets(NamedTuple):
+    """What a meter's association needs that must not sit in the gateway config: the LLS password, the suite 0
+    keys and the gateway's system title."""
+
+    password: bytes = b""
+    keys: Keys | None = None
+    system_title: bytes | None = None
+
+
+def _hex(text, what: str, n: int | None) -> bytes:
+    if not isinstance(text, str):
+        raise ValueError(f"{what} must be a hex string")
+    try:
+        raw = bytes.fromhex(text.replace(" ", "").replace(":", ""))
+    except ValueError:
+        raise ValueError(f"{what} is not hex") from None
+    if n is not None and len(raw) != n:
+        raise ValueError(f"{what} must be {n} bytes ({2 * n} hex digits), got {len(raw)}")
+    return raw
+
+
+def load_secrets(path: Path | str) -> Secrets:
+    """A TOML file: password = "..." (LLS), ek / ak = 32 hex digits (suite 0; ak defaults to ek's absence: both or
+    neither, except that a push may need only ek), system_title = 16 hex digits. Raises ValueError naming what is
+    wrong (never the secret itself)."""
+    import tomllib
+
+    try:
+        data = tomllib.loads(Path(path).read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"cannot read secrets file: {type(exc).__name__}") from None
+    unknown = set(data) - {"password", "ek", "ak", "system_title"}
+    if unknown:
+        raise ValueError(f"unknown key(s) in secrets file: {', '.join(sorted(unknown))}")
+    pw = data.get("password", "")
+    if not isinstance(pw, str) or len(pw.encode()) > 64:
+        raise ValueError("password must be a string of at most 64 bytes")
+    keys = None
+    if "ek" in data or "ak" in data:
+        ek = _hex(data.get("ek"), "ek", 16)
+        ak = _hex(data["ak"], "ak", 16) if "ak" in data else bytes(16)
+        keys = Keys(ek, ak)
+    title = _hex(data["system_title"], "system_title", 8) if "system_title" in data else None
+    return Secrets(pw.encode(), keys, title)
+
+
+__all__ += ["Secrets", "load_secrets"]

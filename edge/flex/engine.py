@@ -2,6 +2,7 @@
 
     engine = FlexEngine(config.flex, config.storage.dir)          # opens <storage>/flex.sqlite
     engine.feed(samples)                                          # every Sample the drivers produce
+    engine.backfill(samples)                                      # a meter's load profile read after an outage
     engine.activation(ActivationWindow(...))                      # when an activation starts or its end changes
     engine.end_activation(activation_id, end_ns)                  # when it ends early (terminated, failed)
     nomination = engine.nomination(payload, now_ns)               # bytes from <prefix>nomination
@@ -152,6 +153,33 @@ class FlexEngine:
                 for t in self._tests.values():
                     if t.point == smp.point:
                         t.feed(smp.ts_ns, v)
+
+    def backfill(self, samples) -> int:
+        """Register readings from a meter's own record of the past (its load profile, read after an outage of the
+        link or the gateway): ISPs closed without a good value (missing, estimated) or not yet in the history get
+        the exact energy between the meter's readings; ISPs of open activations already settled with the old value
+        are settled again. Returns how many ISPs were completed."""
+        samples = [smp for smp in samples if smp.point in self._by_point]
+        done = 0
+        for rid, m in self.meters.items():
+            ivs = m.backfill(samples)
+            if not ivs:
+                continue
+            have = {iv.start_ns: iv for iv in self.history.intervals(rid, ivs[0].start_ns, ivs[-1].start_ns + 1,
+                                                                      self.grid)}
+            better = [iv for iv in ivs if iv.start_ns not in have or have[iv.start_ns].quality != "good"]
+            if not better:
+                continue
+            self.history.add(better)
+            done += len(better)
+            starts = {iv.start_ns for iv in better}
+            for aid, act in self.active.items():
+                again = act.settled & starts if rid in act.window.resources else set()
+                if again:
+                    act.settled -= again
+                    self.history.unmark_settled(aid, again)
+            log.info("flex: %s: %d ISP(s) completed from the meter's load profile", rid, len(better))
+        return done
 
     def activation(self, window: ActivationWindow) -> None:
         """An activation started, or its window changed (same activation_id). Raises ValueError if it names an

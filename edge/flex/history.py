@@ -154,6 +154,12 @@ class History:
         with self.db:
             self.db.executemany("INSERT OR IGNORE INTO settled VALUES (?, ?)", [(activation_id, s) for s in starts])
 
+    def unmark_settled(self, activation_id: str, starts: Iterable[int]) -> None:
+        """Settle these ISPs again (their energy was completed later, from the meter's load profile)."""
+        with self.db:
+            self.db.executemany("DELETE FROM settled WHERE activation_id=? AND start_ns=?",
+                                [(activation_id, s) for s in starts])
+
     def settled(self, activation_id: str) -> set[int]:
         return {s for (s,) in self.db.execute("SELECT start_ns FROM settled WHERE activation_id=?", (activation_id,))}
 
