@@ -137,7 +137,8 @@ class DateTime(NamedTuple):
         y, mo, d, h, mi, s = self.year, self.month, self.day, self.hour, self.minute, self.second
         if None in (y, mo, d, h, mi, s):
             raise DecodeError(f"date-time with unspecified fields: {self}")
-        if not (1 <= mo <= 12 and 1 <= d <= calendar.monthrange(y, mo)[1] and h <= 23 and mi <= 59 and s <= 59):
+        if not (1970 <= y <= 9999 and 1 <= mo <= 12 and 1 <= d <= calendar.monthrange(y, mo)[1] and h <= 23
+                and mi <= 59 and s <= 59):
             raise DecodeError(f"impossible date-time {y:04d}-{mo}-{d} {h}:{mi}:{s}")
         hs = self.hundredths or 0
         if hs > 99:
