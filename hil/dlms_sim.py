@@ -28,6 +28,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from gridedge.drivers.dlms import hdlc, mbus, wrapper
+from gridedge.drivers.dlms.iec21 import even_parity
 from gridedge.drivers.dlms.hdlc import LLC_REQUEST, LLC_RESPONSE, Frame, HdlcParams
 
 from .dlms_meter import ServerAssociation, SimMeter
@@ -167,10 +168,11 @@ class _HdlcBus:
 
     def feed(self, data: bytes) -> None:
         if self.iec21:
-            self._text += data
+            # 7E1 as an 8N1 reader sees it: the parity bit in bit 7 (a pty cannot be set to 7E1 either way)
+            self._text += bytes(b & 0x7F for b in data)
             if b"/?" in self._text and self._text.endswith(b"!\r\n"):
                 self._text = b""
-                self._send(IDENTIFICATION, 0.0)
+                self._send(even_parity(IDENTIFICATION), 0.0)
             elif self._text.startswith(b"\x06") and self._text.endswith(b"\r\n"):
                 self._text = b""
                 self.iec21 = False                  # HDLC from here

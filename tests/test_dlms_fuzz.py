@@ -15,7 +15,7 @@ from gridedge.drivers.dlms import axdr, cosem, hdlc, mbus, security, wrapper
 from gridedge.drivers.dlms.errors import DlmsError
 from gridedge.drivers.dlms.obismap import load_obis_map
 from gridedge.drivers.dlms.push import PushDecoder, tagged_values
-from gridedge.drivers.dlms.transport import parse_identification
+from gridedge.drivers.dlms.iec21 import parse_identification
 
 N = 100_000
 KEYS = security.Keys(bytes(range(16)), bytes(range(16, 32)))

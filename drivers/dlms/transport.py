@@ -18,28 +18,11 @@ import time
 from gridedge.core.model import Detail
 
 from ..modbus import DeviceError
+from .iec21 import MODE_E_BAUDS, even_parity, parse_identification, strip_parity
 
-__all__ = ["Line", "SerialLine", "TcpLine", "MODE_E_BAUDS", "parse_identification"]
+__all__ = ["Line", "SerialLine", "TcpLine"]
 
 log = logging.getLogger(__name__)
-
-#: IEC 62056-21 baud rate characters of mode C/E
-MODE_E_BAUDS = {"0": 300, "1": 600, "2": 1200, "3": 2400, "4": 4800, "5": 9600, "6": 19200}
-
-
-def parse_identification(line: bytes) -> tuple[str, int, bool]:
-    """(manufacturer + identification, offered baud rate, HDLC mode E offered) of "/XXXZ<ident>\\r\\n".
-    Raises ValueError for anything else."""
-    text = line.strip(b"\r\n")
-    if len(text) < 5 or text[:1] != b"/" or not text[1:4].isalpha():
-        raise ValueError(f"not an IEC 62056-21 identification: {text[:40]!r}")
-    z = chr(text[4])
-    if z not in MODE_E_BAUDS:
-        raise ValueError(f"identification offers no known baud rate ({z!r})")
-    ident = text[5:]
-    mode_e = ident.startswith(b"\\2")
-    return text[1:4].decode("ascii") + ident.decode("ascii", "replace"), MODE_E_BAUDS[z], mode_e
-
 
 class Line:
     """A byte pipe with a receive buffer filled by the event loop. Subclasses open and close it."""
@@ -168,17 +151,27 @@ class SerialLine(Line):
             with contextlib.suppress(Exception):
                 ser.close()
 
-    def _settings(self, baudrate: int, bytesize: int, parity: str) -> None:
+    def _settings(self, baudrate: int, bytesize: int, parity: str) -> bool:
+        """Set the line; False if the port refuses (a pseudo-terminal, some USB adapters cannot do 7E1)."""
         s = self._serial
-        s.baudrate, s.bytesize, s.parity = baudrate, bytesize, parity
+        try:
+            s.baudrate, s.bytesize, s.parity = baudrate, bytesize, parity
+            return True
+        except Exception as exc:  # noqa: BLE001 - termios.error, SerialException, ValueError: they vary by port
+            log.debug("%s: %d %d%s refused (%s)", self.name, baudrate, bytesize, parity, exc)
+            return False
 
     async def start_mode_e(self) -> None:
-        """The IEC 62056-21 start-up into HDLC (see the module docstring). Raises DeviceError."""
+        """The IEC 62056-21 start-up into HDLC (see the module docstring). Raises DeviceError. Where the port cannot
+        do 7E1 it runs 8N1 and makes the parity bit itself: the same ten bits on the wire."""
         import serial
 
         self.flush_input()
-        self._settings(300, serial.SEVENBITS, serial.PARITY_EVEN)
-        await self.send(b"/?" + self.mode_e_address.encode("ascii") + b"!\r\n")
+        soft = not self._settings(300, serial.SEVENBITS, serial.PARITY_EVEN)
+        if soft:
+            self._settings(300, serial.EIGHTBITS, serial.PARITY_NONE)
+        code = even_parity if soft else bytes
+        await self.send(code(b"/?" + self.mode_e_address.encode("ascii") + b"!\r\n"))
         deadline = time.monotonic() + self.timeout_s + 1.5      # 300 baud: the identification takes ~0.7 s
         line = b""
         while not line.endswith(b"\r\n"):
@@ -186,6 +179,11 @@ class SerialLine(Line):
             if not chunk:
                 raise DeviceError(f"{self.name}: no identification from the meter (mode E start-up)",
                                   Detail.TIMEOUT)
+            if soft:
+                try:
+                    chunk = strip_parity(chunk)
+                except ValueError as exc:
+                    raise DeviceError(f"{self.name}: {exc}", Detail.MALFORMED) from None
             line += chunk
             if len(line) > 128:
                 break
@@ -196,7 +194,7 @@ class SerialLine(Line):
         if not hdlc:
             raise DeviceError(f"{self.name}: the meter ({ident!r}) does not offer HDLC (mode E)", Detail.BAD_REFERENCE)
         z = next(k for k, v in MODE_E_BAUDS.items() if v == baud)
-        await self.send(b"\x062" + z.encode() + b"2\r\n")
+        await self.send(code(b"\x062" + z.encode() + b"2\r\n"))
         await asyncio.sleep(11 * 6 / 300)                          # the ACK leaves the wire at 300 baud
         self._settings(baud, serial.EIGHTBITS, serial.PARITY_NONE)
         self.identification = ident
