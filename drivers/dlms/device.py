@@ -246,7 +246,8 @@ class DlmsDevice:
                 qual.append(q)
             out.append(SampleBlock(self.layout, ts, vals, None if not any(qual) else qual))
         if self.omap.clock is not None:
-            out.append(self._skew(*results[-1]))
+            value, ts = results[-1]
+            out.append(self._skew(*(value if not isinstance(value, DeviceError) else (value, ts))))
         return out
 
     def _point(self, p: ObisPoint, got: dict[bytes, Any], failure: DeviceError | None):

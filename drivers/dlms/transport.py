@@ -105,7 +105,7 @@ class SerialLine(Line):
         try:
             ser = serial.Serial(self.port, self.baudrate, bytesize=self.bytesize, parity=self.parity,
                                 stopbits=self.stopbits, timeout=0, write_timeout=self.timeout_s, exclusive=True)
-        except (serial.SerialException, ValueError, OSError) as exc:
+        except (serial.SerialException, ValueError, OSError) as exc:  # the port is gone, busy or refuses the settings
             raise DeviceError(f"{self.name}: cannot open: {exc}", Detail.COMM_FAILURE) from None
         self._serial = ser
         self._eof = False
@@ -128,8 +128,9 @@ class SerialLine(Line):
             self._loop.remove_reader(self._serial.fileno())
 
     async def send(self, data: bytes) -> None:
-        if self._serial is None:
-            raise DeviceError(f"{self.name}: not open", Detail.COMM_FAILURE)
+        if self._serial is None or self._eof:
+            await self.close()
+            await self.connect()                 # opened on first use, and again after the device went away
         try:
             view = memoryview(data)
             while view:
@@ -231,8 +232,7 @@ class TcpLine(Line):
         self._writer = writer
         self._eof = False
         self.flush_input()
-        if self.reader is not None:
-            self.reader.reset()
+        self.reader = None                   # a new stream: the framing starts over
         self._task = asyncio.create_task(self._pump(reader), name=f"dlms-tcp:{self.name}")
 
     async def _pump(self, reader: asyncio.StreamReader) -> None:
