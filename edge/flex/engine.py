@@ -172,14 +172,30 @@ class FlexEngine:
                 continue
             self.history.add(better)
             done += len(better)
-            starts = {iv.start_ns for iv in better}
-            for aid, act in self.active.items():
-                again = act.settled & starts if rid in act.window.resources else set()
-                if again:
-                    act.settled -= again
-                    self.history.unmark_settled(aid, again)
+            self._settle_again(rid, {iv.start_ns for iv in better})
             log.info("flex: %s: %d ISP(s) completed from the meter's load profile", rid, len(better))
         return done
+
+    def _settle_again(self, rid: str, starts: set[int]) -> None:
+        """Activations of `rid` with ISPs among `starts` already settled: settle those again (an activation already
+        finished is opened again until they are)."""
+        for doc in self.history.activations_between(min(starts), max(starts) + self.grid.ns):
+            try:
+                w = ActivationWindow.from_json(doc)
+            except (KeyError, TypeError, ValueError):
+                continue
+            if rid not in w.resources or any(r not in self.resources for r in w.resources):
+                continue
+            act = self.active.get(w.activation_id)
+            settled = act.settled if act is not None else self.history.settled(w.activation_id)
+            again = settled & starts
+            if not again:
+                continue
+            if act is None:
+                act = self.active[w.activation_id] = _Active(w, settled)
+                self.history.save_activation(w.activation_id, w.start_ns, w.end_ns, w.resources, w.to_json())
+            act.settled -= again
+            self.history.unmark_settled(w.activation_id, again)
 
     def activation(self, window: ActivationWindow) -> None:
         """An activation started, or its window changed (same activation_id). Raises ValueError if it names an

@@ -154,6 +154,11 @@ class History:
         with self.db:
             self.db.executemany("INSERT OR IGNORE INTO settled VALUES (?, ?)", [(activation_id, s) for s in starts])
 
+    def activations_between(self, from_ns: int, to_ns: int) -> list[dict]:
+        """The windows of every activation (open or done) that overlaps [from_ns, to_ns)."""
+        return [json.loads(w) for (w,) in self.db.execute(
+            "SELECT window FROM activations WHERE end_ns>? AND start_ns<? ORDER BY start_ns", (from_ns, to_ns))]
+
     def unmark_settled(self, activation_id: str, starts: Iterable[int]) -> None:
         """Settle these ISPs again (their energy was completed later, from the meter's load profile)."""
         with self.db:
