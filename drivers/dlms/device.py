@@ -6,8 +6,9 @@ Per poll (poll_ms): the map's points in GET with-list requests of at most `list_
 read once per association), and the Clock, whose time gives the skew from the gateway clock (point `ClockSkew`, s,
 meter - gateway; its clock status sets the quality). Samples carry the gateway's time of the read.
 
-Per capture period (profile_s): the load profile is read by range from the last entry already read to now, so
-after an outage of the link or of the gateway the missing entries come back. Each entry becomes a SampleBlock of the
+Per capture period (profile_s): the load profile is read by range from the last entry already read (again: the
+interval after it needs its reading) to now, so after an outage of the link or of the gateway the missing entries
+come back. Each entry becomes a SampleBlock of the
 map's profile points with the meter's own time stamp; its clock status and AMR profile status set the quality. They
 go to `backfill` (the agent hands them to telemetry and to the flex engine's ISP energy series). Where the last entry
 ended is kept in the device's state file, with the invocation counter (`bind()` gives the directory).
@@ -347,7 +348,8 @@ class DlmsDevice:
             await m.associate(link)
         cols, scalers, period = await self._profile_setup(link)
         now = time.time_ns() + int((self.skew_s or 0) * NS)
-        start = self.last_entry_ns + NS if self.last_entry_ns is not None else now - int(self.catch_up_s * NS)
+        # From the last entry already read, inclusive: the energy of the interval after it needs its reading.
+        start = self.last_entry_ns if self.last_entry_ns is not None else now - int(self.catch_up_s * NS)
         start = max(start, now - int(self.catch_up_s * NS))
         sel = cosem.range_selection(start, now, self.deviation)
         buf = await m.get(link, A.Attribute(7, self.omap.profile.obis, 2), sel)
