@@ -242,6 +242,18 @@ def test_compact_array_round_trip(rows):
     assert axdr.decode_all(axdr.encode(axdr.CompactArray(desc, rows))) == [tuple(r) for r in rows]
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(st.one_of(
+    st.integers(0, 2**32 - 1).map(lambda v: (axdr.u32(v), v)), st.integers(-128, 127).map(lambda v: (axdr.i8(v), v)),
+    st.binary(max_size=13).map(lambda b: (b, b)), st.text("ab", max_size=3).map(lambda t: (t, t))),
+    min_size=1, max_size=6), min_size=8, max_size=30))
+def test_arrays_of_like_rows_decode_as_any_array(rows):
+    """The row fast path (a load profile's array of like structures) gives what the general decoder gives, rows of
+    other shapes among them included."""
+    typed = [tuple(x[0] for x in r) for r in rows]
+    assert axdr.decode_all(axdr.encode(typed)) == [tuple(x[1] for x in r) for r in rows]
+
+
 def test_nesting_deeper_than_the_limit_is_refused():
     deep = b"\x01\x01" * (axdr.MAX_DEPTH + 1) + b"\x00"
     with pytest.raises(DecodeError, match="nested"):

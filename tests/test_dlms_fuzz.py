@@ -25,7 +25,7 @@ TITLE = b"SIM\x00\x00\x00\x00\x01"
 def _corpus() -> dict[str, list[bytes]]:
     attr = A.Attribute(7, cosem.obis("1.0.99.1.0"), 2)
     entry = (axdr.DateTime.from_ns(1_700_000_000 * 10**9, -60, 0), axdr.u8(0), *(axdr.u32(10**6 + i) for i in range(6)))
-    profile = axdr.encode([entry] * 3)
+    profile = axdr.encode([entry] * 9)              # past 8 rows: the row fast path of the decoder
     requests = [A.encode_request(r) for r in (
         A.GetRequest(0xC1, attr, cosem.range_selection(0, 10**18, -60)), A.GetNext(0xC1, 3),
         A.GetWithList(0xC1, ((attr, None), (A.Attribute(3, cosem.obis("1.0.1.8.0"), 2), None))),

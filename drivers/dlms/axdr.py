@@ -225,26 +225,55 @@ def _need(buf: bytes, pos: int, n: int) -> None:
         raise DecodeError(f"data ends: {n} byte(s) needed at {pos}, {len(buf) - pos} left")
 
 
+_UNPACK = {tag: (st.size, st.unpack_from) for tag, st in _FIXED.items()}
+
+
 def _dec(buf: bytes, pos: int, depth: int) -> tuple[Any, int]:
     if pos >= len(buf):
         raise DecodeError("data ends before a value")
     tag = buf[pos]
     pos += 1
-    fx = _FIXED.get(tag)
+    fx = _UNPACK.get(tag)
     if fx is not None:
-        _need(buf, pos, fx.size)
-        return fx.unpack_from(buf, pos)[0], pos + fx.size
+        size, unpack = fx
+        _need(buf, pos, size)
+        return unpack(buf, pos)[0], pos + size
     if tag == STRUCTURE or tag == ARRAY:
         if depth >= MAX_DEPTH:
             raise DecodeError(f"nested deeper than {MAX_DEPTH}")
         n, pos = decode_length(buf, pos)
-        if n > len(buf) - pos:
-            raise DecodeError(f"{TAG_NAMES[tag]} of {n} elements in {len(buf) - pos} bytes")
-        items = []
-        append = items.append
-        for _ in range(n):
-            v, pos = _dec(buf, pos, depth + 1)
-            append(v)
+        end = len(buf)
+        if n > end - pos:
+            raise DecodeError(f"{TAG_NAMES[tag]} of {n} elements in {end - pos} bytes")
+        items = [None] * n
+        unpacks = _UNPACK
+        row = _row_template(buf, pos) if tag == ARRAY and n >= 8 else None
+        for i in range(n):
+            if row is not None:
+                # An array of like structures (a load profile): one mask test and one unpack per row.
+                size, mask, skeleton, unpack = row
+                if pos + size <= end and int.from_bytes(buf[pos:pos + size], "big") & mask == skeleton:
+                    items[i] = unpack(buf, pos)
+                    pos += size
+                    continue
+            # The common elements (numbers, short octet-strings) inline: a profile is thousands of them.
+            t = buf[pos] if pos < end else -1
+            f = unpacks.get(t)
+            if f is not None:
+                size, unpack = f
+                stop = pos + 1 + size
+                if stop > end:
+                    raise DecodeError(f"data ends inside a {TAG_NAMES[t]}")
+                items[i] = unpack(buf, pos + 1)[0]
+                pos = stop
+            elif t == OCTET_STRING and pos + 1 < end and buf[pos + 1] < 0x80:
+                stop = pos + 2 + buf[pos + 1]
+                if stop > end:
+                    raise DecodeError("data ends inside an octet-string")
+                items[i] = bytes(buf[pos + 2:stop])
+                pos = stop
+            else:
+                items[i], pos = _dec(buf, pos, depth + 1)
         return (tuple(items) if tag == STRUCTURE else items), pos
     if tag == OCTET_STRING or tag == VISIBLE_STRING or tag == UTF8_STRING:
         n, pos = decode_length(buf, pos)
@@ -294,6 +323,40 @@ def _dec(buf: bytes, pos: int, depth: int) -> tuple[Any, int]:
             items.append(v)
         return items, end
     raise DecodeError(f"unknown data type tag {tag}")
+
+
+_ROW_FORMATS = {INT32: "i", UINT32: "I", INT8: "b", INT16: "h", UINT8: "B", UINT16: "H", INT64: "q", UINT64: "Q",
+                ENUM: "B", BCD: "B", FLOAT32: "f", FLOAT64: "d"}
+
+
+def _row_template(buf: bytes, pos: int):
+    """(size, mask, skeleton, unpack) of the structure at pos if it holds only numbers and short octet-strings:
+    the following rows of the same shape then decode with one struct unpack each (what a profile buffer is)."""
+    if pos + 2 > len(buf) or buf[pos] != STRUCTURE or not 0 < buf[pos + 1] < 0x80:
+        return None
+    fmt, fixed = [">2x"], [(0, buf[pos]), (1, buf[pos + 1])]
+    off = 2
+    for _ in range(buf[pos + 1]):
+        if pos + off >= len(buf):
+            return None
+        t = buf[pos + off]
+        if t in _ROW_FORMATS:
+            fmt.append("x" + _ROW_FORMATS[t])
+            fixed.append((off, t))
+            off += 1 + _FIXED[t].size
+        elif t == OCTET_STRING and pos + off + 1 < len(buf) and buf[pos + off + 1] < 0x80:
+            n = buf[pos + off + 1]
+            fmt.append(f"2x{n}s")
+            fixed += [(off, t), (off + 1, n)]
+            off += 2 + n
+        else:
+            return None
+    mask = skeleton = 0
+    for at, value in fixed:
+        shift = 8 * (off - 1 - at)
+        mask |= 0xFF << shift
+        skeleton |= value << shift
+    return off, mask, skeleton, struct.Struct("".join(fmt)).unpack_from
 
 
 def _dec_description(buf: bytes, pos: int, depth: int) -> tuple[Any, int]:
