@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import subprocess
-import sys
 import time
 
 from gridedge.core.model import Validity
@@ -26,24 +24,10 @@ from gridedge.drivers.dlms.device import DlmsDevice, DlmsLinkSpec
 from gridedge.drivers.dlms.obismap import load_obis_map
 from gridedge.drivers.scheduler import BusPool
 from gridedge.hil.dlms_meter import SimMeter
+from bench_bus import Sim  # a simulator subprocess and its READY line
 from measure import describe, median_ns  # bench/measure.py: the script's folder is on sys.path
 
 BAUD = 9600
-
-
-class Sim:
-    def __init__(self, *args: str):
-        self.proc = subprocess.Popen([sys.executable, "-m", "gridedge.hil.dlms_sim", *args], stdout=subprocess.PIPE,
-                                     text=True)
-        line = self.proc.stdout.readline().strip()
-        if not line.startswith("READY "):
-            self.stop()
-            raise RuntimeError(f"simulator did not start: {line!r}")
-        self.ready = line[6:]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 def profile_bytes() -> bytes:
@@ -101,7 +85,7 @@ def _profile_op(dev: DlmsDevice):
 
 
 def bench_cpu_vs_wire() -> None:
-    sim = Sim("line", "--meters", "1", "--baudrate", str(BAUD))
+    sim = Sim("line", "--meters", "1", "--baudrate", str(BAUD), module="gridedge.hil.dlms_sim")
     try:
         dev = DlmsDevice("m1", load_obis_map("idis_polyphase"), DlmsLinkSpec("serial", port=sim.ready, timeout_s=3),
                          Settings(physical=16), pool=BusPool())
@@ -148,7 +132,7 @@ async def _line_of_20(port: str, window_s: float) -> None:
 
 
 def bench_line_of_20(window_s: float) -> None:
-    sim = Sim("line", "--meters", "20", "--dead", "7", "--baudrate", str(BAUD))
+    sim = Sim("line", "--meters", "20", "--dead", "7", "--baudrate", str(BAUD), module="gridedge.hil.dlms_sim")
     try:
         asyncio.run(_line_of_20(sim.ready, window_s))
     finally:

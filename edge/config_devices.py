@@ -156,16 +156,21 @@ def keys_of(spec: DriverSpec) -> frozenset[str]:
     return frozenset(_COMMON + own + (_MAP if spec.needs_map else ()))
 
 
-def find_map(base: Path, text: str) -> Path:
-    """A map path relative to the config file, or the name of a map shipped in drivers/maps/."""
+def _find(base: Path, text: str, shipped) -> Path:
+    """A path relative to the config file, or the name of a file `shipped()` knows (by stem)."""
     p = resolve(base, text)
     if not os.path.exists(p) and "/" not in text and os.sep not in text:
-        from gridedge.drivers.regmap import shipped_maps
-
-        shipped = shipped_maps().get(text.removesuffix(".toml"))
-        if shipped is not None:
-            return shipped
+        found = shipped().get(text.removesuffix(".toml"))
+        if found is not None:
+            return found
     return p
+
+
+def find_map(base: Path, text: str) -> Path:
+    """A map path relative to the config file, or the name of a map shipped in drivers/maps/."""
+    from gridedge.drivers.regmap import shipped_maps
+
+    return _find(base, text, shipped_maps)
 
 
 def device_issues(i: int, dev: dict, raw: Mapping, spec: DriverSpec, base: Path, check_files: bool) -> list[s.Issue]:
@@ -238,14 +243,9 @@ def _map_issues(i: int, dev: dict, raw: Mapping, spec: DriverSpec, at, base: Pat
 
 def find_obis_map(base: Path, text: str) -> Path:
     """An OBIS map path relative to the config file, or the name of a map shipped in drivers/maps/dlms/."""
-    p = resolve(base, text)
-    if not os.path.exists(p) and "/" not in text and os.sep not in text:
-        from gridedge.drivers.dlms.obismap import shipped_obis_maps
+    from gridedge.drivers.dlms.obismap import shipped_obis_maps
 
-        shipped = shipped_obis_maps().get(text.removesuffix(".toml"))
-        if shipped is not None:
-            return shipped
-    return p
+    return _find(base, text, shipped_obis_maps)
 
 
 def _dlms_issues(i: int, dev: dict, raw: Mapping, spec: DriverSpec, at, base: Path, check_files: bool) -> list[s.Issue]:

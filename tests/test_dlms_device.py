@@ -9,7 +9,7 @@ import time
 import pytest
 
 from gridedge.config import ConfigError, parse_config
-from gridedge.core.model import Detail, Validity, flatten
+from gridedge.core.model import Detail, Validity
 from gridedge.devices import make_device
 from gridedge.drivers.dlms import cosem
 from gridedge.drivers.dlms.client import Settings

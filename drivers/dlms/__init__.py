@@ -6,6 +6,7 @@ Business Source License), so the stack is gridedge's own. Modules, from the wire
     hdlc      HDLC frames (IEC 62056-46): addresses, CRC-16/X.25, segmentation, SNRM/UA negotiation, RR/RNR
     wrapper   the TCP wrapper (IEC 62056-47, port 4059)
     mbus      wired M-Bus long frames, as Austrian HAN ports push DLMS through them
+    iec21     the IEC 62056-21 identification and 7E1 characters, for the mode E start-up of optical probes
     axdr      A-XDR encoding of the COSEM data types, date-time with deviation and clock status
     apdu      xDLMS APDUs: AARQ/AARE, GET/SET/ACTION, RLRQ/RLRE, exception responses, DataNotification
     security  security suite 0: AES-GCM-128 ciphering, HLS-GMAC, the persisted invocation counter

@@ -25,7 +25,9 @@ from .errors import DecodeError
 __all__ = ["DATA", "REGISTER", "EXTENDED_REGISTER", "DEMAND_REGISTER", "PROFILE_GENERIC", "CLOCK", "ASSOCIATION_LN",
            "PUSH_SETUP", "CLASSES", "UNITS", "CLOCK_OBIS", "obis", "obis_text", "scaler_attribute",
            "capture_time_attribute", "scaled", "CaptureObject", "capture_objects", "range_selection",
-           "entry_selection", "clock_quality", "profile_status_quality", "unit_symbol"]
+           "entry_selection", "clock_quality", "profile_status_quality", "unit_symbol", "parse_scaler_unit",
+           "PROFILE_CRITICAL", "PROFILE_CLOCK_INVALID", "PROFILE_DATA_INVALID", "PROFILE_DST", "PROFILE_CLOCK_ADJUSTED",
+           "PROFILE_POWER_DOWN"]
 
 DATA, REGISTER, EXTENDED_REGISTER, DEMAND_REGISTER, PROFILE_GENERIC, CLOCK = 1, 3, 4, 5, 7, 8
 ASSOCIATION_LN, PUSH_SETUP = 15, 40
@@ -98,8 +100,6 @@ def parse_scaler_unit(value: Any) -> tuple[int, int]:
     return value[0], value[1]
 
 
-__all__.append("parse_scaler_unit")
-
 
 class CaptureObject(NamedTuple):
     """One column of a profile: which attribute of which object it captures (data_index 0: all of it)."""
@@ -151,8 +151,6 @@ def clock_quality(dt: axdr.DateTime) -> Quality | None:
 #: IDIS AMR profile status bits (0.0.96.10.x.255 captured with each load profile entry)
 PROFILE_CRITICAL, PROFILE_CLOCK_INVALID, PROFILE_DATA_INVALID, PROFILE_DST = 0x01, 0x02, 0x04, 0x08
 PROFILE_CLOCK_ADJUSTED, PROFILE_POWER_DOWN = 0x20, 0x80
-__all__ += ["PROFILE_CRITICAL", "PROFILE_CLOCK_INVALID", "PROFILE_DATA_INVALID", "PROFILE_DST",
-            "PROFILE_CLOCK_ADJUSTED", "PROFILE_POWER_DOWN"]
 
 
 def profile_status_quality(status: int | None) -> Quality | None:

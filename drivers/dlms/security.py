@@ -30,7 +30,7 @@ from .errors import DecodeError, SecurityError
 
 __all__ = ["SC_AUTH", "SC_ENC", "SC_AUTH_ENC", "TAG_LEN", "GENERAL_GLO", "GENERAL_DED", "GLO", "DED", "Keys",
            "Unwrapped", "cipher", "decipher", "protect", "unprotect", "hls_gmac", "InvocationCounter",
-           "ReplayGuard", "is_ciphered"]
+           "ReplayGuard", "is_ciphered", "Secrets", "load_secrets"]
 
 SC_AUTH, SC_ENC = 0x10, 0x20
 SC_AUTH_ENC = SC_AUTH | SC_ENC
@@ -300,5 +300,3 @@ def load_secrets(path: Path | str) -> Secrets:
     title = _hex(data["system_title"], "system_title", 8) if "system_title" in data else None
     return Secrets(pw.encode(), keys, title)
 
-
-__all__ += ["Secrets", "load_secrets"]
