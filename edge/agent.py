@@ -15,7 +15,7 @@ from .devices import make_device
 from .image import ProcessImage
 from .flex.bridge import resources_of, window_for
 from .flex.nomination import NominationRejected
-from .core.model import BlockLayout, Detail, Reading, Sample, SampleBlock, Validity
+from .core.model import BlockLayout, Detail, Reading, Sample, SampleBlock, Validity, flatten
 from .core.rate import TokenBucket
 from .core.text import escape
 from .mqtt import MqttClient, MqttError, tls_context
@@ -55,6 +55,9 @@ class Agent:
                              quota_bytes=int(st.quota_mb * 2**20), max_age_s=st.max_age_h * 3600,
                              durability=st.durability)
         self.last_stored_t = self.outbox.stats()["newest_sample_ns"]  # before this boot: the start of a loss window
+        for dev in self.devices.values():  # devices with state of their own, or a record of the past (DLMS meters)
+            if callable(getattr(dev, "bind", None)):
+                dev.bind(st.dir / "devices", self._backfill)
         self.mqtt: MqttClient | None = None
         self.commands = {"received": 0, "unanswered": 0}  # payloads taken off cmd/nomination; ones not answered
         self._unreadable = TokenBucket(1 / UNREADABLE_EVERY_S, UNREADABLE_BURST)
@@ -82,6 +85,18 @@ class Agent:
     def _take(self, readings: list[Reading]) -> None:
         """Into the process image, and encoded into the telemetry buffer (bytes, not objects, until the flush)."""
         self.image.put(readings)
+        self._telemetry(readings)
+        if self.flex is not None:
+            self._feed_flex(readings)
+
+    def _backfill(self, readings: list[Reading]) -> None:
+        """Readings from a device's own record of the past (a meter's load profile after an outage): telemetry and
+        flex's ISP energies, not the process image (it holds the present)."""
+        self._telemetry(readings)
+        if self.flex is not None:
+            self.flex.backfill([s for s in flatten(readings) if s.point in self._flex_points])
+
+    def _telemetry(self, readings: list[Reading]) -> None:
         loose: list[Sample] = []
         for r in readings:
             if isinstance(r, SampleBlock):
@@ -93,8 +108,6 @@ class Agent:
                 loose.append(r)
         if loose:
             self._buffer(telemetry.encode_samples(loose), len(loose), max(s.ts_ns for s in loose))
-        if self.flex is not None:
-            self._feed_flex(readings)
 
     def _feed_flex(self, readings: list[Reading]) -> None:
         """Only the points flex reads: for a block, the positions of its layout found once."""
