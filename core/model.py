@@ -32,6 +32,7 @@ class Detail(enum.Enum):
     OLD_DATA = "old_data"
     DEVICE_EXCEPTION = "device_exception"
     MALFORMED = "malformed"
+    CLOCK = "clock"  # the device's own clock status marks the time stamp invalid or doubtful (DLMS meters)
 
 
 def now_ns() -> int:

@@ -16,7 +16,9 @@ Rules (domain brief section 5 and 8):
   as INVALID (the last failure's detail) without touching the link, and writes are refused.
 
 Results are handed to the poll group's handler as a list of (registers | DeviceError, UTC ns) in read order, once per
-period: decoding into Samples is the device's business (drivers/regmap_device.py).
+period: decoding into Samples is the device's business (drivers/regmap_device.py). Besides Modbus Read and Write, an
+operation may be any object with `async run(link)` (a DLMS exchange, drivers/dlms/device.py): it is scheduled,
+timed and counted against its device's breaker the same way, and its result is whatever run returns.
 """
 from __future__ import annotations
 
@@ -377,8 +379,10 @@ class Bus:
         try:
             if isinstance(op, Read):
                 return await link.read(dev.unit_id, op.table, op.address, op.count)
-            await link.write(dev.unit_id, op.address, list(op.values))
-            return None
+            if isinstance(op, Write):
+                await link.write(dev.unit_id, op.address, list(op.values))
+                return None
+            return await op.run(link)  # a driver's own exchange (a DLMS GET): it knows its framing and session
         finally:
             dt = self.clock() - t0
             dev.in_flight -= 1

@@ -16,7 +16,7 @@ from .service import Service
 from .devices import make_device
 from .image import ProcessImage
 from .flex.bridge import resources_of, window_for
-from .core.model import BlockLayout, Detail, Reading, Sample, SampleBlock, Validity
+from .core.model import BlockLayout, Detail, Reading, Sample, SampleBlock, Validity, flatten
 from .core.text import escape
 from .mqtt import MqttClient, MqttError, tls_context
 from .outbox import Outbox
@@ -53,6 +53,9 @@ class Agent:
                              quota_bytes=int(st.quota_mb * 2**20), max_age_s=st.max_age_h * 3600,
                              durability=st.durability)
         self.last_stored_t = self.outbox.stats()["newest_sample_ns"]  # before this boot: the start of a loss window
+        for dev in self.devices.values():  # devices with state of their own, or a record of the past (DLMS meters)
+            if callable(getattr(dev, "bind", None)):
+                dev.bind(st.dir / "devices", self._backfill)
         self.mqtt: MqttClient | None = None
         self.audit = AuditLog(st.dir / "audit", fsync=st.durability == "full")
         self.audit.listeners.append(self._audit_uplink)
@@ -140,6 +143,18 @@ class Agent:
     def _take(self, readings: list[Reading]) -> None:
         """Into the process image, and encoded into the telemetry buffer (bytes, not objects, until the flush)."""
         self.image.put(readings)
+        self._telemetry(readings)
+        if self.flex is not None:
+            self._feed_flex(readings)
+
+    def _backfill(self, readings: list[Reading]) -> None:
+        """Readings from a device's own record of the past (a meter's load profile after an outage): telemetry and
+        flex's ISP energies, not the process image (it holds the present)."""
+        self._telemetry(readings)
+        if self.flex is not None:
+            self.flex.backfill([s for s in flatten(readings) if s.point in self._flex_points])
+
+    def _telemetry(self, readings: list[Reading]) -> None:
         loose: list[Sample] = []
         for r in readings:
             if isinstance(r, SampleBlock):
@@ -151,8 +166,6 @@ class Agent:
                 loose.append(r)
         if loose:
             self._buffer(telemetry.encode_samples(loose), len(loose), max(s.ts_ns for s in loose))
-        if self.flex is not None:
-            self._feed_flex(readings)
 
     def _feed_flex(self, readings: list[Reading]) -> None:
         """Only the points flex reads: for a block, the positions of its layout found once."""

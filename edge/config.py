@@ -24,7 +24,7 @@ from gridedge.flex.settings import FLEX_SCHEMA, FlexConfig, build_flex, flex_iss
 from gridedge.security.trust import SECURITY_SCHEMA, trust_issues
 
 from .config_control import CONTROL, control_issues
-from .config_devices import DEVICES, ID, device_issues, find_map, link_issues
+from .config_devices import DEVICES, ID, device_issues, find_map, find_obis_map, link_issues
 from .config_files import PATH, file_problem, reason, resolve, storage_problem, uplink_tls_issues
 from .devices import DRIVERS, DriverSpec, register_driver
 
@@ -116,6 +116,17 @@ class DeviceConfig:
     client_cert: Path | None = None
     client_key: Path | None = None
     server_cert: Path | None = None
+    # DLMS/COSEM (dlms_*)
+    obis_map: Path | None = None
+    client_address: int = 16
+    logical_address: int = 1
+    physical_address: int = 17
+    authentication: str = "none"
+    secrets_file: Path | None = None
+    dedicated_key: bool = False
+    mode_e: bool = False
+    profile_ms: int = 900_000
+    catch_up_h: float = 24.0
 
 
 @dataclass(frozen=True)
@@ -343,6 +354,7 @@ def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = No
                  check_files: bool = True) -> Config:
     """Check an already-parsed config (a dict as from tomllib). Relative paths resolve against
     base_dir (default: the current directory). With check_files, TLS files must be readable."""
+    data = _driver_defaults(data)
     clean, issues = s.validate(SCHEMA, data, partial=True)
     base = Path(os.path.abspath(base_dir if base_dir is not None else Path.cwd()))
     if isinstance(clean, dict):
@@ -350,6 +362,20 @@ def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = No
     if issues:
         raise ConfigError(s.format_issues(issues, source))
     return _build(clean, base)
+
+
+def _driver_defaults(data: Any) -> Any:
+    """The config with each device's driver defaults filled in where the device does not give the key (a DLMS
+    meter's port is 4059, not Modbus's 502), before validation, so they are checked like any value."""
+    devices = data.get("devices") if isinstance(data, Mapping) else None
+    if not isinstance(devices, (list, tuple)):
+        return data
+    filled = []
+    for dev in devices:
+        spec = DRIVERS.get(dev.get("driver")) if isinstance(dev, Mapping) and isinstance(dev.get("driver"), str) \
+            else None
+        filled.append({**dict(spec.defaults), **dev} if spec is not None and spec.defaults else dev)
+    return {**data, "devices": filled}
 
 
 def _cross_checks(raw: Any, clean: dict, base: Path, check_files: bool) -> list[s.Issue]:
@@ -447,6 +473,12 @@ def _build(c: dict, base: Path) -> Config:
             client_cert=resolve(base, d["client_cert"]) if "client_cert" in d else None,
             client_key=resolve(base, d["client_key"]) if "client_key" in d else None,
             server_cert=resolve(base, d["server_cert"]) if "server_cert" in d else None,
+            obis_map=find_obis_map(base, d["obis_map"]) if "obis_map" in d else None,
+            client_address=d["client_address"], logical_address=d["logical_address"],
+            physical_address=d["physical_address"], authentication=d["authentication"],
+            secrets_file=resolve(base, d["secrets_file"]) if "secrets_file" in d else None,
+            dedicated_key=d["dedicated_key"], mode_e=d["mode_e"], profile_ms=d["profile_ms"],
+            catch_up_h=d["catch_up_h"],
         )
         for d in c["devices"]
     )

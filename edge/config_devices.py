@@ -13,7 +13,7 @@ from gridedge.core import schema as s
 from .config_files import PATH, opcua_security_issues, resolve
 from .devices import DRIVERS, DriverSpec
 
-__all__ = ["ID", "DEVICES", "ROLES", "device_issues", "link_issues", "find_map"]
+__all__ = ["ID", "DEVICES", "ROLES", "device_issues", "link_issues", "find_map", "find_obis_map"]
 
 ID = "[A-Za-z0-9_-]"
 ROLES = ("inverter", "battery", "meter", "load")
@@ -109,6 +109,22 @@ FIELDS = {
     "client_cert": s.Optional(PATH, doc="the gateway's OPC UA application certificate, PEM or DER (opcua)"),
     "client_key": s.Optional(PATH, doc="its RSA private key, PEM or DER (opcua)"),
     "server_cert": s.Optional(PATH, doc="the server's certificate, pinned (opcua; required with Basic256Sha256)"),
+    "obis_map": s.Optional(PATH, doc="OBIS map file, or a shipped one by name (DLMS; default idis_polyphase, "
+                                     "han_austria for push)"),
+    "client_address": s.Optional(s.Int(ge=1, le=127), default=16,
+                                 doc="DLMS client SAP: 16 public, 32 reading, 1 management"),
+    "logical_address": s.Optional(s.Int(ge=0, le=16383), default=1, doc="DLMS server logical device"),
+    "physical_address": s.Optional(s.Int(ge=0, le=16383), default=17,
+                                   doc="DLMS server physical address on an HDLC line (lower HDLC address)"),
+    "authentication": s.Optional(s.Str(choices=("none", "low", "high_gmac")), default="none",
+                                 doc="DLMS association: none, low (LLS password), high_gmac (HLS, suite 0)"),
+    "secrets_file": s.Optional(PATH, doc="TOML file with the DLMS password and/or suite 0 keys"),
+    "dedicated_key": s.Optional(s.Bool(), default=False, doc="DLMS: cipher with a fresh key per association"),
+    "mode_e": s.Optional(s.Bool(), default=False, doc="IEC 62056-21 mode E start-up (optical probe)"),
+    "profile_ms": s.Optional(s.Int(ge=0, le=DAY_MS), default=900_000,
+                             doc="load profile read period, ms (0: never; catch-up needs it)"),
+    "catch_up_h": s.Optional(s.Float(gt=0, le=2400), default=24.0,
+                             doc="how far back the load profile is read after an outage, h"),
 }
 DEVICES = s.List(s.Dict(FIELDS), unique_key="id")
 
@@ -118,33 +134,46 @@ _MAP = ("map", "poll_groups")
 _OPCUA = ("endpoint", "nodes", "security_policy", "security_mode", "client_cert", "client_key", "server_cert",
           "allow_insecure")
 _MODBUS = ("unit_id", "max_outstanding", "points")
+_DLMS = ("obis_map", "client_address", "logical_address", "physical_address", "authentication", "secrets_file",
+         "dedicated_key", "mode_e", "profile_ms", "catch_up_h")
 #: Per transport: its own keys, the keys it needs and why, and who else's keys it refuses in what words.
 _KEYS = {"tcp": _MODBUS + ("host", "port"), "serial": _MODBUS + _SERIAL, "opcua": _OPCUA}
 _NEEDS = {"tcp": (("host",), "connects over TCP"), "serial": (("serial_port",), "uses a serial line"),
           "opcua": (("endpoint", "nodes"), "")}
 _OWNER = {**dict.fromkeys(_OPCUA, "the opcua driver"), **dict.fromkeys(("host", "port"), "TCP drivers"),
-          **dict.fromkeys(_SERIAL, "serial drivers"), **dict.fromkeys(_MAP, "register-map drivers")}
-_REFUSED_ORDER = _OPCUA + ("host", "port", "unit_id", "max_outstanding") + _SERIAL + _MAP + ("points",)
+          **dict.fromkeys(_SERIAL, "serial drivers"), **dict.fromkeys(_MAP, "register-map drivers"),
+          **dict.fromkeys(("unit_id", "max_outstanding"), "Modbus drivers"), "points": "polled drivers",
+          **dict.fromkeys(_DLMS, "DLMS drivers"), "physical_address": "DLMS drivers on HDLC",
+          "mode_e": "the dlms_hdlc driver", "inter_frame_ms": "Modbus serial drivers"}
+_REFUSED_ORDER = _OPCUA + ("host", "port", "unit_id", "max_outstanding") + _SERIAL + _MAP + _DLMS + ("points",)
 _HINT = dict.fromkeys(("host", "port"), " (the endpoint URL holds host and port)") | {
     "points": " (the point names are the keys of nodes)"}
-assert set(FIELDS) == set(_COMMON + _KEYS["tcp"] + _KEYS["serial"] + _MAP + _OPCUA) == set(_REFUSED_ORDER + _COMMON)
+assert (set(FIELDS) == set(_COMMON + _KEYS["tcp"] + _KEYS["serial"] + _MAP + _OPCUA + _DLMS)
+        == set(_REFUSED_ORDER + _COMMON))
 
 
 def keys_of(spec: DriverSpec) -> frozenset[str]:
-    """The keys a device of this driver may have: its transport's, and a register map's if it reads one."""
-    return frozenset(_COMMON + _KEYS[spec.transport] + (_MAP if spec.needs_map else ()))
+    """The keys a device of this driver may have: its own list, or its transport's (and a register map's if it
+    reads one)."""
+    own = spec.keys if spec.keys is not None else _KEYS[spec.transport]
+    return frozenset(_COMMON + own + (_MAP if spec.needs_map else ()))
+
+
+def _find(base: Path, text: str, shipped) -> Path:
+    """A path relative to the config file, or the name of a file `shipped()` knows (by stem)."""
+    p = resolve(base, text)
+    if not os.path.exists(p) and "/" not in text and os.sep not in text:
+        found = shipped().get(text.removesuffix(".toml"))
+        if found is not None:
+            return found
+    return p
 
 
 def find_map(base: Path, text: str) -> Path:
     """A map path relative to the config file, or the name of a map shipped in drivers/maps/."""
-    p = resolve(base, text)
-    if not os.path.exists(p) and "/" not in text and os.sep not in text:
-        from gridedge.drivers.regmap import shipped_maps
+    from gridedge.drivers.regmap import shipped_maps
 
-        shipped = shipped_maps().get(text.removesuffix(".toml"))
-        if shipped is not None:
-            return shipped
-    return p
+    return _find(base, text, shipped_maps)
 
 
 def device_issues(i: int, dev: dict, raw: Mapping, spec: DriverSpec, base: Path, check_files: bool) -> list[s.Issue]:
@@ -170,6 +199,8 @@ def device_issues(i: int, dev: dict, raw: Mapping, spec: DriverSpec, base: Path,
         issues += _opcua_security(dev, raw, at, base, check_files)
     if spec.needs_map:
         issues += _map_issues(i, dev, raw, spec, at, base, check_files)
+    elif "obis_map" in allowed:
+        issues += _dlms_issues(i, dev, raw, spec, at, base, check_files)
     elif spec.points is not None:
         known = spec.points()
         issues += [s.Issue(("devices", i, "points", j), _no_point(name, f"for driver {spec.name!r}", known))
@@ -223,9 +254,56 @@ def _map_issues(i: int, dev: dict, raw: Mapping, spec: DriverSpec, at, base: Pat
     return issues
 
 
+def find_obis_map(base: Path, text: str) -> Path:
+    """An OBIS map path relative to the config file, or the name of a map shipped in drivers/maps/dlms/."""
+    from gridedge.drivers.dlms.obismap import shipped_obis_maps
+
+    return _find(base, text, shipped_obis_maps)
+
+
+def _dlms_issues(i: int, dev: dict, raw: Mapping, spec: DriverSpec, at, base: Path, check_files: bool) -> list[s.Issue]:
+    """The OBIS map and its points, and the secrets an authenticated association needs."""
+    issues = []
+    auth = dev.get("authentication", "none")
+    if auth != "none" and "secrets_file" not in raw:
+        issues.append(at("secrets_file", f"required key missing (authentication {auth!r} needs the password or keys)"))
+    if dev.get("dedicated_key") and auth != "high_gmac":
+        issues.append(at("dedicated_key", "only with authentication = \"high_gmac\" (a dedicated key needs ciphering)"))
+    if not check_files:
+        return issues
+    from gridedge.drivers.dlms.obismap import load_obis_map
+    from gridedge.drivers.regmap import MapError
+
+    default = "han_austria" if spec.unit_key is None else "idis_polyphase"
+    try:
+        omap = load_obis_map(find_obis_map(base, dev["obis_map"]) if "obis_map" in dev else default)
+    except MapError as e:
+        return issues + [at("obis_map", f"bad OBIS map: {e.errors[0]}")]
+    issues += [s.Issue(("devices", i, "points", j), _no_point(name, f"in OBIS map {omap.origin}", omap.names))
+               for j, name in enumerate(dev.get("points") or ()) if isinstance(name, str) and name not in omap]
+    if "secrets_file" in dev:
+        from gridedge.drivers.dlms.security import load_secrets
+
+        try:
+            sec = load_secrets(resolve(base, dev["secrets_file"]))
+        except ValueError as e:
+            return issues + [at("secrets_file", str(e))]
+        if auth == "low" and not sec.password:
+            issues.append(at("secrets_file", "has no password (authentication \"low\" needs it)"))
+        if (auth == "high_gmac" or spec.unit_key is None) and sec.keys is None:
+            if auth == "high_gmac":
+                issues.append(at("secrets_file", "has no ek and ak (authentication \"high_gmac\" needs both)"))
+    return issues
+
+
 def _no_point(name: str, where: str, known) -> str:
     guess = s.suggest(name, known)
     return f"no point {name!r} {where}" + (f" (did you mean {guess!r}?)" if guess else "")
+
+
+def _protocol(spec: DriverSpec) -> str:
+    """What a line speaks: one serial line carries Modbus or DLMS, never both."""
+    return "dlms" if spec.name.startswith("dlms") else "modbus"
 
 
 def link_issues(devices: list) -> list[s.Issue]:
@@ -238,21 +316,28 @@ def link_issues(devices: list) -> list[s.Issue]:
         spec = DRIVERS.get(dev.get("driver", "")) if isinstance(dev, dict) else None
         if spec is None or spec.link is None:
             continue
-        if spec.link == "rtu" and isinstance(dev.get("serial_port"), str):
+        if spec.transport == "serial" and isinstance(dev.get("serial_port"), str):
             link, keys = ("serial", dev["serial_port"]), _SERIAL[1:] + ("timeout_ms",)
             where = f"serial port {dev['serial_port']!r}"
-        elif spec.link != "rtu" and isinstance(dev.get("host"), str):
+        elif spec.transport != "serial" and isinstance(dev.get("host"), str):
             link, keys = (spec.link, dev["host"], dev.get("port")), ("timeout_ms", "max_outstanding")
             where = f"endpoint {dev['host']}:{dev.get('port')}"
         else:
             continue
         j = first.setdefault(link, i)
         if j != i:
+            other = DRIVERS[devices[j]["driver"]]
+            if _protocol(other) != _protocol(spec) or spec.unit_key is None or other.unit_key is None:
+                issues.append(s.Issue(("devices", i, "driver"), f"{spec.name!r} cannot share the {where} with "
+                                                                f"devices[{j}] ({other.name!r})"))
+                continue
             issues += [s.Issue(("devices", i, key), f"differs from devices[{j}] on the same {where} "
                                                     f"({dev.get(key)!r} vs {devices[j].get(key)!r})")
                        for key in keys if dev.get(key) != devices[j].get(key)]
-        unit = dev.get("unit_id")
+        unit = dev.get(spec.unit_key) if spec.unit_key else None
         k = units.setdefault(link + (unit,), i)
-        if k != i:
-            issues.append(s.Issue(("devices", i, "unit_id"), f"unit {unit} is already used by devices[{k}] on {where}"))
+        if k != i and spec.unit_key:
+            what = "unit" if spec.unit_key == "unit_id" else spec.unit_key.replace("_", " ")
+            issues.append(s.Issue(("devices", i, spec.unit_key),
+                                  f"{what} {unit} is already used by devices[{k}] on {where}"))
     return issues

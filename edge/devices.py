@@ -36,6 +36,9 @@ class DriverSpec:
     parallel: bool = False          # may keep several requests in flight (max_outstanding > 1)
     read_only: bool = False         # `writable = true` is refused
     points: Callable[[], Collection[str]] | None = None   # the point names it knows; None: any (or the map's)
+    keys: tuple[str, ...] | None = None  # its own keys besides the common ones; None: its transport's (Modbus)
+    defaults: tuple[tuple[str, object], ...] = ()  # its defaults where they differ from the schema's (DLMS: port 4059)
+    unit_key: str | None = "unit_id"    # the key that tells devices on one link apart; None: the link is its alone
 
 
 DRIVERS: dict[str, DriverSpec] = {}
@@ -133,3 +136,74 @@ register_driver("modbus_rtu_tcp", transport="tcp", factory=_regmap, link="rtu_tc
                 description="any register-map device (map = file), RTU frames over TCP (serial device server)")
 register_driver("opcua", transport="opcua", factory=_opcua, read_only=True,
                 description="OPC UA server (substation RTU, PMU concentrator): one subscription, read only")
+
+
+# ---------------------------------------------------------------- DLMS/COSEM meters
+
+def _dlms_settings(cfg: DeviceConfig, hdlc: bool):
+    from .drivers.dlms.client import Settings
+    from .drivers.dlms.security import Secrets, load_secrets
+
+    secrets = load_secrets(cfg.secrets_file) if cfg.secrets_file is not None else Secrets()
+    extra = {"system_title": secrets.system_title} if secrets.system_title else {}
+    return Settings(client=cfg.client_address, logical=cfg.logical_address,
+                    physical=cfg.physical_address if hdlc else None, authentication=cfg.authentication,
+                    password=secrets.password, keys=secrets.keys, dedicated_key=cfg.dedicated_key, **extra)
+
+
+def _dlms_link(cfg: DeviceConfig):
+    from .drivers.dlms.device import DlmsLinkSpec
+
+    if DRIVERS[cfg.driver].transport == "serial":
+        return DlmsLinkSpec("serial", port=cfg.serial_port, baudrate=cfg.baudrate, parity=cfg.parity,
+                            stopbits=cfg.stopbits, bytesize=cfg.bytesize, timeout_s=cfg.timeout_ms / 1000,
+                            mode_e=cfg.mode_e)
+    return DlmsLinkSpec("tcp", host=cfg.host, tcp_port=cfg.port, timeout_s=cfg.timeout_ms / 1000)
+
+
+def _dlms(cfg: DeviceConfig):
+    """A polled DLMS/COSEM meter on the shared bus of its line (HDLC) or endpoint (wrapper)."""
+    from .drivers.dlms.device import DlmsDevice
+    from .drivers.dlms.obismap import load_obis_map
+
+    return DlmsDevice(cfg.id, load_obis_map(cfg.obis_map or "idis_polyphase"), _dlms_link(cfg),
+                      _dlms_settings(cfg, cfg.driver != "dlms_tcp"), points=cfg.points, period_s=cfg.poll_ms / 1000,
+                      profile_s=cfg.profile_ms / 1000 or None, catch_up_s=cfg.catch_up_h * 3600, role=cfg.role,
+                      **_backoff(cfg))
+
+
+def _dlms_push(cfg: DeviceConfig):
+    """A HAN port that pushes DataNotifications (ciphered with the key of secrets_file, if any)."""
+    from .drivers.dlms.obismap import load_obis_map
+    from .drivers.dlms.push import DlmsPushDevice
+    from .drivers.dlms.security import load_secrets
+
+    keys = load_secrets(cfg.secrets_file).keys if cfg.secrets_file is not None else None
+    return DlmsPushDevice(cfg.id, load_obis_map(cfg.obis_map or "han_austria"), _dlms_link(cfg), keys=keys,
+                          points=cfg.points, role=cfg.role, stale_s=max(5.0, 3 * cfg.poll_ms / 1000))
+
+
+_DLMS = ("obis_map", "client_address", "logical_address", "authentication", "secrets_file", "dedicated_key",
+         "profile_ms", "catch_up_h")
+_DLMS_SERIAL = ("serial_port", "baudrate", "parity", "stopbits", "bytesize")
+register_driver("dlms_hdlc", transport="serial", factory=_dlms, link="dlms_hdlc", unit_key="physical_address",
+                keys=("points", "physical_address", "mode_e") + _DLMS_SERIAL + _DLMS,
+                defaults=(("role", "meter"), ("baudrate", 9600), ("parity", "N"), ("poll_ms", 15000)),
+                read_only=True, description="DLMS/COSEM meter, HDLC on a serial line (RS-485 multidrop, optical "
+                                            "probe with mode_e)")
+register_driver("dlms_tcp", transport="tcp", factory=_dlms, link="dlms_tcp", unit_key="logical_address",
+                keys=("points", "host", "port") + _DLMS, read_only=True,
+                defaults=(("role", "meter"), ("port", 4059), ("poll_ms", 15000)),
+                description="DLMS/COSEM meter, TCP wrapper (IEC 62056-47)")
+register_driver("dlms_hdlc_tcp", transport="tcp", factory=_dlms, link="dlms_hdlc_tcp", unit_key="physical_address",
+                keys=("points", "host", "port", "physical_address") + _DLMS, read_only=True,
+                defaults=(("role", "meter"), ("port", 4059), ("poll_ms", 15000)),
+                description="DLMS/COSEM meter, HDLC frames over TCP (serial device server, meter port)")
+register_driver("dlms_push", transport="serial", factory=_dlms_push, link="dlms_push", unit_key=None,
+                keys=("points", "obis_map", "secrets_file") + _DLMS_SERIAL, read_only=True,
+                defaults=(("role", "meter"), ("baudrate", 2400), ("parity", "E"), ("poll_ms", 5000)),
+                description="DLMS/COSEM HAN port that pushes (Nordic HDLC, Austrian M-Bus), listen only")
+register_driver("dlms_push_tcp", transport="tcp", factory=_dlms_push, link="dlms_push_tcp", unit_key=None,
+                keys=("points", "host", "port", "obis_map", "secrets_file"), read_only=True,
+                defaults=(("role", "meter"), ("poll_ms", 5000)),
+                description="DLMS/COSEM HAN push from a TCP adapter, listen only")

@@ -21,8 +21,10 @@ PACKAGES = {"core": "gridedge.core", "drivers": "gridedge.drivers", "hil": "grid
 #: its commands as a real head-end would). Everything else of the agent is off limits.
 RIG_PUBLIC = ("gridedge.core", "gridedge.contract", "gridedge.telemetry", "gridedge.mqtt", "gridedge.hil",
               "gridedge.drivers.sunspec", "gridedge.drivers.sunspec_models", "gridedge.drivers.regmap",
-              "gridedge.drivers.mbap", "gridedge.drivers.rtu",
-              "gridedge.security.signing", "gridedge.security.jws")
+              "gridedge.drivers.mbap", "gridedge.drivers.rtu", "gridedge.drivers.dlms.errors", "gridedge.drivers.dlms.hdlc",
+              "gridedge.drivers.dlms.wrapper", "gridedge.drivers.dlms.mbus", "gridedge.drivers.dlms.axdr",
+              "gridedge.drivers.dlms.apdu", "gridedge.drivers.dlms.security", "gridedge.drivers.dlms.cosem",
+              "gridedge.drivers.dlms.iec21", "gridedge.security.signing", "gridedge.security.jws")
 #: Agent modules that may use the rig: the demo command, and the lab command (its throwaway PKI; edge/lab.py says why).
 RIG_USERS = ("gridedge.demo", "gridedge.lab")
 

@@ -2,6 +2,7 @@
 
     engine = FlexEngine(config.flex, config.storage.dir)          # opens <storage>/flex.sqlite
     engine.feed(samples)                                          # every Sample the drivers produce
+    engine.backfill(samples)                                      # a meter's load profile read after an outage
     engine.activation(ActivationWindow(...))                      # when an activation starts or its end changes
     engine.end_activation(activation_id, end_ns)                  # when it ends early (terminated, failed)
     nomination = engine.nomination(payload, now_ns)               # bytes from <prefix>nomination
@@ -153,6 +154,49 @@ class FlexEngine:
                 for t in self._tests.values():
                     if t.point == smp.point:
                         t.feed(smp.ts_ns, v)
+
+    def backfill(self, samples) -> int:
+        """Register readings from a meter's own record of the past (its load profile, read after an outage of the
+        link or the gateway): ISPs closed without a good value (missing, estimated) or not yet in the history get
+        the exact energy between the meter's readings; ISPs of open activations already settled with the old value
+        are settled again. Returns how many ISPs were completed."""
+        samples = [smp for smp in samples if smp.point in self._by_point]
+        done = 0
+        for rid, m in self.meters.items():
+            ivs = m.backfill(samples)
+            if not ivs:
+                continue
+            have = {iv.start_ns: iv for iv in self.history.intervals(rid, ivs[0].start_ns, ivs[-1].start_ns + 1,
+                                                                      self.grid)}
+            better = [iv for iv in ivs if iv.start_ns not in have or have[iv.start_ns].quality != "good"]
+            if not better:
+                continue
+            self.history.add(better)
+            done += len(better)
+            self._settle_again(rid, {iv.start_ns for iv in better})
+            log.info("flex: %s: %d ISP(s) completed from the meter's load profile", rid, len(better))
+        return done
+
+    def _settle_again(self, rid: str, starts: set[int]) -> None:
+        """Activations of `rid` with ISPs among `starts` already settled: settle those again (an activation already
+        finished is opened again until they are)."""
+        for doc in self.history.activations_between(min(starts), max(starts) + self.grid.ns):
+            try:
+                w = ActivationWindow.from_json(doc)
+            except (KeyError, TypeError, ValueError):
+                continue
+            if rid not in w.resources or any(r not in self.resources for r in w.resources):
+                continue
+            act = self.active.get(w.activation_id)
+            settled = act.settled if act is not None else self.history.settled(w.activation_id)
+            again = settled & starts
+            if not again:
+                continue
+            if act is None:
+                act = self.active[w.activation_id] = _Active(w, settled)
+                self.history.save_activation(w.activation_id, w.start_ns, w.end_ns, w.resources, w.to_json())
+            act.settled -= again
+            self.history.unmark_settled(w.activation_id, again)
 
     def activation(self, window: ActivationWindow) -> None:
         """An activation started, or its window changed (same activation_id). Raises ValueError if it names an

@@ -154,6 +154,17 @@ class History:
         with self.db:
             self.db.executemany("INSERT OR IGNORE INTO settled VALUES (?, ?)", [(activation_id, s) for s in starts])
 
+    def activations_between(self, from_ns: int, to_ns: int) -> list[dict]:
+        """The windows of every activation (open or done) that overlaps [from_ns, to_ns)."""
+        return [json.loads(w) for (w,) in self.db.execute(
+            "SELECT window FROM activations WHERE end_ns>? AND start_ns<? ORDER BY start_ns", (from_ns, to_ns))]
+
+    def unmark_settled(self, activation_id: str, starts: Iterable[int]) -> None:
+        """Settle these ISPs again (their energy was completed later, from the meter's load profile)."""
+        with self.db:
+            self.db.executemany("DELETE FROM settled WHERE activation_id=? AND start_ns=?",
+                                [(activation_id, s) for s in starts])
+
     def settled(self, activation_id: str) -> set[int]:
         return {s for (s,) in self.db.execute("SELECT start_ns FROM settled WHERE activation_id=?", (activation_id,))}
 

@@ -43,7 +43,7 @@ class IntervalEnergy:
     wh: float | None
     quality: str
     completeness: float
-    source: str  # "register", "power" or "none"
+    source: str  # "register", "power", "profile" (read back from the meter's load profile) or "none"
     flags: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
@@ -274,6 +274,41 @@ class MeterSeries:
                 return t.last_w
         regs = [t for t in self._tracks.values() if t.kind == "register"]
         return sum(t.last_w for t in regs) if regs and all(fresh(t) for t in regs) else None
+
+    # ------------------------------------------------------------------ catch-up
+
+    def backfill(self, samples) -> list[IntervalEnergy]:
+        """ISP energies from register readings out of the meter's own record (its load profile, read after an
+        outage of the link or the gateway): every closed ISP that consecutive good readings of every register
+        cover completely, computed from them alone (source "profile"). Open ISPs are left to the live stream.
+        The live tracks are not touched: this only offers better values for ISPs already closed."""
+        regs = {p: t for p, t in self._tracks.items() if t.kind == "register"}
+        if not regs or self.closed_until is None:
+            return []
+        accs: dict[int, dict[str, _Acc]] = {}
+        for point, track in regs.items():
+            readings = sorted({(smp.ts_ns, float(smp.value)) for smp in samples if smp.point == point and smp.good
+                               and isinstance(smp.value, (int, float)) and not isinstance(smp.value, bool)
+                               and math.isfinite(smp.value)})
+            for (t0, v0), (t1, v1) in zip(readings, readings[1:]):
+                delta = v1 - v0
+                if t1 <= t0 or delta < 0 or (self.max_power_w is not None
+                                             and delta / ((t1 - t0) / NS_PER_H) > self.max_power_w):
+                    continue
+                for a in self.grid.starts(t0, t1):
+                    if a + self.grid.ns > self.closed_until:
+                        break
+                    p, q = max(t0, a), min(t1, a + self.grid.ns)
+                    acc = accs.setdefault(a, {}).setdefault(track.name, _Acc())
+                    acc.wh += track.sign * delta * (q - p) / (t1 - t0)
+                    acc.covered_ns += q - p
+        out = []
+        for a in sorted(accs):
+            got = accs[a]
+            if all(t.name in got and got[t.name].covered_ns >= GOOD_COMPLETENESS * self.grid.ns for t in regs.values()):
+                out.append(IntervalEnergy(self.resource, a, self.grid.seconds, sum(x.wh for x in got.values()), "good",
+                                          1.0, "profile"))
+        return out
 
     # ------------------------------------------------------------------ restart
 
