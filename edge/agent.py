@@ -11,6 +11,7 @@ from .control.activation import State
 from .control.engine import ControlEngine
 from .config import Config, DeviceConfig
 from .commands import CommandGate
+from .fleet import Fleet
 from .service import Service
 from .devices import make_device
 from .image import ProcessImage
@@ -72,6 +73,7 @@ class Agent:
             self._step_tests: set[str] = set()  # activations that are step tests: no settlement window
             self.control.add_listener(self._on_activation)
         self.gate = CommandGate(self)
+        self.fleet = Fleet(self)
         self.control.on_write = self._audit_write
         self.control.restore_check = self._still_allowed
         self.service = Service(self)
@@ -100,10 +102,9 @@ class Agent:
             log.error("audit record %s not written: %s", event, exc)
 
     def _audit_uplink(self, rec: dict) -> None:
-        if getattr(self, "publisher", None) is None:  # before run(): the record waits in the local trail only
-            self.outbox.append("audit", self.topic(contract.TOPIC_AUDIT), contract.audit(rec), "event")
-            return
-        self._append("audit", contract.TOPIC_AUDIT, contract.audit(rec), "event")
+        """Into the outbox at once; published with the next telemetry flush, not now: an audit record must not
+        stand between a command and its write to the device."""
+        self.outbox.append("audit", self.topic(contract.TOPIC_AUDIT), contract.audit(rec), "event")
 
     def _audit_write(self, device: str, points: dict, activations: list[str], error: str | None) -> None:
         self.audit_event("write", device=device, points=points, activations=activations, error=error)
@@ -117,6 +118,10 @@ class Agent:
             return f"its issuer {act.principal or act.issuer!r} is not trusted any more"
         who = self.trust.principal(entry, "restored", "restored")
         return self.trust.authorize(who, act.type, tuple(act.devices))
+
+    async def fleet_command(self, cmd: contract.Command, who) -> None:
+        """configure, update, rotate_certificate, install_certificate (docs/fleet.md)."""
+        await self.fleet.handle(cmd, who)
 
     def devices_of(self, cmd: contract.Command) -> tuple[str, ...] | None:
         """The devices a command acts on, for the issuer's device scope; None: it names none (the site)."""
@@ -257,6 +262,7 @@ class Agent:
         while True:
             await asyncio.sleep(STATE_INTERVAL_S)
             dropped = self.outbox.stats()["dropped"]
+            self.gate.summarise()
             if self.mqtt.connected.is_set():
                 await self._publish_state()
                 if dropped != last:
@@ -273,6 +279,7 @@ class Agent:
         while True:
             await asyncio.sleep(interval)
             self._flush_telemetry()
+            self.publisher.notify()  # audit records wait for this beat (see _audit_uplink)
 
     def _flush_telemetry(self) -> None:
         """Everything buffered into telemetry messages of at most max_message_bytes, stored in one transaction."""
@@ -412,6 +419,7 @@ class Agent:
         finally:
             log.info("stopping")
             self.service.notifier.stopping()
+            self.gate.summarise(force=True)
             self.audit_event("stop", boot_id=self.boot_id)
             await self.control.close()
             for t in tasks:

@@ -40,6 +40,11 @@ class CommandGate:
         self.counts = {"received": 0, "unanswered": 0, "unauthenticated": 0, "forbidden": 0, "replayed": 0}
         self._budget = TokenBucket(1 / UNREADABLE_EVERY_S, UNREADABLE_BURST)
         self._log_budget = TokenBucket(1 / 60, 1)
+        # the audit trail's share of a flood: refusals nobody could be held to account for (unreadable,
+        # unauthenticated) are recorded one by one within this budget, the rest summed up once a minute
+        self._audit_budget = TokenBucket(1 / UNREADABLE_EVERY_S, 2 * UNREADABLE_BURST)
+        self._unaudited = 0
+        self._summary_at = time.monotonic()
 
     def subscriptions(self) -> list[str]:
         kinds = [contract.TOPIC_CMD] + ([contract.TOPIC_NOMINATION] if self.agent.flex is not None else [])
@@ -55,7 +60,7 @@ class CommandGate:
             return
         self.counts["received"] += 1
         try:
-            await handler(issuer, payload)
+            await handler(issuer, payload, time.time_ns())
         except Exception:  # the agent keeps running whatever a command does; the loss is counted
             self._unanswered(f"handling a message on {topic} failed", exc_info=True)
 
@@ -83,8 +88,12 @@ class CommandGate:
         a = self.agent
         if decision == "unauthenticated":
             self.counts["unauthenticated"] += 1
-        a.audit_event("command", topic_issuer=issuer, payload_sha256=digest, cmd_id=cmd_id, decision=decision,
-                      reason=reason)
+        if cmd_id is not None or self._audit_budget.take():
+            a.audit_event("command", topic_issuer=issuer, payload_sha256=digest, cmd_id=cmd_id, decision=decision,
+                          reason=reason)
+        else:
+            self._unaudited += 1
+        self.summarise()
         if cmd_id is None and not self._budget.take():
             self._unanswered(f"{decision} ({reason}), over the budget of {UNREADABLE_BURST} answers and one per "
                              f"{UNREADABLE_EVERY_S:g} s")
@@ -117,13 +126,13 @@ class CommandGate:
                       issuer=who.id, actor=who.actor, key=who.key_id, via=who.via, type=ctype)
         return True
 
-    async def _command(self, issuer: str, payload: bytes) -> None:
+    async def _command(self, issuer: str, payload: bytes, received_ns: int) -> None:
+        """received_ns: when the message was taken up, before its signature was checked (the latency counts it)."""
         a = self.agent
         found = await self._authenticate(issuer, payload, "command", contract.MAX_COMMAND_BYTES)
         if found is None:
             return
         who, doc = found
-        received_ns = time.time_ns()
         digest = hashlib.sha256(payload).hexdigest()
         ctl = a.config.control
         try:
@@ -143,6 +152,8 @@ class CommandGate:
         try:
             if cmd.type == "prequalification_test":
                 await a.step_test(cmd, received_ns)
+            elif cmd.type in contract.FLEET_TYPES:
+                await a.fleet_command(cmd, who)
             else:
                 await a.control.submit(cmd)
         except Exception:
@@ -150,7 +161,7 @@ class CommandGate:
             if a.outbox.results_for(cmd.cmd_id) is None:  # nothing said yet: say that it failed here
                 await a.report(cmd.cmd_id, "rejected", "the gateway failed handling it (see its log)")
 
-    async def _nomination(self, issuer: str, payload: bytes) -> None:
+    async def _nomination(self, issuer: str, payload: bytes, _received_ns: int) -> None:
         a = self.agent
         if a.flex is None:
             return
@@ -169,6 +180,15 @@ class CommandGate:
             return
         a.flex.apply_nomination(nom, time.time_ns())
         await a.report(nom.nomination_id, "accepted", None, resource=nom.resource, isps=len(nom.values_w))
+
+    def summarise(self, force: bool = False) -> None:
+        """Once a minute (and at a stop), one audit record for the refusals not recorded one by one."""
+        now = time.monotonic()
+        if self._unaudited and (force or now - self._summary_at >= 60):
+            self.agent.audit_event("command", decision="unauthenticated", suppressed=self._unaudited,
+                                   reason="refused, not recorded one by one (a flood of unreadable or unauthenticated "
+                                          "messages beyond the audit budget)")
+            self._unaudited, self._summary_at = 0, now
 
     def _unanswered(self, why: str, exc_info: bool = False) -> None:
         self.counts["unanswered"] += 1

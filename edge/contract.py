@@ -35,11 +35,16 @@ ACTIVATION_TYPES = {"limit_active_power": "%", "set_active_power": "W", "set_rea
 ACTION_TYPES = ("terminate", "cancel", "traffic_light")
 #: A prequalification step test of a flexibility resource: a set-point held for a while, its response analysed.
 TEST_TYPES = ("prequalification_test",)
-COMMAND_TYPES = tuple(ACTIVATION_TYPES) + ACTION_TYPES + TEST_TYPES
+#: Commands that change the gateway itself (docs/fleet.md): a new configuration, a software release, a new client
+#: certificate (the gateway makes the key and a CSR; the operator's CA answers with install_certificate).
+FLEET_TYPES = ("configure", "update", "rotate_certificate", "install_certificate")
+COMMAND_TYPES = tuple(ACTIVATION_TYPES) + ACTION_TYPES + TEST_TYPES + FLEET_TYPES
 #: What a role may be given ([security.roles]): every command type, and "nominate" (send baseline nominations).
 RIGHTS = COMMAND_TYPES + ("nominate",)
+#: the steps of a fleet change (docs/fleet.md): validated, applied, then healthy or rolled_back
+FLEET_STATUSES = ("validated", "applied", "healthy", "rolled_back")
 RESULT_STATUSES = ("accepted", "rejected", "scheduled", "active", "completed", "expired", "cancelled", "terminated",
-                   "failed")
+                   "failed") + FLEET_STATUSES
 TRAFFIC_LIGHTS = ("green", "amber", "red")
 MAX_COMMAND_BYTES = 16384  # a larger command (the JSON in the signature) is rejected unread
 MAX_SIGNED_BYTES = 32768   # a larger message on a cmd topic (the JWS: base64 of the command, header, signature)
@@ -200,6 +205,8 @@ def command_from(doc: dict, now_ns: int, *, issuer: str, principal: str | None, 
         params = _traffic_light_params(params, max_activation_s, reject)
     elif ctype == "prequalification_test":
         params = _test_params(params, max_activation_s, reject)
+    elif ctype in FLEET_TYPES:
+        params = _fleet_params(ctype, params, reject)
     else:
         params = _target_params(ctype, params, reject)
     return Command(cmd_id, ctype, issuer, device, valid_from, valid_until, params, principal)
@@ -253,6 +260,64 @@ def _test_params(params: dict, max_activation_s: int, reject) -> dict:
         raise reject(f"params.resource: must be a flex resource id (1-32 characters), got {resource!r}")
     return {"resource": resource, "w": _number(params, "w", -1e9, 1e9, reject),
             "duration_s": _number(params, "duration_s", 5.0, float(max_activation_s), reject)}
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}")
+MAX_DOWNLOAD_BYTES = 1 << 20  # a configuration fetched by URL
+
+
+def _fleet_params(ctype: str, params: dict, reject) -> dict:
+    """The fleet commands' params (docs/fleet.md); what they mean is edge/fleet's."""
+    def only(*allowed: str) -> None:
+        extra = sorted(set(params) - set(allowed))
+        if extra:
+            raise reject(f"params: unknown key {extra[0]!r} ({ctype} takes {', '.join(allowed) or 'nothing'})")
+
+    out: dict = {}
+    if "health_window_s" in params:
+        out["health_window_s"] = _number(params, "health_window_s", 10.0, 3600.0, reject)
+    if ctype == "configure":
+        only("config", "url", "sha256", "size", "version", "health_window_s")
+        if ("config" in params) == ("url" in params):
+            raise reject("params: configure takes the configuration inline (config) or by url with its sha256")
+        if "config" in params:
+            if not isinstance(params["config"], str) or not params["config"]:
+                raise reject("params.config: must be the TOML text of the configuration")
+            out["config"] = params["config"]
+        else:
+            url, digest = params.get("url"), params.get("sha256")
+            if not isinstance(url, str) or not url.startswith("https://") or len(url) > 2048:
+                raise reject("params.url: must be an https:// URL of at most 2048 characters")
+            if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+                raise reject("params.sha256: must be the file's SHA-256, 64 lowercase hex digits")
+            out.update(url=url, sha256=digest,
+                       size=int(_number(params, "size", 1, MAX_DOWNLOAD_BYTES, reject)) if "size" in params else None)
+        if "version" in params:
+            if not isinstance(params["version"], str) or not _VERSION.fullmatch(params["version"]):
+                raise reject("params.version: a label of 1-64 characters (A-Z a-z 0-9 . + _ -)")
+            out["version"] = params["version"]
+    elif ctype == "update":
+        only("version", "health_window_s")
+        v = params.get("version")
+        if not isinstance(v, str) or not _VERSION.fullmatch(v):
+            raise reject("params.version: the release to install, 1-64 characters (A-Z a-z 0-9 . + _ -)")
+        out["version"] = v
+    elif ctype == "rotate_certificate":
+        only("method", "health_window_s")
+        method = params.get("method", "mqtt")
+        if method not in ("mqtt", "est"):
+            raise reject(f"params.method: mqtt or est, got {method!r}")
+        out["method"] = method
+    else:  # install_certificate
+        only("certificate", "rotation_id", "health_window_s")
+        cert, rid = params.get("certificate"), params.get("rotation_id")
+        if not isinstance(cert, str) or "-----BEGIN CERTIFICATE-----" not in cert or len(cert) > 12000:
+            raise reject("params.certificate: the PEM certificate (and its chain) issued for the gateway's CSR")
+        if not isinstance(rid, str) or not 1 <= len(rid) <= 128:
+            raise reject("params.rotation_id: the cmd_id of the rotate_certificate this answers")
+        out.update(certificate=cert, rotation_id=rid)
+    return out
 
 
 def _traffic_light_params(params: dict, max_activation_s: int, reject) -> dict:

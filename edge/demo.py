@@ -45,10 +45,31 @@ async def _demo(workdir: Path, limit_pct: float, duration_s: float) -> str:
         rig.dso.on_telemetry = view.update
         ramp_s = 100.0 / rig.ramp_pct_per_s
         report = await rig.dso.curtailment(limit_pct, duration_s, reach_within_s=ramp_s + 2.0)
-        return report.line()
+        if not report.passed:
+            return report.line()
+        tail = await forged(rig)
+        return "demo: " + tail if tail.startswith("FAIL") else report.line() + "; " + tail
     finally:
         say("stopping every process the demo started")
         await rig.stop()
+
+
+async def forged(rig) -> str:
+    """A command that claims to be the DSO's but is signed by a key the gateway does not trust: refused, not run."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    say("a forged command: the DSO's limit of 0 %, signed by a key the gateway does not trust")
+    cmd = rig.dso.activation(0.0, 600, cmd_id="forged-in-demo")
+    await rig.dso.send(cmd, key=ed25519.Ed25519PrivateKey.generate())
+    try:
+        res = await rig.dso.wait_for(lambda: next(iter(rig.dso.results(cmd["cmd_id"], claimed=True)), None), 10,
+                                     "the refusal of the forged command")
+    except TimeoutError as exc:
+        return f"FAIL {exc}"
+    say(f"gateway: {res['status']} ({res['detail'].get('refusal')}): {res['reason']}")
+    if rig.dso.latest.get("WMaxLimPctEna"):
+        return "FAIL the forged limit reached the inverter"
+    return f"a forged command refused ({res['detail'].get('refusal')})"
 
 
 class LiveView:

@@ -56,7 +56,7 @@ class Service:
                     status = "connected, every device polled" if up else "running offline: the broker is not reachable"
                     n.ready(status)
                     log.info("systemd: ready (%s)", status)
-            if n.watchdog_s is not None:
+            if n.watchdog_s is not None and self.ready:  # before READY, systemd's TimeoutStartSec applies
                 why = self.health(tasks)
                 ctl, now = self.agent.control, time.monotonic()
                 if ctl.cycles != last_cycles:
@@ -69,8 +69,8 @@ class Service:
                     log.error("systemd watchdog: not petted any more (%s); systemd will restart the agent", why)
                     n.status(f"unhealthy: {why}")
                 self.unhealthy = why
-                await asyncio.sleep(n.watchdog_s if self.ready else period)
+                await asyncio.sleep(n.watchdog_s)
+            elif self.ready:     # no watchdog: nothing more to say
+                return
             else:
                 await asyncio.sleep(period)
-            if self.ready and n.watchdog_s is None:
-                return

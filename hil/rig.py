@@ -105,13 +105,15 @@ class Rig:
                  durability: str = "full", dso_session_expiry_s: int = 0, control: dict | None = None,
                  settings: dict | None = None, feeder: tuple[float, float] | None = None, grid_v_pu: float = 1.0,
                  var_response_s: float = 0.0, flex: str = "", network=None, acl: bool = True,
-                 security: dict | None = None, roles: dict[str, list[str]] | None = None) -> None:
+                 security: dict | None = None, roles: dict[str, list[str]] | None = None,
+                 agent_env: dict[str, str] | None = None) -> None:
         """control/settings: keys of [control] and [control.settings] over the rig's defaults; feeder: (R, X)
         ohm per phase between the grid (grid_v_pu) and the inverter, so its voltage responds to its P and Q;
         flex: a [flex] section (TOML text) appended to the gateway's configuration; network: a started
         netns.WanPath: the agent and the inverter simulator run in its gateway namespace, the broker listens on
         its near end; acl: the broker confines every identity (hil/acl.py); security: more keys of [security]
-        (allow_unsigned, max_lifetime_s...); roles: issuer id -> its roles (default: all operators)."""
+        (allow_unsigned, max_lifetime_s...); roles: issuer id -> its roles (default: all operators); agent_env:
+        more environment for the agent process (systemd's NOTIFY_SOCKET, WATCHDOG_USEC...)."""
         if network is not None and proxy:
             raise ValueError("the proxy and a network path are two ways to the broker: choose one")
         self.network = network
@@ -129,6 +131,7 @@ class Rig:
         self.gateway_id = gateway_id
         self.prefix = f"gridedge/v3/{gateway_id}/"
         self.use_acl, self.security, self.roles = acl, dict(security or {}), roles
+        self.agent_env = dict(agent_env or {})
         self.w_max, self.pv_w, self.ramp_pct_per_s = w_max, pv_w, ramp_pct_per_s
         self.poll_ms, self.telemetry_ms, self.writable = poll_ms, telemetry_ms, writable
         self.broker: Mosquitto | None = None
@@ -211,7 +214,7 @@ class Rig:
         await self.sim.stdin.drain()
 
     async def start_agent(self) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.agent_env)
         self.agent = await asyncio.create_subprocess_exec(
             *self.exec_prefix, sys.executable, "-m", "gridedge", "run", "-c", str(self.config_path),
             stdout=asyncio.subprocess.DEVNULL, stderr=open(self.agent_log, "ab"), env=env,
