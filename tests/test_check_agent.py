@@ -21,7 +21,8 @@ from gridedge.hil.pki import make_pki
 from .test_config import EXAMPLE, _paths, scalars, values
 
 OPCUA = {"id": "rtu1", "driver": "opcua", "role": "meter", "endpoint": "opc.tcp://127.0.0.1:4840/rtu",
-         "nodes": {"F1.W": "ns=2;s=F1.MMXU1.TotW"}, "poll_ms": 500, "timeout_ms": 4000}
+         "nodes": {"F1.W": "ns=2;s=F1.MMXU1.TotW"}, "poll_ms": 500, "timeout_ms": 4000,
+         "security_policy": "None", "allow_insecure": True}   # as before the secure default (it needs certificates)
 
 
 
