@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import shutil
 import tomllib
 from pathlib import Path
 
@@ -44,6 +45,7 @@ def site(tmp_path_factory) -> tuple[Path, dict]:
     cert, key = pki.client("gw-demo-001")
     data = _valid()
     data["uplink"].update(ca_file=str(pki.ca_cert), cert_file=str(cert), key_file=str(key))
+    shutil.copytree(EXAMPLE.parent / "issuers", base / "issuers")   # the issuer's public key the example names
     (base / "file").write_text("")
     return base, data
 

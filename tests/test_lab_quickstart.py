@@ -185,7 +185,7 @@ def test_the_quick_start_runs(tmp_path, procs, validate):
 
 
 def test_the_annotated_example_checks_in_a_lab(tmp_path):
-    """README: the example's pki/ paths are those `gridedge lab init` writes."""
+    """README and the example's header: its pki/ and issuers/ paths are those `gridedge lab init` writes."""
     lab = tmp_path / "lab"
     res = subprocess.run([sys.executable, "-m", "gridedge", "lab", "init", str(lab)], capture_output=True, text=True,
                          timeout=60)
