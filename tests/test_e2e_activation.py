@@ -4,7 +4,6 @@ The DSO simulator sends activations over MQTT; the agent writes the SunSpec limi
 every message seen on the gateway's topics is validated against schemas/.
 """
 import asyncio
-import json
 import signal
 
 
