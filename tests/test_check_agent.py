@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from gridedge.agent import Agent
@@ -121,6 +121,7 @@ async def _build(cfg) -> None:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(mutations)
+@example([(("storage", "quota_mb"), 1e-9)])   # > 0 passes check; the outbox got int(1e-9 * 2**20) = 0 bytes
 def test_what_check_passes_the_agent_is_built_from(site, mutations):
     base, valid = site
     data = copy.deepcopy(valid)
