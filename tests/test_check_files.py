@@ -171,11 +171,11 @@ def test_opcua_certificates_are_parsed_like_the_driver_does(site, tmp_path):
         f"devices[0].client_cert: not a certificate (PEM or DER): {bad}",
         f"devices[0].server_cert: not a certificate (PEM or DER): {bad}",
     ]
-    assert errors(site.write(devices=opcua_device(client_cert=ua.client_cert, client_key=ec_key))) == [
+    assert errors(site.write(devices=opcua_device(client_cert=ua.client_cert, client_key=ec_key, server_cert=ua.server_cert))) == [
         f"devices[0].client_key: Basic256Sha256 needs an RSA key, got EC: {ec_key}"]
-    assert errors(site.write(devices=opcua_device(client_cert=ua.client_cert, client_key=ua.server_key))) == [
+    assert errors(site.write(devices=opcua_device(client_cert=ua.client_cert, client_key=ua.server_key, server_cert=ua.server_cert))) == [
         f"devices[0].client_key: not the private key of client_cert {ua.client_cert}: {ua.server_key}"]
-    assert errors(site.write(devices=opcua_device(client_cert=ua.client_cert, client_key=bad))) == [
+    assert errors(site.write(devices=opcua_device(client_cert=ua.client_cert, client_key=bad, server_cert=ua.server_cert))) == [
         f"devices[0].client_key: not a private key (PEM or DER): {bad}"]
 
 
