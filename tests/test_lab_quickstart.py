@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shlex
 import shutil
@@ -250,3 +251,60 @@ def test_fuzz_lab_arguments(tmp_path_factory, device, gateway_id):
         return
     cfg = load_config(lab / "gateway.toml")
     assert cfg.gateway.id == gateway_id and cfg.devices[0].host in device
+
+
+def _unit_commands(lab_config: Path) -> tuple[list[str], list[str]]:
+    """The shipped unit's ExecStartPre and ExecStart, with this checkout's gridedge and the lab's configuration in
+    place of /opt/gridedge/... and /etc/gridedge/gateway.toml: the same commands systemd runs."""
+    unit = (ROOT / "systemd" / "gridedge.service").read_text()
+    gridedge = str(Path(sys.executable).with_name("gridedge"))
+
+    def argv(key: str) -> list[str]:
+        line = re.search(rf"^{key}=(.+)$", unit, re.M).group(1)
+        words = shlex.split(line)
+        return [gridedge if w.endswith("/bin/gridedge") else str(lab_config) if w == "/etc/gridedge/gateway.toml"
+                else w for w in words]
+    return argv("ExecStartPre"), argv("ExecStart")
+
+
+def test_the_shipped_unit_runs_the_example_with_its_state_in_the_state_directory(tmp_path, procs):
+    """What the unit gives the agent: a read-only configuration directory (ProtectSystem=strict; here: root without
+    CAP_DAC_OVERRIDE on a directory without write permission), $STATE_DIRECTORY (StateDirectory=), UMask 0077,
+    NOTIFY_SOCKET and WATCHDOG_USEC (Type=notify, WatchdogSec=). The example, copied into a lab as its header says,
+    must pass ExecStartPre and run: READY, its state where systemd put the state, nothing written beside it."""
+    lab, state = tmp_path / "etc-gridedge", tmp_path / "var-lib-gridedge"
+    res = subprocess.run([sys.executable, "-m", "gridedge", "lab", "init", str(lab), "--gateway-id", "gw-demo-001",
+                          "--port", "8883"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    config = lab / "example.toml"
+    shutil.copy(ROOT / "examples" / "gateway.toml", config)
+    broker = subprocess.Popen([find_mosquitto(), "-c", str(lab / "mosquitto.conf")], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    procs.append(broker)
+    state.mkdir(mode=0o700)
+    for p in [lab, *lab.rglob("*")]:
+        if p.name != "mosquitto" and "mosquitto" not in p.parts[len(lab.parts):len(lab.parts) + 1]:
+            p.chmod(p.stat().st_mode & ~0o222)
+    pre, start = _unit_commands(config)
+    drop = ["setpriv", "--no-new-privs", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    notify = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(notify))
+        sock.settimeout(45)
+        env = dict(os.environ, STATE_DIRECTORY=str(state), NOTIFY_SOCKET=str(notify), WATCHDOG_USEC="30000000")
+        res = subprocess.run(drop + pre, env=env, capture_output=True, text=True, timeout=60, umask=0o077)
+        assert res.returncode == 0, res.stdout + res.stderr
+        agent = subprocess.Popen(drop + start, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                 umask=0o077)
+        procs.append(agent)
+        try:
+            ready = sock.recv(4096).decode()
+        except TimeoutError:
+            raise AssertionError(f"no READY=1: {agent.poll()} {agent.stderr.read()[-3000:] if agent.poll() else ''}")
+        assert ready.startswith("READY=1") and "connected" in ready, ready
+        assert agent.poll() is None
+        assert (state / "outbox.sqlite").is_file() and any((state / "audit").iterdir())
+        assert not (lab / "var").exists()
+        assert (state / "outbox.sqlite").stat().st_mode & 0o077 == 0   # UMask=0077
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(20) == 0, agent.stderr.read()[-3000:]
