@@ -12,6 +12,7 @@ from .control.engine import ControlEngine
 from .config import Config, DeviceConfig
 from .commands import CommandGate
 from .fleet import Fleet
+from .fleet.certificate import CertificateRotation
 from .service import Service
 from .devices import make_device
 from .image import ProcessImage
@@ -77,6 +78,7 @@ class Agent:
             self.control.add_listener(self._on_activation)
         self.gate = CommandGate(self)
         self.fleet = Fleet(self)
+        self.rotation = CertificateRotation(self)  # rotate_certificate, install_certificate, renewal
         self.control.on_write = self._audit_write
         self.control.restore_check = self._still_allowed
         self.service = Service(self)
@@ -251,7 +253,8 @@ class Agent:
     def _security_state(self) -> dict:
         return {"signed_only": not (self.trust.allow_unsigned if self.trust else False),
                 "trust_loaded": self.trust is not None, "issuers": len(self.trust.issuers) if self.trust else 0,
-                "audit": {"seq": self.audit.seq, "head": self.audit.head}, "expiring": certs.expiring(self.certs)}
+                "audit": {"seq": self.audit.seq, "head": self.audit.head}, "expiring": certs.expiring(self.certs),
+                "certificate": self.rotation.state()}
 
     def _will(self) -> tuple[str, bytes]:
         """The last will, made before every connect attempt (in the MQTT network thread, so it reads nothing that
@@ -421,6 +424,7 @@ class Agent:
         tasks.append(asyncio.create_task(self._telemetry_loop(), name="telemetry"))
         tasks.append(asyncio.create_task(self._command_loop(), name="commands"))
         tasks.append(asyncio.create_task(self._state_loop(), name="state"))
+        tasks.append(asyncio.create_task(self.rotation.run(), name="certificate"))
         if self.flex is not None:
             tasks.append(asyncio.create_task(self._flex_loop(), name="flex"))
         publishing = asyncio.create_task(self.publisher.run(), name="publisher")
