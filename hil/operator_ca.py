@@ -4,9 +4,10 @@ a head-end's CA adapter would, over MQTT (CaService) and over EST (est_server.py
 Over MQTT it reads <root>/+/csr (and its backfill), checks the request (its signature, the gateway's name in the topic
 and in the request) and answers with an install_certificate command signed by an issuer that has the secadm role, on
 that gateway's cmd/<issuer> topic, through the broker's ACL like any issuer. `mode` makes it a bad CA for the negative
-tests: an answer that is not a certificate, a certificate for another key, an expired one, one from a CA the gateway
-does not trust, or one valid only from two minutes on (a CA whose clock is ahead: within the gateway's allowance for
-skew, but the broker refuses it).
+tests: an answer that is not a certificate, a certificate for another key, an expired one, one valid only from two
+minutes on (a CA whose clock is ahead), or one from its second issuing CA, which the broker does not know: a gateway
+refuses it unless its fleet.certificate.ca_file names that CA (the rig writes pki/issuing-cas.pem: both CAs), and
+then the broker refuses it (the operator moved to a new CA and did not tell the broker).
 """
 from __future__ import annotations
 
@@ -34,14 +35,17 @@ from .pki import load_ca, make_ca, sign_client
 
 log = logging.getLogger(__name__)
 
-MODES = ("good", "garbage", "other_key", "expired", "untrusted", "future")
+MODES = ("good", "garbage", "other_key", "expired", "other_ca", "future")
 GARBAGE = "-----BEGIN CERTIFICATE-----\nVGhpcyBpcyBub3QgYSBjZXJ0aWZpY2F0ZS4=\n-----END CERTIFICATE-----\n"
 
 
 class OperatorCa:
     def __init__(self, pki_dir: Path) -> None:
         self.ca = load_ca(pki_dir)                     # the rig's CA: the broker trusts what it issues
-        self.other_ca = make_ca("gridedge rig rogue CA")  # a CA neither the gateway nor the broker knows
+        self.other_ca = make_ca("gridedge rig issuing CA 2")  # a CA the broker does not know
+        self.bundle = Path(pki_dir) / "issuing-cas.pem"        # both: for a gateway's fleet.certificate.ca_file
+        self.bundle.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM)
+                                         for c in (self.ca[0], self.other_ca[0])))
         self.mode = "good"
         self.lifetime: _dt.timedelta | None = None     # of what it issues; None: until the CA ends
         self.issued: list[x509.Certificate] = []
@@ -55,7 +59,7 @@ class OperatorCa:
         if cn != [name]:
             raise ValueError(f"the request names {cn}, not {name!r}")
         key = csr.public_key() if self.mode != "other_key" else ec.generate_private_key(ec.SECP256R1()).public_key()
-        ca_cert, ca_key = self.other_ca if self.mode == "untrusted" else self.ca
+        ca_cert, ca_key = self.other_ca if self.mode == "other_ca" else self.ca
         now = _dt.datetime.now(_dt.timezone.utc)
         validity = {"expired": {"not_before": now - _dt.timedelta(days=10), "not_after": now - _dt.timedelta(days=1)},
                     "future": {"not_before": now + _dt.timedelta(minutes=2)}}.get(self.mode, {})
@@ -63,7 +67,7 @@ class OperatorCa:
             validity["not_after"] = now + self.lifetime
         cert = sign_client(ca_cert, ca_key, name, key, **validity)
         self.issued.append(cert)
-        return [cert, ca_cert] if self.mode == "untrusted" else [cert]
+        return [cert]
 
     def answer_pem(self, csr: x509.CertificateSigningRequest, name: str) -> str:
         if self.mode == "garbage":

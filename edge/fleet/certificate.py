@@ -31,6 +31,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from .. import contract
+from ..config_files import uplink_tls_issues
 from ..core.text import escape
 from ..mqtt import MqttClient, MqttError, tls_context
 from ..security import certs
@@ -230,11 +231,13 @@ class CertificateRotation:
         ident = self.store.identity(rot.new)
         ident.cert.unlink(missing_ok=True)  # an answer that came before a restart
         self.store.put_chain(ident, [leaf] + [c for c in chain if c is not leaf])
-        try:
-            ctx = tls_context(up.ca_file, ident.cert, ident.key)  # the very call the uplink will make
-        except (ssl.SSLError, OSError, ValueError) as exc:
-            await self._fail(rot, f"TLS refuses the new certificate ({getattr(exc, 'reason', None) or exc})")
+        # what `gridedge check` (the unit's ExecStartPre) and the uplink will do with it: a switch to an identity they
+        # refuse would stop the next start before anything could roll it back
+        refused = uplink_tls_issues(up.ca_file, ident.cert, ident.key)
+        if refused:
+            await self._fail(rot, f"`gridedge check` would refuse it: {'; '.join(m for _k, m in refused)}")
             return
+        ctx = tls_context(up.ca_file, ident.cert, ident.key)
         await a.report(rot.id, "validated", None, certificate=describe(leaf))
         probe = MqttClient(up.broker, f"{up.client_id}-rotation", ssl_context=ctx, keepalive_s=up.keepalive_s,
                            retry=False)
