@@ -6,6 +6,7 @@ gateway connected on its previous certificate, without a person.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import os
 import stat
@@ -225,7 +226,7 @@ def test_renewal_starts_by_itself_past_its_fraction_and_the_expiry_is_reported_b
             rid = r.doc["cmd_id"]
             assert steps(rig, rid) == ["accepted", "validated", "applied", "healthy"]
             after = leaf(rig.gw_cert)
-            assert after.not_valid_after_utc > before.not_valid_after_utc + __import__("datetime").timedelta(days=1)
+            assert after.not_valid_after_utc > before.not_valid_after_utc + datetime.timedelta(days=1)
             await dso.wait_for(lambda: states(rig)[-1]["security"]["certificate"]["not_after"] ==
                                after.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"), 10, "the new end in the state")
             expiring = {e["role"]: e for e in states(rig)[-1]["security"]["expiring"]}

@@ -73,14 +73,15 @@ class CertificateRotation:
         self.journal = agent.config.storage.dir / "fleet" / "certificate.json"
         self.pending: Rotation | None = self._load()
         self.last_failure: dict | None = None
-        self._retry_at = 0.0  # monotonic: no renewal of its own before this
+        self._retry_at = 0.0  # no renewal of its own before this (clock())
+        self.clock = time.time  # s since the epoch: what renewal and deadlines are judged by (tests set it)
         self._jobs: asyncio.Queue = asyncio.Queue()
         self._busy = False
         self._rolled_back_at_start: tuple[str, str] | None = None  # reported once the uplink runs
         agent.fleet.register("rotate_certificate", self.rotate)
         agent.fleet.register("install_certificate", self.install)
         self._recover()
-        self.leaf = self._leaf()
+        self._refresh()
 
     # -- the journal ---------------------------------------------------------------------------
     def _load(self) -> Rotation | None:
@@ -186,7 +187,7 @@ class CertificateRotation:
             return
         sans = _sans(chain[0])
         csr = make_csr(key, chain[0].subject, sans)
-        now = time.time()
+        now = self.clock()
         rot = Rotation(rid, method, "requested", ident.name, now, now + self.settings.answer_timeout_s,
                        window or self.fleet.health_window_s)
         self._save(rot)
@@ -314,7 +315,7 @@ class CertificateRotation:
         log.warning("certificate rotation %s: %s", escape(rid), escape(reason, 500))
         self.last_failure = {"rotation_id": rid, "reason": escape(reason, contract.MAX_REASON_CHARS),
                              "ts": contract.iso_utc(time.time_ns())}
-        self._retry_at = time.monotonic() + self.settings.retry_s
+        self._retry_at = self.clock() + self.settings.retry_s
 
     async def _tell(self) -> None:
         """The state at once after a rotation ends: the head-end sees the certificate in use (and a failure)."""
@@ -356,11 +357,11 @@ class CertificateRotation:
                     self._busy = False
 
     def _due(self):
-        rot, now = self.pending, time.time()
+        rot, now = self.pending, self.clock()
         if rot is not None and rot.state == "requested" and now >= rot.deadline and not self._busy:
             return lambda: self._fail(rot, f"no certificate came within {self.settings.answer_timeout_s:g} s")
         renew = self.renew_from()
-        if rot is None and renew is not None and now >= renew and time.monotonic() >= self._retry_at \
+        if rot is None and renew is not None and now >= renew and now >= self._retry_at \
                 and self._cannot(self.settings.method) is None:
             stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
             return lambda: self._start(f"renew-{stamp}-{secrets.token_hex(3)}", self.settings.method, None)
@@ -368,12 +369,12 @@ class CertificateRotation:
 
     def _sleep_s(self) -> float:
         """Until the next thing due (an answer's deadline, the renewal), at most TICK_S."""
-        now, due = time.time(), [TICK_S]
+        now, due = self.clock(), [TICK_S]
         if self.pending is not None:
             due.append(self.pending.deadline - now)
         renew = self.renew_from()
         if renew is not None and self.pending is None:
-            due.append(max(renew - now, self._retry_at - time.monotonic()))
+            due.append(max(renew - now, self._retry_at - now))
         return max(0.05, min(due))
 
     def renew_from(self) -> float | None:

@@ -61,8 +61,8 @@ async def simplereenroll(url: str, csr_der: bytes, ssl_context: ssl.SSLContext, 
         raise EstError(f"no complete answer from {host}:{port} within {timeout_s:g} s") from None
     except ssl.SSLError as exc:
         raise EstError(f"TLS with {host}:{port} failed ({exc.reason or exc})") from None
-    except OSError as exc:
-        raise EstError(f"cannot reach {host}:{port}: {exc.strerror or exc}") from None
+    except OSError as exc:  # refused, unreachable, reset
+        raise EstError(f"connection to {host}:{port} failed: {exc.strerror or exc}") from None
     return certificates(*parse_response(answer))
 
 
@@ -93,6 +93,9 @@ def _host_header(host: str, port: int) -> str:
 def parse_response(data: bytes) -> tuple[int, dict[str, str], bytes]:
     """An HTTP/1.1 response read to its end: (status, headers by lower-case name, body). EstError when it is not
     one."""
+    if not data:  # TLS 1.3: the server refuses a client certificate after the handshake, by closing
+        raise EstError("the EST server closed the connection without an answer (did it refuse the gateway's "
+                       "certificate?)")
     head, sep, rest = data.partition(b"\r\n\r\n")
     if not sep:
         raise EstError("the answer is not HTTP (no end of headers)")
