@@ -11,8 +11,7 @@ from .control.activation import State
 from .control.engine import ControlEngine
 from .config import Config, DeviceConfig
 from .commands import CommandGate
-from .fleet import Fleet, configure as fleet_configure, metrics as fleet_metrics
-from .fleet.device_health import DeviceHealth
+from .fleet import Fleet, configure as fleet_configure, device_health as fleet_device_health, metrics as fleet_metrics
 from .service import Service
 from .devices import make_device
 from .image import ProcessImage
@@ -48,7 +47,6 @@ class Agent:
         self.max_message_bytes = MAX_MESSAGE_BYTES
         self.dropped_samples = 0  # values lost because the outbox could not store them
         self.devices = {d.id: make_device(d) for d in config.devices}
-        self.device_health = DeviceHealth(self.devices)
         st = config.storage
         st.dir.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(st.dir / "outbox.sqlite", gateway_id=self.gateway_id,
@@ -79,6 +77,7 @@ class Agent:
             self.control.add_listener(self._on_activation)
         self.gate = CommandGate(self)
         self.fleet = Fleet(self)
+        fleet_device_health.install(self)  # agent.device_health: per device, in the state and the metrics
         fleet_configure.install(self)
         fleet_metrics.install(self)
         self.control.on_write = self._audit_write

@@ -7,6 +7,7 @@ beyond the breaker a Modbus or DLMS device already has (`bus_device.breaker`).
 """
 from __future__ import annotations
 
+import asyncio
 import time
 
 from ..core.model import SampleBlock, Validity
@@ -14,6 +15,7 @@ from ..core.utc import iso_utc
 
 _GOOD = Validity.GOOD
 RATE_SMOOTHING = 0.2   # weight of the newest interval in the poll-rate average
+STATE_EVERY_S = 10.0   # a device that turns ok or failing is in a state message within this (not every flap)
 
 
 class DeviceStats:
@@ -34,6 +36,8 @@ class DeviceHealth:
         """devices: id -> the agent's device object (read for its breaker, if it has one)."""
         self.devices = devices
         self.stats = {d: DeviceStats() for d in devices}
+        self.changed = asyncio.Event()   # a device turned ok or failing since the state last said
+        self.said: dict[str, str] = {}     # device -> the status the last state message carried
 
     def observe(self, readings) -> None:
         """One delivery of readings (the agent's sink): per device in it, good if any value is good."""
@@ -70,6 +74,8 @@ class DeviceHealth:
                 st.errors += 1
                 st.failing_since += 1
                 st.last_error = failure
+            if self.said.get(dev, "ok") != self.status(dev):
+                self.changed.set()
 
     def breaker(self, device_id: str) -> str | None:
         """closed, open or half_open; None for a device without one (OPC UA, or not on a bus yet)."""
@@ -92,9 +98,28 @@ class DeviceHealth:
     def summary(self) -> dict[str, dict]:
         """Per device, what the state message carries (schemas/state.schema.json, device_health)."""
         out = {}
+        self.said = {dev: self.status(dev) for dev in self.stats}
+        self.changed.clear()
         for dev, st in self.stats.items():
             out[dev] = {"status": self.status(dev), "reads": st.reads, "errors": st.errors,
                         "poll_rate_hz": round(self.poll_rate_hz(dev), 3),
                         "last_good": iso_utc(st.last_good_ns) if st.last_good_ns else None,
                         "last_error": st.last_error or None, "breaker": self.breaker(dev)}
         return out
+
+
+def install(agent) -> None:
+    """agent.device_health, and a state message soon after a device turns failing or ok again (rate-limited), so
+    the head-end sees a failing meter without waiting for the next state interval."""
+    health = agent.device_health = DeviceHealth(agent.devices)
+
+    async def tell() -> None:
+        while True:
+            await health.changed.wait()
+            if agent.mqtt.connected.is_set():
+                await agent._publish_state()   # its summary() clears `changed`
+            else:
+                health.changed.clear()         # the state at the next connect says it
+            await asyncio.sleep(STATE_EVERY_S)
+
+    agent.fleet.on_start("device_health", tell)

@@ -143,18 +143,11 @@ class MetricsEndpoint:
             if self.open > MAX_CONNECTIONS:
                 return
             async with asyncio.timeout(REQUEST_TIMEOUT_S):
-                head = await reader.readuntil(b"\r\n\r\n")
-                method, _, rest = head.partition(b" ")
-                path = rest.partition(b" ")[0].partition(b"?")[0]
-                if method not in (b"GET", b"HEAD"):
-                    status, body, ctype = b"405 Method Not Allowed", b"GET /metrics\n", b"text/plain"
-                elif path == b"/metrics":
-                    status, body, ctype = b"200 OK", self.page(), CONTENT_TYPE
-                else:
-                    status, body, ctype = b"404 Not Found", b"GET /metrics\n", b"text/plain"
+                status, send_page, with_body = route(await reader.readuntil(b"\r\n\r\n"))
+                body, ctype = (self.page(), CONTENT_TYPE) if send_page else (b"GET /metrics\n", b"text/plain")
                 writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: " + ctype + b"\r\nContent-Length: "
                              + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n"
-                             + (body if method == b"GET" else b""))
+                             + (body if with_body else b""))
                 await writer.drain()
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             pass   # a client that is slow, gone or sends too much gets nothing more
@@ -163,6 +156,17 @@ class MetricsEndpoint:
         finally:
             self.open -= 1
             writer.transport.abort()
+
+
+def route(head: bytes) -> tuple[bytes, bool, bool]:
+    """A request's head (hostile bytes, bounded by the reader) -> (status line, the page?, a body?)."""
+    method, _, rest = head.partition(b" ")
+    path = rest.partition(b" ")[0].partition(b"?")[0]
+    if method not in (b"GET", b"HEAD"):
+        return b"405 Method Not Allowed", False, True
+    if path != b"/metrics":
+        return b"404 Not Found", False, method == b"GET"
+    return b"200 OK", True, method == b"GET"
 
 
 def install(agent) -> None:

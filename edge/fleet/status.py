@@ -135,7 +135,11 @@ def main(args) -> int:
     except (OSError, urllib.error.URLError, UnicodeDecodeError) as exc:
         print(f"no agent answers at {url}: {escape(getattr(exc, 'reason', exc))}", file=sys.stderr)
         return 1
-    text, look = render(samples(page))
+    try:
+        text, look = render(samples(page))
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        print(f"the answer at {url} is not gridedge's metrics page: {escape(exc)}", file=sys.stderr)
+        return 1
     print(text)
     if look:
         print("needs a look: " + "; ".join(look))
