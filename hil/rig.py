@@ -9,6 +9,7 @@ import asyncio
 import datetime
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -56,7 +57,8 @@ poll_ms = {poll_ms}
 timeout_ms = 1000
 writable = {writable}
 {flex}
-{security}{fleet}"""
+{security}
+{fleet}"""
 
 
 #: The rig's [control] section: the EN 50549 profile, without the release ramp (a bench wants to see the
@@ -118,11 +120,13 @@ class Rig:
         netns.WanPath: the agent and the inverter simulator run in its gateway namespace, the broker listens on
         its near end; acl: the broker confines every identity (hil/acl.py); security: more keys of [security]
         (allow_unsigned, max_lifetime_s...); roles: issuer id -> its roles (default: all operators); agent_env:
-        more environment for the agent process (systemd's NOTIFY_SOCKET, WATCHDOG_USEC...); fleet: a [fleet]
-        section (TOML text) appended, "{est_url}" in it replaced by the EST server's; gateway_cert_s: the gateway's
-        certificate valid from..until these seconds from now (a short-lived one, to see it renewed); operator_ca: the
-        operator's CA answers certificate requests over MQTT (hil/operator_ca.py, as the DSO with its secadm role:
-        give it the role in roles); est: and over EST (hil/est_server.py). Both are up before the agent starts."""
+        more environment for the agent process (systemd's NOTIFY_SOCKET, WATCHDOG_USEC...); fleet: a [fleet] section
+        (TOML text) appended to the configuration (without [fleet.metrics], the rig gives the agent a free port for
+        its metrics endpoint: rig.metrics_port), "{est_url}" in it replaced by the EST server's; gateway_cert_s: the
+        gateway's certificate valid from..until these seconds from now (a short-lived one, to see it renewed);
+        operator_ca: the operator's CA answers certificate requests over MQTT (hil/operator_ca.py, as the DSO with its
+        secadm role: give it the role in roles); est: and over EST (hil/est_server.py). Both are up before the agent
+        starts."""
         if network is not None and proxy:
             raise ValueError("the proxy and a network path are two ways to the broker: choose one")
         self.network = network
@@ -132,7 +136,7 @@ class Rig:
         self.control = dict(CONTROL_DEFAULTS, **(control or {}))
         self.settings = dict(SETTINGS_DEFAULTS, **(settings or {}))
         self.feeder, self.grid_v_pu, self.var_response_s = feeder, grid_v_pu, var_response_s
-        self.flex, self.fleet, self.gateway_cert_s = flex, fleet, gateway_cert_s
+        self.flex, self.gateway_cert_s = flex, gateway_cert_s
         self.use_ca, self.use_est = operator_ca, est
         self.ca: OperatorCa | None = None
         self.ca_service: CaService | None = None
@@ -145,6 +149,8 @@ class Rig:
         self.prefix = f"gridedge/v3/{gateway_id}/"
         self.use_acl, self.security, self.roles = acl, dict(security or {}), roles
         self.agent_env = dict(agent_env or {})
+        self.fleet = fleet
+        self.metrics_port = _free_port() if "[fleet.metrics]" not in fleet else None
         self.w_max, self.pv_w, self.ramp_pct_per_s = w_max, pv_w, ramp_pct_per_s
         self.poll_ms, self.telemetry_ms, self.writable = poll_ms, telemetry_ms, writable
         self.broker: Mosquitto | None = None
@@ -213,8 +219,8 @@ class Rig:
                       flex=("\n" + self.flex) if self.flex else "",
                       security=security_toml({i: pub for i, (_p, pub) in self.issuer_keys.items()}, self.roles,
                                              **self.security),
-                      fleet=("\n" + self.fleet.replace("{est_url}", self.est.url if self.est else ""))
-                      if self.fleet else "")
+                      fleet=self.fleet.replace("{est_url}", self.est.url if self.est else "")
+                      + (f"\n[fleet.metrics]\nport = {self.metrics_port}\n" if self.metrics_port else ""))
         values.update(overrides)
         self.config_path.write_text(CONFIG_TEMPLATE.format(**values))
         return self.config_path
@@ -279,6 +285,13 @@ class Rig:
 
     async def __aexit__(self, *exc) -> None:
         await self.stop()
+
+
+def _free_port() -> int:
+    """A TCP port nobody listens on now (the kernel's pick), for a listener the agent opens later."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 async def _stop(proc: asyncio.subprocess.Process | None, sig: int, timeout_s: float) -> int | None:

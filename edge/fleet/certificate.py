@@ -35,7 +35,7 @@ from ..config_files import uplink_tls_issues
 from ..core.text import escape
 from ..mqtt import MqttClient, MqttError, tls_context
 from ..security import certs
-from . import est
+from . import est, write_json
 from .health import Health
 from .identity import NAME, IdentityStore, Refused, check_answer, common_name, describe, make_csr, new_key_like, \
     read_anchors, read_chain
@@ -80,6 +80,7 @@ class CertificateRotation:
         self._rolled_back_at_start: tuple[str, str] | None = None  # reported once the uplink runs
         agent.fleet.register("rotate_certificate", self.rotate)
         agent.fleet.register("install_certificate", self.install)
+        agent.fleet.on_start("certificate", self.run)
         self._recover()
         self._refresh()
 
@@ -107,12 +108,7 @@ class CertificateRotation:
             self.journal.unlink(missing_ok=True)
             return
         self.journal.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = self.journal.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(json.dumps(asdict(rot)).encode())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.journal)
+        write_json(self.journal, asdict(rot))
 
     def _recover(self) -> None:
         """At start, before the uplink connects: an applied identity that did not prove healthy in MAX_STARTS starts
@@ -227,8 +223,15 @@ class CertificateRotation:
 
     async def _apply(self, rot: Rotation, chain: list[x509.Certificate], leaf: x509.Certificate,
                      window: float | None) -> None:
-        """Steps 2 to 5: kept aside, tried, switched, proved or rolled back."""
+        """Steps 2 to 5: kept aside, tried, switched, proved or rolled back; one fleet change at a time (a
+        configuration being proved first ends)."""
         a, up = self.agent, self.agent.config.uplink
+        while a.fleet.change is not None and self.clock() < rot.deadline:
+            await asyncio.sleep(0.5)  # bounded by the answer's deadline; the other change has no "ended" event
+        if a.fleet.change is not None:
+            await self._fail(rot, f"another change is still in progress: {a.fleet.change}")
+            return
+        a.fleet.change = f"certificate {rot.id}"
         ident = self.store.identity(rot.new)
         ident.cert.unlink(missing_ok=True)  # an answer that came before a restart
         self.store.put_chain(ident, [leaf] + [c for c in chain if c is not leaf])
@@ -292,7 +295,7 @@ class CertificateRotation:
         keep = rot.new if outcome == "healthy" else rot.previous
         self.store.prune({keep} if keep else set())
         self._save(None)
-        self._busy = False
+        self._end()
         self.agent.audit_event("config", change="certificate", rotation_id=rot.id, step=outcome, reason=reason)
         if outcome == "healthy":
             self.last_failure = None
@@ -305,11 +308,16 @@ class CertificateRotation:
         if self.pending is rot or (self.pending and self.pending.id == rot.id):
             self.store.remove(self.store.identity(rot.new))
             self._save(None)
-        self._busy = False
+        self._end()
         self._failed(rot.id, reason)
         self.agent.audit_event("config", change="certificate", rotation_id=rot.id, step="failed", reason=reason)
         await self.agent.report(rot.id, "failed", reason)
         await self._tell()
+
+    def _end(self) -> None:
+        self._busy = False
+        if (self.agent.fleet.change or "").startswith("certificate "):
+            self.agent.fleet.change = None
 
     def _failed(self, rid: str, reason: str) -> None:
         log.warning("certificate rotation %s: %s", escape(rid), escape(reason, 500))
@@ -340,7 +348,7 @@ class CertificateRotation:
             await self.agent.report(rid, "rolled_back", reason)
         rot = self.pending
         if rot is not None and rot.state == "applied":
-            self._busy = True
+            self._busy, self.agent.fleet.change = True, f"certificate {rot.id}"
             await self._prove(rot, 0)
         while True:
             try:
@@ -354,7 +362,7 @@ class CertificateRotation:
                     log.exception("certificate rotation failed")
                     if self.pending is not None and self.pending.state == "requested":
                         await self._fail(self.pending, f"the gateway failed handling it ({type(exc).__name__})")
-                    self._busy = False
+                    self._end()
 
     def _due(self):
         rot, now = self.pending, self.clock()
