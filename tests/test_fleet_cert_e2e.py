@@ -120,8 +120,12 @@ def test_a_rotation_over_mqtt_refuses_every_bad_answer_and_swaps_a_good_one(tmp_
             # only the identity in use is kept
             assert sorted(os.listdir(rig.gw_cert.parent / "identity")) == \
                 sorted(["current", os.readlink(rig.gw_cert.parent / "identity" / "current")])
-            audit = [d["record"] for d in dso.records(contract.TOPIC_AUDIT)]
-            assert [a["step"] for a in audit if a.get("rotation_id") == rid] == ["applied", "healthy"]
+            # the audit trail's copies leave with the next telemetry flush: awaited, not assumed
+            def audit_steps():
+                return [d["record"]["step"] for d in dso.records(contract.TOPIC_AUDIT)
+                        if d["record"].get("rotation_id") == rid]
+            await dso.wait_for(lambda: len(audit_steps()) >= 2, 10, "the rotation's audit records")
+            assert audit_steps() == ["applied", "healthy"]
             check_schemas(rig)
             log = rig.agent_log.read_text()
             assert "Traceback" not in log, log[-3000:]
