@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
 from ..config_files import _certs, _client_usage, _is_ca, _key, _matches
+from . import fsync_dir
 
 CLOCK_SKEW = _dt.timedelta(minutes=5)  # a CA's clock a little ahead of ours does not make its certificate "not yet"
 MAX_CHAIN = 5                           # leaf and intermediates, the most a chain may hold
@@ -223,6 +224,7 @@ class IdentityStore:
                     tmp.mkdir(mode=0o700)
                     _write(tmp / "cert.pem", _pem(chain), 0o644)
                     _write(tmp / "key.pem", self.key_file.read_bytes(), 0o600)
+                    fsync_dir(tmp)
                     os.rename(tmp, cur.dir)
                 self.switch(cur)
             for path, leaf in ((self.cert_file, "cert.pem"), (self.key_file, "key.pem")):
@@ -254,7 +256,9 @@ class IdentityStore:
         ident.dir.mkdir(mode=0o700)
 
     def put_chain(self, ident: Identity, chain: list[x509.Certificate]) -> None:
+        """The certificate beside its key; both names on disk before a switch can make them current."""
         _write(ident.cert, _pem(chain), 0o644)
+        fsync_dir(ident.dir)
 
     def switch(self, ident: Identity) -> None:
         """Make `ident` the identity in use: one rename of the `current` link."""
@@ -298,8 +302,4 @@ def _relink(path: Path, target: Path) -> None:
     except OSError:
         tmp.unlink(missing_ok=True)
         raise
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)
