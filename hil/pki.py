@@ -71,9 +71,11 @@ def _check_cn(name: str) -> str:
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
         raise ValueError(f"certificate name must not contain control characters: {name!r}")
     try:
-        name.encode("utf-8")
+        size = len(name.encode("utf-8"))
     except UnicodeEncodeError:
         raise ValueError(f"certificate name is not valid Unicode text: {name!r}") from None
+    if size > 64:  # cryptography bounds a CN by its UTF-8 bytes, not its characters
+        raise ValueError(f"certificate name must be at most 64 bytes of UTF-8, got {size}: {name!r}")
     return name
 
 
