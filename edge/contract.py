@@ -170,7 +170,7 @@ def command_from(doc: dict, now_ns: int, *, issuer: str, principal: str | None, 
     if issuer not in ISSUERS:
         raise reject(f"issuer: must be one of {', '.join(ISSUERS)}, got {issuer!r}")
     device = doc.get("device")
-    if device is not None and not isinstance(device, str):
+    if "device" in doc and not isinstance(device, str):   # null too: the schema says a string, or no key at all
         raise reject("device: must be a device id string")
 
     window = []
