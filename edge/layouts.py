@@ -8,8 +8,8 @@ the outbox before the first telemetry message that uses it, and again after ever
 its retained messages in a restart gets them back); a head-end subscribed to <prefix>layout/# has every layout
 before the blocks that use it.
 
-    {"l": "5d41402abc4b", "t": 1795442401123456789, "v": [7998.0, 50.01]}              every point of the layout
-    {"l": "5d41402abc4b", "t": 1795442401373456789, "i": [1], "v": [50.02]}            report by exception: point 1
+    {"l": "f4b26366b953", "t": 1795442401123456789, "v": [7998.0, 50.01]}              every point of the layout
+    {"l": "f4b26366b953", "t": 1795442401373456789, "i": [1], "v": [50.02]}            report by exception: point 1
 
 Blocks whose points do not come from a fixed read (loose samples) keep the full form of gridedge.telemetry/2.
 """

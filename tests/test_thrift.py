@@ -233,3 +233,15 @@ def test_the_agent_sends_layouts_compressed_and_its_command_path_refuses_a_zip_b
         agent.outbox.close()
         agent.audit.close()
         agent.replay.close()
+
+
+def test_the_documented_dictionary_and_layout_id_are_the_ones_in_use():
+    """A head-end is written from docs/mqtt-api.md alone: its dictionary and its example layout id must be exact."""
+    from pathlib import Path
+
+    from gridedge.layouts import layout_id
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "mqtt-api.md").read_text()
+    assert "\n" + compression.DICTIONARY.decode() + "\n" in doc
+    assert f"the Adler-32 of the dictionary, `{compression.DICTIONARY_ID:#010x}`" in doc
+    assert f'"id": "{layout_id("inv1", ["W", "Hz"], ["W", "Hz"])}", "n": ["W", "Hz"]' in doc
