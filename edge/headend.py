@@ -86,12 +86,16 @@ class HeadEnd:
         return self._telemetry(doc)
 
     def _telemetry(self, doc) -> list[Sample]:
-        msg_id = doc.get("msg_id") if isinstance(doc, dict) else None
+        if not isinstance(doc, dict) or not isinstance(doc.get("msg_id"), str) \
+                or not isinstance(doc.get("gateway"), str):
+            list(samples_of(doc))  # raises the schema's complaint
+            raise ValueError("a telemetry message has the strings gateway and msg_id")
+        msg_id = doc["msg_id"]
         if msg_id in self._seen:
             self.duplicates += 1
             return []
         try:
-            samples = list(samples_of(doc, self.layouts.get(doc.get("gateway"), {})))
+            samples = list(samples_of(doc, self.layouts.get(doc["gateway"], {})))
         except UnknownLayout:
             self.waiting.append(doc)
             if len(self.waiting) > self.max_waiting:

@@ -35,6 +35,7 @@ class Seen:
     doc: dict | None  # the JSON document (inflated when compressed); None when the payload was not one
     raw: bytes
     t: float  # monotonic arrival time
+    content_type: str | None = None  # MQTT 5 Content Type, as sent
 
 
 @dataclass
@@ -103,7 +104,7 @@ class DsoSimulator:
         while True:
             msg = await self._mqtt.messages.get()
             doc = _document(msg.payload, msg.content_type)
-            self.seen.append(Seen(msg.topic, doc, msg.payload, time.monotonic()))
+            self.seen.append(Seen(msg.topic, doc, msg.payload, time.monotonic(), msg.content_type))
             self.audit.add(msg.topic, doc)
             live = msg.topic == self.prefix + contract.TOPIC_TELEMETRY
             if live or msg.topic.startswith(self.prefix + "layout/"):

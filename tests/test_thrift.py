@@ -245,3 +245,73 @@ def test_the_documented_dictionary_and_layout_id_are_the_ones_in_use():
     assert "\n" + compression.DICTIONARY.decode() + "\n" in doc
     assert f"the Adler-32 of the dictionary, `{compression.DICTIONARY_ID:#010x}`" in doc
     assert f'"id": "{layout_id("inv1", ["W", "Hz"], ["W", "Hz"])}", "n": ["W", "Hz"]' in doc
+
+
+def test_end_to_end_compressed_layouts_by_exception_through_mosquitto_with_the_fleet_acl(tmp_path):
+    """The agent, a register-map meter (pymodbus), mosquitto with TLS and the fleet ACL (a gateway may write its
+    layouts), the DSO simulator decoding through the reference decoder; a head-end that subscribes later gets the
+    retained layout from the broker."""
+    from gridedge.agent import Agent
+    from gridedge.drivers import regmap
+    from gridedge.hil.acl import fleet_acl, gateway_patterns
+    from gridedge.hil.broker import Mosquitto
+    from gridedge.hil.dso_sim import DsoSimulator
+    from gridedge.hil.modbus_sim import ModbusTcpSim, UnitSim
+    from gridedge.hil.pki import make_pki
+    from gridedge.mqtt import tls_context
+
+    gw, prefix = "gw-thrift-1", "gridedge/v3/gw-thrift-1/"
+    sdm = regmap.load_map(regmap.shipped_maps()["eastron_sdm630"])
+
+    async def scenario():
+        pki = await asyncio.to_thread(make_pki, tmp_path / "pki")
+        gw_cert, gw_key = pki.client(gw)
+        he_cert, he_key = pki.client("headend.dso")
+        broker = Mosquitto(tmp_path / "broker", pki, acl=fleet_acl({}, {"headend.dso": "dso"}),
+                           acl_patterns=gateway_patterns())
+        await asyncio.to_thread(broker.start)
+        unit = UnitSim(1, sdm, {"W": 1234.0, "Hz": 50.01, "PhVphA": 231.0})
+        meter = ModbusTcpSim({1: unit})
+        stop, task, dsos = asyncio.Event(), None, []
+        try:
+            port = await meter.start()
+            cfg = parse_config({
+                "gateway": {"id": gw},
+                "uplink": {"broker": broker.url, "ca_file": str(pki.ca_cert), "cert_file": str(gw_cert),
+                           "key_file": str(gw_key), "telemetry_interval_ms": 200, "backfill_jitter_s": 0.0},
+                "storage": {"dir": str(tmp_path / "var"), "durability": "normal"},
+                "telemetry": {"form": "layouts", "compression": "deflate", "report": "exception",
+                              "measurement": {"deadband": 5.0}},
+                "devices": [{"id": "m1", "driver": "modbus_tcp", "role": "meter", "map": "eastron_sdm630",
+                             "host": "127.0.0.1", "port": port, "points": ["W", "Hz", "PhVphA"], "poll_ms": 100}],
+            }, "gateway.toml", tmp_path)
+            agent = Agent(cfg)
+            task = asyncio.create_task(agent.run(stop))
+            tls = tls_context(pki.ca_cert, he_cert, he_key)
+            dsos.append(DsoSimulator(broker.url, tls, prefix))
+            dso = dsos[0]
+            await dso.start()
+            await dso.wait_for(lambda: dso.latest.get("W") == 1234.0, 30, "the first values")
+            unit.set_values({"W": 1300.0})             # past the deadband: sent
+            await dso.wait_for(lambda: dso.latest.get("W") == 1300.0, 30, "a change past the deadband")
+            telem = [m for m in dso.seen if m.topic == prefix + "telemetry"]
+            assert telem and all(m.content_type == "application/zlib" and m.raw[:1] == b"x" for m in telem)
+            assert all(m.doc["schema"] == "gridedge.telemetry/3" for m in telem)
+            assert dso.headend.duplicates == 0 and dso.headend.waiting == []
+            for m in dso.seen:
+                validate_message(m.topic, m.doc)
+            late = DsoSimulator(broker.url, tls, prefix)   # subscribes now: the layout comes retained
+            dsos.append(late)
+            await late.start()
+            unit.set_values({"W": 1400.0})
+            await late.wait_for(lambda: late.latest.get("W") == 1400.0, 30, "a late head-end decodes")
+            assert any(m.topic.startswith(prefix + "layout/m1/") for m in late.seen)
+        finally:
+            stop.set()
+            if task is not None:
+                await asyncio.wait_for(task, 30)
+            for d in dsos:
+                await d.stop()
+            await meter.stop()
+            await asyncio.to_thread(broker.stop)
+    asyncio.run(asyncio.wait_for(scenario(), 100))
