@@ -19,7 +19,7 @@ import logging
 import time
 
 from . import contract
-from .compression import JSON, PayloadError, encoding_of, open_payload
+from .compression import ZLIB, PayloadError, encoding_of, open_payload
 from .contract import CommandRejected
 from .core.rate import TokenBucket
 from .core.text import escape
@@ -66,8 +66,9 @@ class CommandGate:
         self.counts["received"] += 1
         try:
             try:
-                if encoding_of(payload) != JSON or (content_type or JSON).split(";")[0].strip().lower() != JSON:
-                    payload = open_payload(payload, content_type, limit=MAX_INFLATED[kind])
+                zlib_said = (content_type or "").split(";")[0].strip().lower() == ZLIB
+                if zlib_said or encoding_of(payload) == ZLIB:  # other content types (application/jose) pass as before
+                    payload = open_payload(payload, ZLIB if zlib_said else None, limit=MAX_INFLATED[kind])
             except PayloadError as exc:  # a zip bomb, a corrupt stream, a content type that lies: unreadable
                 return await self._refuse(None, issuer, hashlib.sha256(payload).hexdigest(), "rejected",
                                           f"unreadable {kind} payload: {exc}", None)

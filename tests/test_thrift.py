@@ -185,11 +185,12 @@ def test_fuzz_the_reference_decoder(values, blob):
                                b'"msg_id":"' + b"1" * 32 + b'","ts":"2026-12-07T00:00:00Z",'
                                + w.body("x", [frag], 2).raw + b"}")
     assert [s.value for s in he.take("p/telemetry", msg)] == values
-    for bad in (msg[:6] + blob + msg[6:], msg[:len(blob) % len(msg)], blob):
-        try:
-            he.take("p/telemetry", bad)
-        except ValueError:
-            pass
+    for bad in (msg[:6] + blob + msg[6:], msg[:len(blob) % len(msg)], blob, layout[:len(blob)] + blob):
+        for topic in ("p/telemetry", "p/" + suffix):
+            try:
+                he.take(topic, bad)
+            except ValueError:
+                pass
 
 
 def test_configuration_refuses_what_it_cannot_do():
@@ -229,6 +230,13 @@ def test_the_agent_sends_layouts_compressed_and_its_command_path_refuses_a_zip_b
         assert agent.gate.counts["received"] == before["received"] + 1
         assert any(r.get("decision") == "rejected" and "expands past" in r.get("reason", "")
                    for r in agent._audit_pending), agent._audit_pending[-1:]
+        # a compressed command goes where the same command uncompressed goes (here: to authentication, which refuses
+        # both alike: the issuer is not configured)
+        cmd = json.dumps({"schema": "gridedge.command/2", "cmd_id": "z1", "type": "traffic_light"}).encode()
+        for payload in (compression.compress(cmd), cmd):
+            asyncio.run(agent.gate.handle(agent.topic("cmd") + "/dso", payload))
+        packed, plain = agent._audit_pending[-2:]
+        assert (packed["decision"], packed["reason"]) == (plain["decision"], plain["reason"]) != ("rejected", "")
     finally:
         agent.outbox.close()
         agent.audit.close()
