@@ -2,7 +2,7 @@
 form, on three reference gateways. Every message goes through the agent's encoder (gridedge.telemetry_writer) and a
 real Outbox, and back through the reference decoder (gridedge.headend), which must return exactly what was sent.
 
-    .venv/bin/python bench/bench_thrift.py [--minutes 10] [--site pv|meters|substation|all]
+    .venv/bin/python bench/bench_thrift.py [--minutes 10] [--site pv|meters|substation|all] [--codecs]
 
 A datapoint is one value read from a device: report by exception sends fewer values for the same reads, so its
 bytes are divided by the values read, not the values sent. "payload" is the MQTT payload; "MQTT" adds the PUBLISH
@@ -227,10 +227,59 @@ def run(kind: str, minutes: float, keys: dict, tmp: Path) -> dict:
     return {"read": read, "sent": writer.sent, "messages": messages, "payload": payload, "wire": wire, "cpu": cpu}
 
 
+def codecs(kind: str, minutes: float, tmp: Path) -> None:
+    """The choice of codec: the same JSON messages (today's form, and layouts + report by exception) through each
+    candidate. zstd (python package zstandard, optional: a row is left out without it) with a dictionary trained on
+    the first minute's messages, as a gateway could train one on its own layouts."""
+    import zlib
+
+    rows = []
+    for form, keys in (("today", {}), ("layouts + exception", {"form": "layouts", "report": "exception",
+                                                               **DEADBANDS})):
+        beats = readings(kind, minutes)
+        w = TelemetryWriter(build_telemetry(validate(TELEMETRY, keys)[0]))
+        msgs, read = [], 0
+        with Outbox(tmp / f"codec-{kind}-{len(os.listdir(tmp))}.sqlite", gateway_id="gw-bench-001",
+                    durability="normal") as box:
+            for beat in beats:
+                read += sum(len(b) for b in beat)
+                frags = [f for f, _ in (w.block(b) for b in beat) if f is not None]
+                if frags:
+                    msgs.append(box.append("telemetry", "t", w.body("2026-12-02T12:00:00Z", frags, 0),
+                                           "telemetry").payload)
+        cands = {"none": lambda m: m,
+                 "deflate, no dictionary (zlib level 6)": lambda m: zlib.compress(m, 6),
+                 "deflate + contract dictionary, level 6 (chosen)": compression.compress,
+                 "deflate + contract dictionary, level 9": lambda m: _zd(m, 9)}
+        try:
+            import zstandard
+            cands["zstd level 3, no dictionary"] = zstandard.ZstdCompressor(level=3).compress
+            train = msgs[:60] * (1 if len(msgs[:60]) >= 10 else 10)
+            zd = zstandard.train_dictionary(4096, train)
+            cands["zstd level 3 + 4-KiB dictionary trained on the first minute"] = zstandard.ZstdCompressor(
+                level=3, dict_data=zd).compress
+        except ImportError:
+            pass
+        for name, fn in cands.items():
+            t0 = time.process_time()
+            size = sum(len(fn(m)) for m in msgs)
+            cpu = time.process_time() - t0
+            rows.append(f"| {form} | {name} | {size / read:.2f} | {cpu / read * 1e6:.2f} |")
+    print(f"\n{kind}, codecs: | form | codec | payload B/datapoint | codec CPU us/datapoint |")
+    print("\n".join(rows))
+
+
+def _zd(m: bytes, level: int) -> bytes:
+    import zlib
+    c = zlib.compressobj(level, zlib.DEFLATED, 15, 8, zlib.Z_DEFAULT_STRATEGY, compression.DICTIONARY)
+    return c.compress(m) + c.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--site", choices=("pv", "meters", "substation", "all"), default="all")
+    ap.add_argument("--codecs", action="store_true", help="also compare codecs on the same messages")
     a = ap.parse_args(argv)
     print(f"# {describe()}; load average {os.getloadavg()[0]:.2f}; {a.minutes:g} simulated minutes per site")
     with tempfile.TemporaryDirectory() as tmp:
@@ -241,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
                 r = run(kind, a.minutes, keys, Path(tmp))
                 print(f"| {name} | {r['read']:,} | {r['sent']:,} | {r['messages']:,} | {r['payload'] / r['read']:.2f} "
                       f"| {r['wire'] / r['read']:.2f} | {r['cpu'] / r['read'] * 1e6:.2f} |", flush=True)
+            if a.codecs:
+                codecs(kind, a.minutes, Path(tmp))
     return 0
 
 
