@@ -52,7 +52,7 @@ MAX_SIGNED_BYTES = 32768   # a larger message on a cmd topic (the JWS: base64 of
 #: before it is decoded (16 KiB of "[" would overflow the interpreter's stack).
 MAX_COMMAND_DEPTH = 8
 MAX_REASON_CHARS = 500  # a reason quotes what it refuses: bounded, so a result stays small whatever was sent
-CONTRACT_VERSION = "3.0"  # major: signed commands on per-issuer topics, prefix gridedge/v3/ (docs/mqtt-api.md, "Versions")
+CONTRACT_VERSION = "3.1"  # 3: signed commands on per-issuer topics, prefix gridedge/v3/; .1: data thrift (docs/mqtt-api.md, "Versions")
 #: The claims of a signed command (RFC 7519 names): who signed it, for which gateway, when, and until when.
 CLAIMS = ("iss", "aud", "iat", "exp")
 
