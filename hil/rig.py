@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -53,7 +54,8 @@ poll_ms = {poll_ms}
 timeout_ms = 1000
 writable = {writable}
 {flex}
-{security}"""
+{security}
+{fleet}"""
 
 
 #: The rig's [control] section: the EN 50549 profile, without the release ramp (a bench wants to see the
@@ -106,14 +108,16 @@ class Rig:
                  settings: dict | None = None, feeder: tuple[float, float] | None = None, grid_v_pu: float = 1.0,
                  var_response_s: float = 0.0, flex: str = "", network=None, acl: bool = True,
                  security: dict | None = None, roles: dict[str, list[str]] | None = None,
-                 agent_env: dict[str, str] | None = None) -> None:
+                 agent_env: dict[str, str] | None = None, fleet: str = "") -> None:
         """control/settings: keys of [control] and [control.settings] over the rig's defaults; feeder: (R, X)
         ohm per phase between the grid (grid_v_pu) and the inverter, so its voltage responds to its P and Q;
         flex: a [flex] section (TOML text) appended to the gateway's configuration; network: a started
         netns.WanPath: the agent and the inverter simulator run in its gateway namespace, the broker listens on
         its near end; acl: the broker confines every identity (hil/acl.py); security: more keys of [security]
         (allow_unsigned, max_lifetime_s...); roles: issuer id -> its roles (default: all operators); agent_env:
-        more environment for the agent process (systemd's NOTIFY_SOCKET, WATCHDOG_USEC...)."""
+        more environment for the agent process (systemd's NOTIFY_SOCKET, WATCHDOG_USEC...); fleet: a [fleet] section
+        (TOML text) appended to the configuration (without [fleet.metrics], the rig gives the agent a free port for
+        its metrics endpoint: rig.metrics_port)."""
         if network is not None and proxy:
             raise ValueError("the proxy and a network path are two ways to the broker: choose one")
         self.network = network
@@ -132,6 +136,8 @@ class Rig:
         self.prefix = f"gridedge/v3/{gateway_id}/"
         self.use_acl, self.security, self.roles = acl, dict(security or {}), roles
         self.agent_env = dict(agent_env or {})
+        self.fleet = fleet
+        self.metrics_port = _free_port() if "[fleet.metrics]" not in fleet else None
         self.w_max, self.pv_w, self.ramp_pct_per_s = w_max, pv_w, ramp_pct_per_s
         self.poll_ms, self.telemetry_ms, self.writable = poll_ms, telemetry_ms, writable
         self.broker: Mosquitto | None = None
@@ -186,7 +192,8 @@ class Rig:
                       writable=str(self.writable).lower(), control=control_toml(self.control, self.settings),
                       flex=("\n" + self.flex) if self.flex else "",
                       security=security_toml({i: pub for i, (_p, pub) in self.issuer_keys.items()}, self.roles,
-                                             **self.security))
+                                             **self.security),
+                      fleet=self.fleet + (f"\n[fleet.metrics]\nport = {self.metrics_port}\n" if self.metrics_port else ""))
         values.update(overrides)
         self.config_path.write_text(CONFIG_TEMPLATE.format(**values))
         return self.config_path
@@ -247,6 +254,13 @@ class Rig:
 
     async def __aexit__(self, *exc) -> None:
         await self.stop()
+
+
+def _free_port() -> int:
+    """A TCP port nobody listens on now (the kernel's pick), for a listener the agent opens later."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 async def _stop(proc: asyncio.subprocess.Process | None, sig: int, timeout_s: float) -> int | None:
