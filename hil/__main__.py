@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from .scenario import ScenarioError, load_scenario, resolve, shipped
-from .scenario_run import RESULT_INVALID, main_run
+from .scenario_run import RESULT_INVALID, main_run, rejudge
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,6 +20,10 @@ def main(argv: list[str] | None = None) -> int:
                                             "(default: hil-runs/<name>-<UTC time>)")
     p = sub.add_parser("check", help="validate scenario files and exit non-zero on any error")
     p.add_argument("scenario", nargs="+")
+    p = sub.add_parser("report", help="judge a finished run again (its raw.json) and write its report anew, e.g. "
+                                      "with other limits in the scenario")
+    p.add_argument("scenario")
+    p.add_argument("run_dir", type=Path)
     sub.add_parser("list", help="the ready-made scenarios")
     args = ap.parse_args(argv)
     if args.cmd == "list":
@@ -34,19 +38,23 @@ def main(argv: list[str] | None = None) -> int:
         rc = 0
         for name in args.scenario:
             try:
-                sc = load_scenario(resolve(name))
-                print(f"{resolve(name)}: OK ({len(sc.timeline)} timeline entries, {len(sc.faults)} faults, "
+                path = resolve(name)
+                sc = load_scenario(path)
+                print(f"{path}: OK ({len(sc.timeline)} timeline entries, {len(sc.faults)} faults, "
                       f"{len(sc.checks)} checks)")
             except ScenarioError as exc:
                 print("\n".join(exc.errors), file=sys.stderr)
                 rc = RESULT_INVALID
         return rc
     try:
-        sc = load_scenario(resolve(args.scenario))
+        path = resolve(args.scenario)
+        sc = load_scenario(path)
     except ScenarioError as exc:
         print("\n".join(exc.errors), file=sys.stderr)
         return RESULT_INVALID
-    out = args.out or Path("hil-runs") / f"{resolve(args.scenario).stem}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    if args.cmd == "report":
+        return rejudge(sc, args.run_dir)
+    out = args.out or Path("hil-runs") / f"{path.stem}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     print(f"hil: {sc.name}: {sc.duration_s:g} s of scenario time at {sc.speed:g}x; run directory {out}", flush=True)
     rc, _doc = main_run(sc, Path(out))
     return rc

@@ -103,9 +103,12 @@ def _png(fig) -> str:
 
 
 def _time_axis(ax, rec: dict) -> None:
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, MultipleLocator
 
-    if rec["scenario"]["duration_s"] >= 3 * 3600:
+    duration = rec["scenario"]["duration_s"]
+    if duration >= 3 * 3600:
+        step_h = next(h for h in (1, 2, 3, 4, 6, 12, 24, 48) if duration / (h * 3600) <= 12)
+        ax.xaxis.set_major_locator(MultipleLocator(step_h * 3600))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _p: f"{int(x // 3600)}:{int(x % 3600 // 60):02d}"))
         ax.set_xlabel("scenario time (h:mm)")
     else:
@@ -126,11 +129,14 @@ def _plots(sc: Scenario, rec: dict) -> list[tuple[str, str, str]]:
     import matplotlib.pyplot as plt
 
     power_devs = [d for d, i in rec["devices"].items() if i["kind"] != "real" or d in rec["telemetry"]]
-    rows = len(power_devs) + 4
+    flex = bool(rec["records"].get("verification"))
+    rows = len(power_devs) + flex + 4
     fig, axes = plt.subplots(rows, 1, sharex=True, figsize=(11, 2.1 * rows),
-                             gridspec_kw={"height_ratios": [3] * len(power_devs) + [2, 2, 2.5, 1.5]})
+                             gridspec_kw={"height_ratios": [3] * (len(power_devs) + flex) + [2, 2, 2.5, 1.5]})
     for ax, dev in zip(axes, power_devs):
         _power_panel(ax, rec, dev)
+    if flex:
+        _flex_panel(axes[len(power_devs)], rec)
     _grid_panels(axes[-4], axes[-3], rec)
     _activation_panel(axes[-2], rec)
     _fault_panel(axes[-1], rec)
@@ -157,13 +163,14 @@ def _power_panel(ax, rec: dict, dev: str) -> None:
     sr = rec["samples"].get(dev)
     if sr:
         x = _x(rec, sr["t"])
-        ax.plot(x, sr["W"], color="#08519c", lw=1.4, label="P measured")
+        ax.plot(x, sr["W"], color="#08519c", lw=1.4, label="P measured", zorder=3)
         if any(v is not None for v in sr["avail_w"]):
-            ax.plot(x, [np.nan if v is None else v for v in sr["avail_w"]], color="#fd8d3c", lw=1, ls=":",
-                    label="baseline (available)")
+            ax.plot(x, [np.nan if v is None else v for v in sr["avail_w"]], color="#fd8d3c", lw=1.2, ls=":",
+                    label="baseline (available)", zorder=2)
         sp = [np.nan if v is None else v for v in sr["setpoint_w"]]
         if not np.all(np.isnan(sp)):
-            ax.step(x, sp, where="post", color="#e6550d", lw=1, ls="--", label="set-point at the device")
+            ax.step(x, sp, where="post", color="#e6550d", lw=1.2, ls="--", label="set-point at the device",
+                    zorder=4)
     elif dev in rec["telemetry"]:
         tel = rec["telemetry"][dev]
         ax.plot(_x(rec, tel["t"]), [np.nan if v is None else v for v in tel["W"]], color="#08519c", lw=1.4,
@@ -171,16 +178,13 @@ def _power_panel(ax, rec: dict, dev: str) -> None:
     for c in rec["commands"]:
         if c["type"] in ("limit_active_power", "set_active_power", "prequalification_test"):
             _asked(ax, rec, c, dev, info)
-    base = [(r["t"], r["doc"].get("baseline_w")) for r in rec["records"].get("verification", [])]
-    if base:
-        ax.plot(_x(rec, [t for t, _ in base]), [np.nan if b is None else b for _, b in base], "o", ms=3,
-                color="#a63603", label="baseline (gateway's verification)")
     ax.set_ylabel(f"{dev}\n{info['kind']}, W")
     ax.legend(loc="upper right", fontsize=7, ncol=2)
 
 
 def _asked(ax, rec: dict, c: dict, dev: str, info: dict) -> None:
-    """What a command asked of this device, as a level over its window."""
+    """What a command asked of this device, as a level over its window (a step test: on the device its checks
+    name, the rig does not know the gateway's resources)."""
     doc = c["doc"]
     if doc.get("device") not in (None, dev) or info["kind"] == "meter":
         return
@@ -190,7 +194,9 @@ def _asked(ax, rec: dict, c: dict, dev: str, info: dict) -> None:
             return
         level = p["limit_pct"] / 100 * (info["w_max"] or 0)
     elif c["type"] == "prequalification_test":
-        return
+        if dev not in c.get("devices", ()):
+            return
+        level = p["w"]
     else:
         if info["kind"] != "battery" and doc.get("device") != dev:
             return
@@ -199,7 +205,19 @@ def _asked(ax, rec: dict, c: dict, dev: str, info: dict) -> None:
              and r["status"] in ("completed", "terminated", "cancelled", "failed", "expired", "rejected")]
     end = min(final) if final else c["due"] + int(p.get("duration_s", 0) * S)
     a, b = _x(rec, [c["due"], end])
-    ax.hlines(level, a, b, colors="#31a354", lw=2, alpha=0.7, label=f"asked: {c['entry'] or c['type']}")
+    ax.hlines(level, a, b, colors="#31a354", lw=6, alpha=0.35, label=f"asked: {c['entry'] or c['type']}", zorder=1)
+
+
+def _flex_panel(ax, rec: dict) -> None:
+    """What the gateway itself reported during activations (verification: the real-time INFO 7 of the balancing
+    use case): the pool's measured power, its baseline and the activated power."""
+    ver = sorted(rec["records"].get("verification", []), key=lambda r: r["t"])
+    for key, colour, label in (("measured_w", "#08519c", "measured"), ("baseline_w", "#fd8d3c", "baseline"),
+                               ("activated_w", "#31a354", "activated")):
+        ax.plot(_x(rec, [r["t"] for r in ver]), [np.nan if r["doc"].get(key) is None else r["doc"][key]
+                                                 for r in ver], "o-", ms=3, lw=0.8, color=colour, label=label)
+    ax.set_ylabel("gateway's\nverification, W")
+    ax.legend(loc="upper right", fontsize=7, ncol=3)
 
 
 def _grid_panels(ax_v, ax_f, rec: dict) -> None:
@@ -231,7 +249,8 @@ def _activation_panel(ax, rec: dict) -> None:
     for n in rec["notes"]:
         x = _x(rec, [n["t"]])[0]
         ax.axvline(x, color="#636363", lw=0.8, ls=":")
-        ax.text(x, len(labels) - 0.4, n.get("info") or "note", fontsize=6, rotation=90, va="top")
+        ax.text(x, 0.97, f" {n.get('info') or 'note'}", fontsize=6, rotation=90, va="top",
+                transform=ax.get_xaxis_transform())
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
     ax.set_ylim(-0.7, max(len(labels), 1) - 0.3)
     ax.invert_yaxis()

@@ -95,7 +95,7 @@ class Tagged(s.Schema):
         if not isinstance(value, dict):
             return self._fail(path, issues, f"must be a table, got {s.describe(value)}")
         kind = value.get(self.tag)
-        if kind not in self.variants:
+        if not isinstance(kind, str) or kind not in self.variants:
             where = path + (self.tag,)
             if kind is None:
                 issues.append(s.Issue(where, f"required key missing (one of: {', '.join(self.variants)})"))
@@ -235,6 +235,10 @@ CHECK = Tagged("kind", {
                                                           doc="default: every device the gateway may not write")}),
     "voltage": s.Dict({**_WINDOW, **_DEV, "min_pu": s.Optional(s.Float(ge=0, le=2), default=0.9),
                        "max_pu": s.Optional(s.Float(ge=0, le=2), default=1.1)}),
+    "device_setpoint": s.Dict({**_WINDOW, **_DEV,
+                               "expect_pct": s.Optional(s.Float(ge=-1000, le=1000),
+                                                        doc="% of w_max; absent: no set-point in force"),
+                               "tolerance_pct": s.Optional(s.Float(ge=0, le=100), default=1.0)}),
     "records": s.Dict({**_WINDOW, "record": s.Required(s.Str(choices=(
         "verification", "settlement", "availability", "prequalification", "baseline_accuracy", "telemetry"))),
                        "min_count": s.Optional(s.Int(ge=0, le=10**6), default=1),
@@ -401,6 +405,9 @@ def _cross_checks(doc: dict) -> list[s.Issue]:
                 c.get("device") in devs and devs[c["device"]]["kind"] not in ("inverter", "battery"):
             issues.append(s.Issue(("checks", i, "device"), "must be a simulated inverter or battery (the rig "
                                                            "measures it at the device)"))
+        if c["kind"] == "device_setpoint" and c.get("device") in devs and \
+                devs[c["device"]]["kind"] not in ("inverter", "battery"):
+            issues.append(s.Issue(("checks", i, "device"), "must be a simulated inverter or battery"))
         if c["kind"] == "voltage" and c.get("device") in devs and devs[c["device"]]["kind"] == "real":
             issues.append(s.Issue(("checks", i, "device"), "must be a simulated device"))
         if c.get("from") is not None and c.get("to") is not None and c["from"] > c["to"]:
@@ -454,4 +461,8 @@ def resolve(name: str) -> Path:
     p = Path(name)
     if p.suffix == ".toml" or p.exists() or "/" in name:
         return p
-    return SCENARIO_DIR / f"{name}.toml"
+    ready = SCENARIO_DIR / f"{name}.toml"
+    if not ready.is_file():
+        raise ScenarioError([f"no scenario file {name!r} and no ready-made scenario of that name "
+                             "(gridedge hil list)"])
+    return ready

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import sys
 import time
 import uuid
@@ -256,8 +257,9 @@ async def _send(bench: Bench, rec: Recorder, item: dict, tag: str, at: float) ->
     payload = dso.sign(doc, claims=claims)
     t = time.time_ns()
     await dso.send(payload, issuer=item["issuer"], kind=kind)
+    checked = sorted({c["device"] for c in bench.sc.checks if c.get("command") == item.get("id") and "device" in c})
     rec.commands.append({"entry": item.get("id"), "cmd_id": cmd_id, "type": item["action"], "issuer": item["issuer"],
-                         "device": item.get("device"), "doc": doc, "t": t, "at_s": at,
+                         "device": item.get("device"), "devices": checked, "doc": doc, "t": t, "at_s": at,
                          "due": t + int((item.get("start_in_s") or 0.0) * 1e9),
                          "info": item.get("info"), "text": item.get("text", "")})
 
@@ -343,12 +345,31 @@ def raw_sha256(recording: dict) -> str:
     return hashlib.sha256(json.dumps(recording, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
+def rejudge(sc: Scenario, outdir: Path) -> int:
+    """Judge a recorded run (outdir/raw.json) against the scenario's checks and write its report again."""
+    from .report import write_report
+    from .verdict import judge
+
+    try:
+        recording = json.loads((outdir / "raw.json").read_text())
+    except (OSError, ValueError) as exc:
+        print(f"hil: cannot read {outdir / 'raw.json'}: {exc}", file=sys.stderr)
+        return RESULT_BENCH
+    verdicts = judge(sc, recording)
+    write_report(sc, recording, verdicts, outdir, say=Progress().say)
+    return RESULT_FAIL if any(v.verdict == "fail" for v in verdicts) else RESULT_OK
+
+
 def main_run(sc: Scenario, outdir: Path, say: Callable[[str], None] | None = None) -> tuple[int, dict | None]:
     """Run, judge and report; (exit code, the report document)."""
     from .report import write_report
     from .verdict import judge
 
     progress = Progress()
+    outdir.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(filename=outdir / "rig.log", level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pymodbus").setLevel(logging.ERROR)
     try:
         recording = asyncio.run(run_scenario(sc, outdir, progress=progress))
     except BenchError as exc:

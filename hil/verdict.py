@@ -119,7 +119,7 @@ class Judge:
             return _na(v, f"{c['type']} asks no active power")
         end = self.end_of(c)
         settle = check.get("settle_s", 0.0) * S
-        mask = (sr["t"] >= c["due"] + settle) & (sr["t"] <= end)
+        mask = (sr["t"] >= c["due"] + settle) & (sr["t"] < end)
         v.initial = initial
         v.target = float(np.nanmean(exp[mask])) if mask.any() else None
         v.data.update(cmd_id=c["cmd_id"], due_ns=c["due"], end_ns=end)
@@ -142,8 +142,8 @@ def _limit_text(lo: float | None, hi: float | None, unit: str) -> str:
     return f"<= {hi:g} {unit}" if hi is not None else f">= {lo:g} {unit}"
 
 
-def _crossing(t: np.ndarray, p: np.ndarray, start: int, level: float, rising: bool) -> float | None:
-    idx = np.nonzero((t >= start) & ((p >= level) if rising else (p <= level)))[0]
+def _crossing(t: np.ndarray, p: np.ndarray, start: int, end: int, level: float, rising: bool) -> float | None:
+    idx = np.nonzero((t >= start) & (t < end) & ((p >= level) if rising else (p <= level)))[0]
     return float(t[idx[0]]) if len(idx) else None
 
 
@@ -176,7 +176,7 @@ def response_time(j: Judge, check: dict, v: Verdict) -> Verdict:
     if v.target is None or abs(v.target - initial) < 0.01 * w_max:
         return _na(v, "no step: the set-point asks less than 1 % of the rating of change")
     level = initial + check["fraction"] * (v.target - initial)
-    t = _crossing(sr["t"], sr["W"], c["due"], level, v.target > initial)
+    t = _crossing(sr["t"], sr["W"], c["due"], v.data["end_ns"], level, v.target > initial)
     v.steady = float(np.nanmean(sr["W"][mask])) if mask.any() else None
     if t is None:
         return _fail(v, f"P never reached {check['fraction']:.0%} of the step ({level:.0f} W)")
@@ -198,17 +198,26 @@ def ramp_rate(j: Judge, check: dict, v: Verdict) -> Verdict:
         return _na(v, "no step of at least 5 % of the rating to measure a ramp on")
     step = v.target - initial
     rising = step > 0
-    t10 = _crossing(sr["t"], sr["W"], c["due"], initial + 0.1 * step, rising)
-    t90 = _crossing(sr["t"], sr["W"], c["due"], initial + 0.9 * step, rising)
+    end = v.data["end_ns"]
+    t10 = _crossing(sr["t"], sr["W"], c["due"], end, initial + 0.1 * step, rising)
+    t90 = _crossing(sr["t"], sr["W"], c["due"], end, initial + 0.9 * step, rising)
     v.steady = float(np.nanmean(sr["W"][mask])) if mask.any() else None
-    if t10 is None or t90 is None:
-        return _fail(v, "P never crossed 10 % and 90 % of the step")
-    dt = max((t90 - t10) / S, TICK_S)
-    v.figure = 0.8 * abs(step) / dt
+    if t10 is None:
+        return _fail(v, "P never crossed 10 % of the step")
+    v.band = (None if lo is None else lo, None if hi is None else hi)
+    if t90 is None:           # too slow to finish: its mean rate from 10 % to the end of the activation
+        last = np.nonzero((sr["t"] >= t10) & (sr["t"] < end))[0][-1]
+        dt = max((sr["t"][last] - t10) / S, TICK_S)
+        v.figure = abs(sr["W"][last] - (initial + 0.1 * step)) / dt
+        v.reason = "P never reached 90 % of the step within the activation: its mean rate from 10 % to the end"
+    else:
+        dt = max((t90 - t10) / S, TICK_S)
+        v.figure = 0.8 * abs(step) / dt
+        v.reason = "0.8 x step over the time from 10 % to 90 % of the step, at the device"
+        v.data.update(t90_s=(t90 - c["due"]) / S)
     v.accuracy = v.figure * 2 * TICK_S / dt       # each crossing is known to one sampling period
     v.band = (None if lo is None else lo - v.accuracy, None if hi is None else hi + v.accuracy)
-    v.data.update(t10_s=(t10 - c["due"]) / S, t90_s=(t90 - c["due"]) / S, step_w=step)
-    v.reason = "0.8 x step over the time from 10 % to 90 % of the step, at the device"
+    v.data.update(t10_s=(t10 - c["due"]) / S, step_w=step)
     return _judge_band(v, v.figure)
 
 
@@ -411,6 +420,34 @@ def voltage(j: Judge, check: dict, v: Verdict) -> Verdict:
     return v
 
 
+def device_setpoint(j: Judge, check: dict, v: Verdict) -> Verdict:
+    sr = j.series(check["device"])
+    lo, hi = j.ns(check.get("from"), j.t0), j.ns(check.get("to"), j.t_end)
+    m = (sr["t"] >= lo) & (sr["t"] <= hi)
+    w_max = j.rec["devices"][check["device"]]["w_max"]
+    v.unit, v.accuracy = "%", 100 * W_RESOLUTION / w_max
+    if not m.any():
+        return _na(v, "no samples in the window")
+    pct = 100 * sr["setpoint_w"][m] / w_max
+    held = ~np.isnan(pct)
+    if "expect_pct" not in check:
+        v.limit, v.band = "no set-point in force", (0.0, 0.0)
+        v.figure = float(100 * held.mean())
+        v.reason = f"share of the window in which {check['device']} held a set-point, %"
+        return _judge_band(v, v.figure)
+    exp, tol = check["expect_pct"], check["tolerance_pct"]
+    v.target, v.limit = exp, f"{exp:g} +/- {tol:g} % of w_max throughout"
+    v.band = (exp - tol - v.accuracy, exp + tol + v.accuracy)
+    if not held.all():
+        v.figure = float(np.nanmean(pct)) if held.any() else None
+        return _fail(v, f"no set-point in force for {100 * (1 - held.mean()):.0f} % of the window")
+    v.figure = float(np.mean(pct))
+    worst = float(pct[np.argmax(np.abs(pct - exp))])
+    v.data.update(worst_pct=worst)
+    v.reason = f"the set-point {check['device']} held (what the gateway wrote), mean over the window"
+    return _judge_band(v, worst)
+
+
 def records(j: Judge, check: dict, v: Verdict) -> Verdict:
     lo, hi = j.ns(check.get("from"), 0), j.ns(check.get("to"), 2**63)
     if check["record"] == "telemetry":
@@ -434,7 +471,7 @@ def records(j: Judge, check: dict, v: Verdict) -> Verdict:
 
 CHECKS = {f.__name__: f for f in (activation_delay, response_time, ramp_rate, setpoint_accuracy, delivery, statuses,
                                    command_latency, telemetry_latency, completeness, failsafe_reversion, recovery,
-                                   no_writes, voltage, records)}
+                                   no_writes, voltage, device_setpoint, records)}
 
 
 def judge(sc: Scenario, recording: dict) -> list[Verdict]:
