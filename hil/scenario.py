@@ -209,7 +209,10 @@ CHECK = Tagged("kind", {
     "response_time": s.Dict({**_ACT, "max_s": s.Required(s.Float(gt=0, le=3600)),
                              "fraction": s.Optional(s.Float(gt=0, le=1), default=0.9)}),
     "ramp_rate": s.Dict({**_ACT, "min_w_per_s": s.Optional(s.Float(ge=0, le=1e9)),
-                         "max_w_per_s": s.Optional(s.Float(gt=0, le=1e9))}),
+                         "max_w_per_s": s.Optional(s.Float(gt=0, le=1e9)),
+                         "edge": s.Optional(s.Str(choices=("start", "end")), default="start",
+                                            doc="the step into the set-point, or the release back to the baseline "
+                                                "when it ends")}),
     "setpoint_accuracy": s.Dict({**_ACT, "settle_s": s.Optional(s.Float(ge=0, le=3600), default=5.0),
                                  "tolerance_w": s.Optional(s.Float(ge=0, le=1e9)),
                                  "tolerance_pct": s.Optional(s.Float(ge=0, le=100), doc="of w_max")}),

@@ -266,60 +266,77 @@ async def _send(bench: Bench, rec: Recorder, item: dict, tag: str, at: float) ->
 
 def _observed(bench: Bench, rec: Recorder) -> dict:
     """What the head-end saw at the broker, in wall-clock ns of arrival."""
-    dso, prefix = bench.dso, bench.prefix
-    off = bench.mono_to_wall_ns
-    results, states, records, tele, lat, seen_ids = [], [], {}, {}, [], set()
-    counts: dict[str, int] = {}
-    for s in dso.seen:
-        rel = s.topic[len(prefix):] if s.topic.startswith(prefix) else s.topic
-        counts[rel] = counts.get(rel, 0) + 1
-        t = int(s.t * 1e9) + off
-        doc = s.doc if isinstance(s.doc, dict) else None
-        if doc is None:
-            continue
-        kind = rel.removeprefix("backfill/")
-        backfill = rel.startswith("backfill/")
-        mid = doc.get("msg_id")
-        if kind in ("result", "telemetry", *FLEX_KINDS):
-            if mid in seen_ids:
-                continue
-            seen_ids.add(mid)
-        if kind == "result":
-            detail = doc.get("detail") if isinstance(doc.get("detail"), dict) else {}
-            results.append({"t": t, "cmd_id": doc.get("cmd_id"), "status": doc.get("status"),
-                            "reason": doc.get("reason"), "state": detail.get("state"), "backfill": backfill,
-                            "claimed": detail.get("claimed_cmd_id")})
-        elif kind == "state":
-            states.append({"t": t, "status": doc.get("status"), "will": bool(doc.get("will")),
-                           "version": doc.get("version"), "boot_id": doc.get("boot_id"),
-                           "next_seq": doc.get("next_seq")})
-        elif kind in FLEX_KINDS:
-            records.setdefault(kind, []).append({"t": t, "backfill": backfill, "doc": doc})
-        elif kind == "telemetry":
-            for b in doc.get("blocks") or ():
-                if not isinstance(b, dict) or not isinstance(b.get("t"), int):
-                    continue
-                lat.append({"t": t, "dev": b.get("dev"), "t_read": b["t"], "backfill": backfill})
-                names, values = b.get("n") or [], b.get("v") or []
-                series = tele.setdefault(str(b.get("dev")), {"t": []})
-                series["t"].append(b["t"])
-                for name in ("W", "VAr", "PhVphA", "Hz", "WMaxLimPct", "WMaxLimPctEna"):
-                    v = values[names.index(name)] if name in names and names.index(name) < len(values) else None
-                    series.setdefault(name, []).append(v)
-    streams = {}
+    out = observe(bench.dso.seen, bench.prefix, bench.mono_to_wall_ns)
     for stream in ("telemetry", "result", "audit", *FLEX_KINDS):
-        r = dso.audit.report(bench.gateway_id, stream)
+        r = bench.dso.audit.report(bench.gateway_id, stream)
         if r.received or stream in ("telemetry", "result"):
-            streams[stream] = {"first": r.first, "last": r.last, "received": r.received, "duplicates": r.duplicates,
-                               "missing": r.missing[:1000], "n_missing": len(r.missing),
-                               "out_of_order": len(r.out_of_order), "reused": r.reused[:1000]}
-    return {"results": results, "states": states, "records": records, "telemetry": tele, "latency": lat,
-            "streams": streams, "topics": counts}
+            out["streams"][stream] = {"first": r.first, "last": r.last, "received": r.received,
+                                      "duplicates": r.duplicates, "missing": r.missing[:1000],
+                                      "n_missing": len(r.missing), "out_of_order": len(r.out_of_order),
+                                      "reused": r.reused[:1000]}
+    return out
+
+
+def observe(seen, prefix: str, mono_to_wall_ns: int) -> dict:
+    """The messages a head-end saw (DsoSimulator.seen), sorted for the checks. A gateway under test is not
+    trusted: a message that does not follow the contract is counted in `unreadable`, never a crash."""
+    out = {"results": [], "states": [], "records": {}, "telemetry": {}, "latency": [], "streams": {}, "topics": {},
+           "unreadable": 0}
+    seen_ids: set = set()
+    for s in seen:
+        rel = s.topic[len(prefix):] if s.topic.startswith(prefix) else s.topic
+        out["topics"][rel] = out["topics"].get(rel, 0) + 1
+        if not isinstance(s.doc, dict):
+            continue
+        try:
+            _observe_one(out, rel, s.doc, int(s.t * 1e9) + mono_to_wall_ns, seen_ids)
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError):
+            out["unreadable"] += 1
+    return out
+
+
+def _observe_one(out: dict, rel: str, doc: dict, t: int, seen_ids: set) -> None:
+    kind = rel.removeprefix("backfill/")
+    backfill = rel.startswith("backfill/")
+    if kind in ("result", "telemetry", *FLEX_KINDS):
+        mid = doc.get("msg_id")
+        if not isinstance(mid, str) or mid in seen_ids:
+            return
+        seen_ids.add(mid)
+    if kind == "result":
+        detail = doc.get("detail") if isinstance(doc.get("detail"), dict) else {}
+        out["results"].append({"t": t, "cmd_id": _text(doc.get("cmd_id")), "status": _text(doc.get("status")),
+                               "reason": _text(doc.get("reason")), "state": _text(detail.get("state")),
+                               "backfill": backfill, "claimed": _text(detail.get("claimed_cmd_id"))})
+    elif kind == "state":
+        out["states"].append({"t": t, "status": _text(doc.get("status")), "will": doc.get("will") is True,
+                              "version": _text(doc.get("version")), "boot_id": _text(doc.get("boot_id")),
+                              "next_seq": {k: v for k, v in doc["next_seq"].items() if isinstance(v, int)}
+                              if isinstance(doc.get("next_seq"), dict) else None})
+    elif kind in FLEX_KINDS:
+        out["records"].setdefault(kind, []).append({"t": t, "backfill": backfill, "doc": doc})
+    elif kind == "telemetry":
+        for b in doc.get("blocks") or ():
+            if not isinstance(b, dict) or type(b.get("t")) is not int or not isinstance(b.get("dev"), str):
+                continue
+            names, values = b.get("n"), b.get("v")
+            if not isinstance(names, list) or not isinstance(values, list) or len(names) != len(values):
+                continue
+            out["latency"].append({"t": t, "dev": b["dev"], "t_read": b["t"], "backfill": backfill})
+            series = out["telemetry"].setdefault(b["dev"], {"t": []})
+            series["t"].append(b["t"])
+            for name in ("W", "VAr", "PhVphA", "Hz", "WMaxLimPct", "WMaxLimPctEna"):
+                v = values[names.index(name)] if name in names else None
+                series.setdefault(name, []).append(v if isinstance(v, (int, float)) else None)
+
+
+def _text(v) -> str | None:
+    """A string from the gateway, as it is (escaped where it is shown), or None."""
+    return v if isinstance(v, str) else None if v is None else repr(v)[:200]
 
 
 def _recording(sc: Scenario, bench: Bench, rec: Recorder, clock: Clock, observed: dict | None, tag: str) -> dict:
-    observed = observed or {"results": [], "states": [], "records": {}, "telemetry": {}, "latency": [],
-                            "streams": {}, "topics": {}}
+    observed = observed or observe([], bench.prefix, 0)
     versions = [s["version"] for s in observed["states"] if s.get("version") and not s.get("will")]
     devices = {d["id"]: {"kind": d["kind"], "w_max": d.get("w_max"), "node": d.get("node"),
                          "writable": d.get("writable", d["kind"] == "real" and bool(d["gateway"].get("writable"))),

@@ -122,7 +122,7 @@ class Judge:
         mask = (sr["t"] >= c["due"] + settle) & (sr["t"] < end)
         v.initial = initial
         v.target = float(np.nanmean(exp[mask])) if mask.any() else None
-        v.data.update(cmd_id=c["cmd_id"], due_ns=c["due"], end_ns=end)
+        v.data.update(cmd_id=c["cmd_id"], due_ns=c["due"], end_ns=end, before_w=initial)
         return c, sr, mask, exp, initial
 
 
@@ -194,13 +194,22 @@ def ramp_rate(j: Judge, check: dict, v: Verdict) -> Verdict:
     lo, hi = check.get("min_w_per_s"), check.get("max_w_per_s")
     v.limit = _limit_text(lo, hi, "W/s")
     w_max = j.rec["devices"][check["device"]]["w_max"]
+    start, end = c["due"], v.data["end_ns"]
+    if check["edge"] == "end":        # the release: from the end of the activation back to the baseline
+        later = [x["due"] for x in j.rec["commands"] if x["due"] > end]
+        start, end = end, min(later + [j.t_end])
+        i0 = max(0, int(np.searchsorted(sr["t"], start)) - 1)
+        v.initial = initial = float(sr["W"][i0])
+        info = j.rec["devices"][check["device"]]
+        v.target = float(sr["avail_w"][i0]) if info["kind"] == "inverter" else v.data["before_w"]
+        mask = (sr["t"] >= start) & (sr["t"] < end)
+        v.data.update(release_ns=start)
     if v.target is None or abs(v.target - initial) < 0.05 * w_max:
         return _na(v, "no step of at least 5 % of the rating to measure a ramp on")
     step = v.target - initial
     rising = step > 0
-    end = v.data["end_ns"]
-    t10 = _crossing(sr["t"], sr["W"], c["due"], end, initial + 0.1 * step, rising)
-    t90 = _crossing(sr["t"], sr["W"], c["due"], end, initial + 0.9 * step, rising)
+    t10 = _crossing(sr["t"], sr["W"], start, end, initial + 0.1 * step, rising)
+    t90 = _crossing(sr["t"], sr["W"], start, end, initial + 0.9 * step, rising)
     v.steady = float(np.nanmean(sr["W"][mask])) if mask.any() else None
     if t10 is None:
         return _fail(v, "P never crossed 10 % of the step")
@@ -213,11 +222,12 @@ def ramp_rate(j: Judge, check: dict, v: Verdict) -> Verdict:
     else:
         dt = max((t90 - t10) / S, TICK_S)
         v.figure = 0.8 * abs(step) / dt
-        v.reason = "0.8 x step over the time from 10 % to 90 % of the step, at the device"
-        v.data.update(t90_s=(t90 - c["due"]) / S)
+        v.reason = (f"0.8 x step over the time from 10 % to 90 % of the {'release' if check['edge'] == 'end' else 'step'}"
+                    ", at the device")
+        v.data.update(t90_s=(t90 - start) / S)
     v.accuracy = v.figure * 2 * TICK_S / dt       # each crossing is known to one sampling period
     v.band = (None if lo is None else lo - v.accuracy, None if hi is None else hi + v.accuracy)
-    v.data.update(t10_s=(t10 - c["due"]) / S, step_w=step)
+    v.data.update(t10_s=(t10 - start) / S, step_w=step)
     return _judge_band(v, v.figure)
 
 
