@@ -171,15 +171,20 @@ def _power_panel(ax, rec: dict, dev: str) -> None:
         if not np.all(np.isnan(sp)):
             ax.step(x, sp, where="post", color="#e6550d", lw=1.2, ls="--", label="set-point at the device",
                     zorder=4)
-    elif dev in rec["telemetry"]:
-        tel = rec["telemetry"][dev]
-        ax.plot(_x(rec, tel["t"]), [np.nan if v is None else v for v in tel["W"]], color="#08519c", lw=1.4,
-                label="P (gateway telemetry)")
+    tel = rec["telemetry"].get(dev)
+    if tel and tel["t"]:
+        seen = [np.nan if v is None else v for v in tel["W"]]
+        if sr:
+            ax.plot(_x(rec, tel["t"]), seen, ".", ms=2, color="#636363", label="P in the gateway's telemetry",
+                    zorder=5)
+        else:
+            ax.plot(_x(rec, tel["t"]), seen, color="#08519c", lw=1.4, label="P (gateway's telemetry)")
     for c in rec["commands"]:
         if c["type"] in ("limit_active_power", "set_active_power", "prequalification_test"):
             _asked(ax, rec, c, dev, info)
     ax.set_ylabel(f"{dev}\n{info['kind']}, W")
-    ax.legend(loc="upper right", fontsize=7, ncol=2)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper right", fontsize=7, ncol=2)
 
 
 def _asked(ax, rec: dict, c: dict, dev: str, info: dict) -> None:
@@ -229,7 +234,8 @@ def _grid_panels(ax_v, ax_f, rec: dict) -> None:
         ax_v.axhline(lim, color="#de2d26", lw=0.8, ls="--")
     ax_v.set_ylabel("voltage, pu")
     ax_f.set_ylabel("frequency, Hz")
-    ax_v.legend(loc="upper right", fontsize=7, ncol=4)
+    if rec["samples"]:
+        ax_v.legend(loc="upper right", fontsize=7, ncol=4)
     ax_f.get_yaxis().get_major_formatter().set_useOffset(False)
 
 

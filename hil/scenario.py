@@ -197,7 +197,8 @@ FAULT = Tagged("kind", {
     "device_slow": s.Dict({**_FOR, **_DEV, "delay_s": s.Required(s.Float(gt=0, le=30), "wall s")}),
     "gateway_kill": s.Dict({"for": s.Optional(TIME, default=0.0, doc="down this long, then started again"),
                             "signal": s.Optional(s.Str(choices=("KILL", "TERM")), default="KILL")}),
-    "clock_step": s.Dict({"target": s.Optional(s.Str(choices=("headend", "gateway")), default="headend"),
+    "clock_step": s.Dict({"target": s.Optional(s.Str(choices=("headend",)), default="headend",
+                                               doc="whose clock: the head-end's, that signs and dates commands"),
                           "step_s": s.Required(s.Float(ge=-86400 * 365, le=86400 * 365)),
                           "for": s.Optional(TIME, doc="stepped back after this long; default: stays")}),
 }, {"at": s.Required(TIME), "id": _ref("its name, for checks")})
@@ -387,7 +388,7 @@ def _cross_checks(doc: dict) -> list[s.Issue]:
                                                                "true: the rig cannot reach between it and the gateway"))
         if f["kind"].startswith("uplink_") and doc["uplink"]["path"] == "direct":
             issues.append(s.Issue(("faults", i, "kind"), "uplink faults need uplink.path = \"proxy\""))
-        if f["kind"] == "gateway_kill" or (f["kind"] == "clock_step" and f["target"] == "gateway"):
+        if f["kind"] == "gateway_kill":
             if gw["mode"] == "external" and "command" not in gw:
                 issues.append(s.Issue(("faults", i, "kind"), "needs a gateway the rig starts (gateway.mode = "
                                                              "\"gridedge\", or gateway.command)"))

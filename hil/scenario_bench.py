@@ -39,9 +39,6 @@ __all__ = ["Bench", "BenchError", "Clock", "value_at", "toml_text"]
 
 CONTROL_POINTS = {"WMaxLimPct", "WMaxLimPctEna", "WSet", "WSetEna", "VarSet", "VarSetEna"}
 RTU_MODES = {"timeout": "silent", "slow": "slow", "exception": "exception", "garbage": "bad_crc"}
-FAKETIME_LIBS = ("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
-                 "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1", "/usr/lib/faketime/libfaketime.so.1",
-                 "/usr/local/lib/faketime/libfaketime.so.1")
 
 
 class BenchError(RuntimeError):
@@ -218,8 +215,6 @@ class Bench:
         self.relays: dict[str, ModbusRelay] = {}     # real devices behind the rig's relay
         self.real: dict[str, dict] = {}              # real devices: their [[devices]] keys for the gateway
         self.headend_offset_s = 0.0
-        self.gateway_offset_s = 0.0
-        self.faketime_file = self.workdir / "gateway" / "faketime"
         self.gateway_log = self.workdir / "gateway" / "gateway.log"
         self.bench_sheet = self.workdir / "bench.json"
         g = sc.grid
@@ -344,13 +339,6 @@ class Bench:
     async def start_gateway(self) -> None:
         self.gateway_log.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        if any(f["kind"] == "clock_step" and f["target"] == "gateway" for f in self.sc.faults):
-            lib = next((p for p in FAKETIME_LIBS if os.path.exists(p)), None)
-            if lib is None:
-                raise BenchError("a clock step of the gateway needs libfaketime: apt-get install faketime")
-            self.faketime_file.write_text(f"{self.gateway_offset_s:+.3f}\n")
-            env.update(LD_PRELOAD=lib, FAKETIME_TIMESTAMP_FILE=str(self.faketime_file), FAKETIME_NO_CACHE="1",
-                       DONT_FAKE_MONOTONIC="1")
         if self.mode == "gridedge":
             argv = [sys.executable, "-m", "gridedge", "run", "-c", str(self.gateway_config)]
         else:
@@ -491,12 +479,7 @@ class Bench:
             else:
                 await self.start_gateway()
         elif kind == "clock_step":
-            step = f["step_s"] if on else -f["step_s"]
-            if f["target"] == "headend":
-                self.headend_offset_s += step
-            else:
-                self.gateway_offset_s += step
-                self.faketime_file.write_text(f"{self.gateway_offset_s:+.3f}\n")
+            self.headend_offset_s += f["step_s"] if on else -f["step_s"]
 
     # ------------------------------------------------------------------ stop
     async def stop_gateway(self) -> None:

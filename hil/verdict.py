@@ -73,7 +73,9 @@ class Judge:
         return default if scenario_s is None else int(self.t0 + scenario_s / self.sc.speed * S)
 
     def results(self, cmd_id: str) -> list[dict]:
-        return [r for r in self.rec["results"] if r["cmd_id"] == cmd_id]
+        """Its results, and the refusals of messages that only claimed its id (unauthenticated: cmd_id null)."""
+        return [r for r in self.rec["results"] if r["cmd_id"] == cmd_id or r["cmd_id"] is None
+                and r.get("claimed") == cmd_id]
 
     def end_of(self, c: dict) -> int:
         final = [r["t"] for r in self.results(c["cmd_id"]) if r["status"] in FINAL]

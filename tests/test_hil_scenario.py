@@ -71,7 +71,7 @@ def test_errors_name_file_path_and_reason_all_at_once():
         's.toml: timeline[0].at: must be seconds or "H:MM[:SS]", got string \'25:99\'',
         "s.toml: timeline[0].limit_pct: must be <= 100, got 150.0",
         "s.toml: checks[0].colour: unknown key (expected one of: kind, id, title, command, device, min_w_per_s, "
-        "max_w_per_s)",
+        "max_w_per_s, edge)",
     ]
 
 
@@ -98,10 +98,11 @@ def test_references_and_times_are_cross_checked():
 def test_what_an_external_gateway_cannot_do_is_refused():
     doc = copy.deepcopy(MINIMAL)
     doc["gateway"] = {"mode": "external"}
-    doc["faults"] = [{"at": 1, "kind": "gateway_kill"}, {"at": 2, "kind": "clock_step", "target": "gateway",
-                                                          "step_s": 60}]
-    assert errors(doc) == [f's.toml: faults[{i}].kind: needs a gateway the rig starts (gateway.mode = "gridedge", '
-                           'or gateway.command)' for i in (0, 1)]
+    doc["faults"] = [{"at": 1, "kind": "gateway_kill"}]
+    assert errors(doc) == ['s.toml: faults[0].kind: needs a gateway the rig starts (gateway.mode = "gridedge", '
+                           'or gateway.command)']
+    clock = dict(doc, faults=[{"at": 2, "kind": "clock_step", "target": "gateway", "step_s": 60}])
+    assert errors(clock) == ["s.toml: faults[0].target: must be one of: headend; got 'gateway'"]
     doc["gateway"]["command"] = ["my-gateway", "--bench", "{bench}"]
     assert parse_scenario(doc).gateway["command"][2] == "{bench}"
 
