@@ -229,7 +229,7 @@ class Rig:
 
     async def stop_agent(self, sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> int | None:
         proc, self.agent = self.agent, None
-        return await _stop(proc, sig, timeout_s)
+        return await stop_process(proc, sig, timeout_s)
 
     async def stop(self) -> None:
         if self.dso:
@@ -238,7 +238,7 @@ class Rig:
         sim, self.sim = self.sim, None
         if sim is not None and sim.stdin is not None:
             sim.stdin.close()
-        await _stop(sim, signal.SIGTERM, 5)
+        await stop_process(sim, signal.SIGTERM, 5)
         if self.proxy:
             await self.proxy.stop()
         if self.broker:
@@ -256,7 +256,8 @@ class Rig:
         await self.stop()
 
 
-async def _stop(proc: asyncio.subprocess.Process | None, sig: int, timeout_s: float) -> int | None:
+async def stop_process(proc: asyncio.subprocess.Process | None, sig: int, timeout_s: float) -> int | None:
+    """Signal a process and wait for it (SIGKILL after timeout_s); its exit status, None if there was none."""
     if proc is None or proc.returncode is not None:
         return None if proc is None else proc.returncode
     try:

@@ -32,7 +32,8 @@ from .modbus_relay import ModbusRelay
 from .modbus_sim import ModbusLineSim, ModbusTcpSim, UnitSim
 from .pki import Pki, make_pki
 from .plant import clear_sky_pv
-from .rig import CONTROL_DEFAULTS, HEADEND_CN, ISSUERS, SETTINGS_DEFAULTS, _toml_value, issuer_identities, rig_broker
+from .rig import (CONTROL_DEFAULTS, HEADEND_CN, ISSUERS, SETTINGS_DEFAULTS, _toml_value, issuer_identities, rig_broker,
+                  stop_process)
 from .scenario import Scenario
 
 __all__ = ["Bench", "BenchError", "Clock", "value_at", "toml_text"]
@@ -352,16 +353,7 @@ class Bench:
 
     async def kill_gateway(self, sig: int = signal.SIGKILL, timeout_s: float = 15.0) -> int | None:
         proc, self.gateway = self.gateway, None
-        if proc is None or proc.returncode is not None:
-            return None if proc is None else proc.returncode
-        try:
-            proc.send_signal(sig)
-            return await asyncio.wait_for(proc.wait(), timeout_s)
-        except asyncio.TimeoutError:
-            proc.kill()
-            return await proc.wait()
-        except ProcessLookupError:
-            return await proc.wait()
+        return await stop_process(proc, sig, timeout_s)
 
     def gateway_log_tail(self, lines: int = 15) -> str:
         try:

@@ -25,7 +25,7 @@ from .dso_sim import DsoSimulator
 from .scenario import Scenario
 from .scenario_bench import Bench, BenchError, Clock
 
-__all__ = ["run_scenario", "Outcome", "RESULT_OK", "RESULT_FAIL", "RESULT_INVALID", "RESULT_BENCH"]
+__all__ = ["run_scenario", "main_run", "rejudge", "observe", "RESULT_OK", "RESULT_FAIL", "RESULT_INVALID", "RESULT_BENCH"]
 
 RESULT_OK, RESULT_FAIL, RESULT_INVALID, RESULT_BENCH = 0, 1, 2, 3
 TICK_S = 0.1

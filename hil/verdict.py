@@ -144,6 +144,12 @@ def _limit_text(lo: float | None, hi: float | None, unit: str) -> str:
     return f"<= {hi:g} {unit}" if hi is not None else f">= {lo:g} {unit}"
 
 
+def _at_most(v: Verdict, max_s: float, accuracy: float) -> None:
+    """A time limit: the figure in seconds, pass band 0 .. max_s + accuracy."""
+    v.unit, v.accuracy = "s", accuracy
+    v.band, v.limit = (0.0, max_s + accuracy), _limit_text(None, max_s, "s")
+
+
 def _crossing(t: np.ndarray, p: np.ndarray, start: int, end: int, level: float, rising: bool) -> float | None:
     idx = np.nonzero((t >= start) & (t < end) & ((p >= level) if rising else (p <= level)))[0]
     return float(t[idx[0]]) if len(idx) else None
@@ -157,8 +163,7 @@ def activation_delay(j: Judge, check: dict, v: Verdict) -> Verdict:
         return got
     c = got[0]
     writes = [w for w in j.rec["writes"].get(check["device"], []) if w["t"] >= c["t"]]
-    v.unit, v.accuracy = "s", j.acc_t
-    v.band, v.limit = (0.0, check["max_s"] + j.acc_t), _limit_text(None, check["max_s"], "s")
+    _at_most(v, check["max_s"], j.acc_t)
     if not writes:
         return _fail(v, f"no control write reached {check['device']} after the command")
     v.figure = (writes[0]["t"] - c["due"]) / S
@@ -172,8 +177,7 @@ def response_time(j: Judge, check: dict, v: Verdict) -> Verdict:
     if isinstance(got, Verdict):
         return got
     c, sr, mask, exp, initial = got
-    v.unit, v.accuracy = "s", j.acc_t
-    v.band, v.limit = (0.0, check["max_s"] + j.acc_t), _limit_text(None, check["max_s"], "s")
+    _at_most(v, check["max_s"], j.acc_t)
     w_max = j.rec["devices"][check["device"]]["w_max"]
     if v.target is None or abs(v.target - initial) < 0.01 * w_max:
         return _na(v, "no step: the set-point asks less than 1 % of the rating of change")
@@ -297,8 +301,7 @@ def statuses(j: Judge, check: dict, v: Verdict) -> Verdict:
 def command_latency(j: Judge, check: dict, v: Verdict) -> Verdict:
     cmds = [j.cmds[check["command"]]] if check.get("command") in j.cmds else \
         ([] if check.get("command") else j.rec["commands"])
-    v.unit, v.accuracy = "s", j.rec.get("lag_s", 0.0)
-    v.band, v.limit = (0.0, check["max_s"] + v.accuracy), _limit_text(None, check["max_s"], "s")
+    _at_most(v, check["max_s"], j.rec.get("lag_s", 0.0))
     if not cmds:
         return _na(v, "no command was sent")
     lat, missing = {}, []
@@ -386,8 +389,7 @@ def failsafe_reversion(j: Judge, check: dict, v: Verdict) -> Verdict:
 
 def recovery(j: Judge, check: dict, v: Verdict) -> Verdict:
     f = next((f for f in j.rec["faults"] if f["id"] == check["fault"]), None)
-    v.unit, v.accuracy = "s", j.rec.get("lag_s", 0.0)
-    v.band, v.limit = (0.0, check["max_s"] + v.accuracy), _limit_text(None, check["max_s"], "s")
+    _at_most(v, check["max_s"], j.rec.get("lag_s", 0.0))
     if f is None or f["t_off"] is None:
         return _na(v, f"the fault {check['fault']!r} did not happen and end")
     live = sorted(e["t"] for e in j.rec["latency"] if not e["backfill"] and e["t"] > f["t_off"]
