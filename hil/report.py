@@ -422,7 +422,9 @@ def _streams_table(rec: dict) -> str:
                     f"<td>{st['received']}</td><td>{st['n_missing']}</td><td>{st['duplicates']}</td>"
                     f"<td>{len(st['reused'])}</td><td>{st['out_of_order']}</td></tr>")
     topics = ", ".join(f"{_e(k)}: {v}" for k, v in sorted(rec["topics"].items()))
-    return "\n".join(rows) + f"</table><p class='small'>Messages per topic: {topics}</p>"
+    bad = rec.get("unreadable", 0)
+    return "\n".join(rows) + (f"</table><p class='small'>Messages per topic: {topics}. Messages that did not follow "
+                              f"the contract (JSON with the wrong fields or types): {bad}.</p>")
 
 
 def _glossary() -> str:

@@ -134,13 +134,17 @@ async def run_scenario(sc: Scenario, outdir: Path, *, progress: Progress | None 
         clock.start()
         rec.phases.append({"t": clock.t0_ns, "name": "timeline"})
         progress.set("timeline", sc.duration_s / sc.speed)
+        last = "timeline"
         for at, _order, what, item in _events(sc):
             delay = clock.deadline(at) - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             rec.late_events_s = max(rec.late_events_s, -delay)
-            progress.phase = _describe(what, item)
             await _do(bench, rec, what, item, tag, at)
+            if what == "timeline":
+                last = _describe(what, item)
+            on = [f["kind"] + (f" {f['device']}" if f.get("device") else "") for f in rec.faults if f["t_off"] is None]
+            progress.phase = last + (f" | faults: {', '.join(on)}" if on else "")
         delay = clock.deadline(sc.duration_s) - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
