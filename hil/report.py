@@ -28,6 +28,7 @@ S = 1e9
 STATUS_COLOURS = {"accepted": "#9ecae1", "scheduled": "#fdd49e", "active": "#31a354", "completed": "#bdbdbd",
                   "terminated": "#756bb1", "cancelled": "#969696", "expired": "#fc9272", "rejected": "#de2d26",
                   "failed": "#a50f15"}
+LIGHT_COLOURS = {"green": "#74c476", "amber": "#fec44f", "red": "#fb6a4a"}  # a traffic light while in force
 VERDICT_COLOURS = {"pass": "#2ca25f", "fail": "#de2d26", "n/a": "#969696"}
 
 
@@ -153,8 +154,8 @@ def _plots(sc: Scenario, rec: dict) -> list[tuple[str, str, str]]:
     out = [("Power, grid, activations and faults", caption, _png(fig))]
     out.append(("Latency", "Left: from each device read to its arrival at the head-end (live telemetry; backfill "
                 "left out). Right: from publishing each command to its first result.", _latency_png(rec)))
-    out.append(("Completeness per stream", "Per stream, the messages received and the seqs missing between the "
-                "first seen and the last issued (after de-duplication by msg_id).", _completeness_png(rec)))
+    out.append(("Completeness per stream", "Per stream, the share of seqs received and missing between the first "
+                "seen and the last issued (after de-duplication by msg_id), and the counts.", _completeness_png(rec)))
     return out
 
 
@@ -184,7 +185,12 @@ def _power_panel(ax, rec: dict, dev: str) -> None:
             _asked(ax, rec, c, dev, info)
     ax.set_ylabel(f"{dev}\n{info['kind']}, W")
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper right", fontsize=7, ncol=2)
+        _legend(ax)
+
+
+def _legend(ax, **kw) -> None:
+    """Beside the panel, never over the data it explains."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), borderaxespad=0, fontsize=7, **kw)
 
 
 def _asked(ax, rec: dict, c: dict, dev: str, info: dict) -> None:
@@ -219,10 +225,12 @@ def _flex_panel(ax, rec: dict) -> None:
     ver = sorted(rec["records"].get("verification", []), key=lambda r: r["t"])
     for key, colour, label in (("measured_w", "#08519c", "measured"), ("baseline_w", "#fd8d3c", "baseline"),
                                ("activated_w", "#31a354", "activated")):
-        ax.plot(_x(rec, [r["t"] for r in ver]), [np.nan if r["doc"].get(key) is None else r["doc"][key]
-                                                 for r in ver], "o-", ms=3, lw=0.8, color=colour, label=label)
+        ys = [r["doc"][key] if isinstance(r["doc"].get(key), (int, float)) else np.nan for r in ver]
+        none = all(np.isnan(ys))
+        ax.plot(_x(rec, [r["t"] for r in ver]), ys, "o-", ms=3, lw=0.8, color=colour,
+                label=label + (" (none reported)" if none else ""))
     ax.set_ylabel("gateway's\nverification, W")
-    ax.legend(loc="upper right", fontsize=7, ncol=3)
+    _legend(ax)
 
 
 def _grid_panels(ax_v, ax_f, rec: dict) -> None:
@@ -235,7 +243,7 @@ def _grid_panels(ax_v, ax_f, rec: dict) -> None:
     ax_v.set_ylabel("voltage, pu")
     ax_f.set_ylabel("frequency, Hz")
     if rec["samples"]:
-        ax_v.legend(loc="upper right", fontsize=7, ncol=4)
+        _legend(ax_v)
     ax_f.get_yaxis().get_major_formatter().set_useOffset(False)
 
 
@@ -249,8 +257,12 @@ def _activation_panel(ax, rec: dict) -> None:
         for r, nxt in zip(res, res[1:] + [None]):
             a = _x(rec, [r["t"]])[0]
             b = _x(rec, [nxt["t"]])[0] if nxt else (end if r["status"] in ("active", "scheduled", "accepted") else a)
+            light = c["doc"].get("params", {}).get("colour") if c["type"] == "traffic_light" else None
+            colour = LIGHT_COLOURS.get(light) if r["status"] == "active" else None
             ax.barh(row, max(b - a, 0.004 * rec["scenario"]["duration_s"]), left=a, height=0.6,
-                    color=STATUS_COLOURS.get(r["status"], "#636363"))
+                    color=colour or STATUS_COLOURS.get(r["status"], "#636363"))
+            if colour and b - a > 0.05 * rec["scenario"]["duration_s"]:
+                ax.text((a + b) / 2, row, f"{light} in force", ha="center", va="center", fontsize=6)
         labels.append(f"{c['info'] + ' ' if c.get('info') else ''}{c['entry'] or c['type']}")
     for n in rec["notes"]:
         x = _x(rec, [n["t"]])[0]
@@ -262,8 +274,10 @@ def _activation_panel(ax, rec: dict) -> None:
     ax.invert_yaxis()
     from matplotlib.patches import Patch
 
-    handles = [Patch(color=c, label=s) for s, c in STATUS_COLOURS.items()]
-    ax.legend(handles=handles, loc="upper right", fontsize=6, ncol=5)
+    shown = {r["status"] for r in rec["results"]}
+    handles = [Patch(color=c, label=s) for s, c in STATUS_COLOURS.items() if s in shown]
+    if handles:
+        _legend(ax, handles=handles, ncol=2 if len(handles) > 4 else 1)
     ax.set_ylabel("commands")
 
 
@@ -274,6 +288,9 @@ def _fault_panel(ax, rec: dict) -> None:
         a, b = _x(rec, [f["t_on"], f["t_off"] or end])
         ax.barh(row, max(b - a, 0.004 * rec["scenario"]["duration_s"]), left=a, height=0.6, color="#de2d26")
         labels.append(f"{f['kind']}{' ' + f['device'] if f.get('device') else ''}")
+    if not labels:
+        ax.text(0.5, 0.5, "no faults in this scenario", transform=ax.transAxes, ha="center", va="center",
+                fontsize=8, color="#636363")
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
     ax.set_ylim(-0.7, max(len(labels), 1) - 0.3)
     ax.invert_yaxis()
@@ -305,15 +322,18 @@ def _completeness_png(rec: dict) -> str:
     streams = rec["streams"]
     fig, ax = plt.subplots(figsize=(11, 0.5 + 0.45 * max(len(streams), 1)))
     names = list(streams)
-    got = [streams[n]["received"] for n in names]
-    miss = [streams[n]["n_missing"] for n in names]
-    ax.barh(names, got, color="#2ca25f", label="received")
-    ax.barh(names, miss, left=got, color="#de2d26", label="missing")
-    for i, n in enumerate(names):
-        total = got[i] + miss[i]
-        ax.text(total, i, f" {100 * got[i] / total:.1f} %" if total else " none", va="center", fontsize=8)
-    ax.set_xlabel("messages (seqs)")
-    ax.legend(loc="lower right", fontsize=7)
+    got = np.array([streams[n]["received"] for n in names], dtype=float)
+    miss = np.array([streams[n]["n_missing"] for n in names], dtype=float)
+    total = np.maximum(got + miss, 1)
+    ax.barh(names, 100 * got / total, color="#2ca25f", label="received")
+    ax.barh(names, 100 * miss / total, left=100 * got / total, color="#de2d26", label="missing")
+    for i in range(len(names)):
+        ax.text(101, i, f"{int(got[i])} of {int(got[i] + miss[i])} ({100 * got[i] / total[i]:.1f} %)",
+                va="center", fontsize=8)
+    ax.set_xlim(0, 125)
+    ax.set_xticks(range(0, 101, 20))
+    ax.set_xlabel("% of the seqs issued (first seen to last issued)")
+    _legend(ax)
     return _png(fig)
 
 

@@ -44,13 +44,14 @@ def rig_version() -> str:
 
 
 class Progress:
-    """Elapsed and remaining time and the current phase: a line that rewrites itself on a terminal, a line every
-    10 s in a log."""
+    """The time elapsed since the run began, the time left in the current phase (warm-up, timeline, cool-down)
+    and the phase: a line that rewrites itself on a terminal, a line every 10 s in a log."""
 
     def __init__(self, out=sys.stdout, every_s: float = 10.0) -> None:
         self.out, self.tty = out, out.isatty()
         self.every_s = every_s if not self.tty else 0.5
-        self.phase, self.total_s, self.t_start = "starting the bench", None, time.monotonic()
+        self.phase, self.total_s = "starting the bench", None
+        self.t_run = self.t_start = time.monotonic()
         self._last = 0.0
 
     def say(self, text: str) -> None:
@@ -58,9 +59,7 @@ class Progress:
         print(f"hil: {text}", file=self.out, flush=True)
 
     def set(self, phase: str, total_s: float | None = None) -> None:
-        self.phase = phase
-        if total_s is not None:
-            self.total_s, self.t_start = total_s, time.monotonic()
+        self.phase, self.total_s, self.t_start = phase, total_s, time.monotonic()
         self.show(force=True)
 
     def show(self, scenario_s: float | None = None, force: bool = False) -> None:
@@ -68,10 +67,9 @@ class Progress:
         if not force and now - self._last < self.every_s:
             return
         self._last = now
-        el = now - self.t_start
-        left = f", {_hms(max(0.0, self.total_s - el))} left" if self.total_s else ""
+        left = f", {_hms(max(0.0, self.total_s - (now - self.t_start)))} left in this phase" if self.total_s else ""
         at = f", scenario time {_hms(scenario_s)}" if scenario_s is not None else ""
-        line = f"hil: [{_hms(el)}{left}{at}] {self.phase}"
+        line = f"hil: [{_hms(now - self.t_run)} elapsed{left}{at}] {self.phase}"
         if self.tty:
             print("\r" + line[:150].ljust(150), end="", file=self.out, flush=True)
         else:

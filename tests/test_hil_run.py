@@ -120,3 +120,18 @@ def test_an_external_gateway_that_never_comes_is_a_bench_failure(tmp_path):
     with pytest.raises(BenchError, match="after 2 s the gateway 'gw-absent' is not online"):
         arun(run_scenario(parse_scenario(doc), tmp_path, progress=progress), timeout=60)
     assert any("bench.json" in line for line in lines)
+
+
+def test_progress_shows_the_time_elapsed_the_time_left_in_the_phase_and_the_phase():
+    import io
+
+    out = io.StringIO()
+    progress = Progress(out)
+    progress.t_run -= 65                                  # the run began 65 s ago
+    progress.set("timeline", 40)
+    progress.t_start -= 10                                # 10 s into a 40-s timeline
+    progress.show(scenario_s=7200, force=True)
+    progress.set("stopping the gateway")
+    lines = out.getvalue().splitlines()
+    assert lines[-2] == "hil: [0:01:05 elapsed, 0:00:30 left in this phase, scenario time 2:00:00] timeline", lines
+    assert lines[-1] == "hil: [0:01:05 elapsed] stopping the gateway", lines
