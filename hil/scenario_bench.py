@@ -242,6 +242,7 @@ class Bench:
             self.proxy = FaultProxy(host, self.broker.port, host=host, seed=sc.seed)
             await self.proxy.start()
         await self._start_devices()
+        self.tick()                       # the meters show the grid before anything reads them
         self._write_bench_sheet()
         self.dso = DsoSimulator(self.broker.url, tls_context(self.pki.ca_cert, *self.pki.client(HEADEND_CN)),
                                 self.prefix, client_id=HEADEND_CN, session_expiry_s=3600,

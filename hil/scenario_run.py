@@ -123,9 +123,11 @@ async def run_scenario(sc: Scenario, outdir: Path, *, progress: Progress | None 
             await bench.start()
         except (BrokerNotFound, BrokerStartError, OSError) as exc:
             raise BenchError(str(exc)) from None
+        recording = asyncio.Event()
+        ticker = asyncio.create_task(_tick(bench, rec, progress, stop_ticks, recording))
         progress.set(f"waiting for the gateway {sc.gateway['id']!r} to come online and report its devices")
         await bench.wait_ready()
-        ticker = asyncio.create_task(_tick(bench, rec, progress, stop_ticks))
+        recording.set()
         rec.phases.append({"t": time.time_ns(), "name": "warm-up"})
         progress.set("warm-up", sc.warmup_s)
         await asyncio.sleep(sc.warmup_s)
@@ -172,12 +174,17 @@ async def run_scenario(sc: Scenario, outdir: Path, *, progress: Progress | None 
     return _recording(sc, bench, rec, clock, observed, tag)
 
 
-async def _tick(bench: Bench, rec: Recorder, progress: Progress, stop: asyncio.Event) -> None:
+async def _tick(bench: Bench, rec: Recorder, progress: Progress, stop: asyncio.Event,
+                recording: asyncio.Event) -> None:
+    """The grid and the devices move from the moment the gateway may read them (a meter never shows it a
+    world that has not started); they are recorded from the warm-up on."""
     due = time.monotonic()
     while not stop.is_set():
         now = time.monotonic()
-        rec.lag_s = max(rec.lag_s, now - due)
-        rec.sample(time.time_ns(), bench.tick())
+        states = bench.tick()
+        if recording.is_set():
+            rec.lag_s = max(rec.lag_s, now - due)
+            rec.sample(time.time_ns(), states)
         progress.show(bench.clock.scenario_s() if bench.clock.t0 is not None else None)
         due = max(due + TICK_S, now)
         try:
