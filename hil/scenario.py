@@ -246,7 +246,10 @@ CHECK = Tagged("kind", {
     "records": s.Dict({**_WINDOW, "record": s.Required(s.Str(choices=(
         "verification", "settlement", "availability", "prequalification", "baseline_accuracy", "telemetry"))),
                        "min_count": s.Optional(s.Int(ge=0, le=10**6), default=1),
-                       "max_interval_s": s.Optional(s.Float(gt=0, le=86400), doc="largest gap between two, wall s")}),
+                       "max_interval_s": s.Optional(s.Float(gt=0, le=86400), doc="largest gap between two, wall s"),
+                       "fields": s.Optional(s.List(s.Str(regex=r"[a-z_]{1,40}", regex_hint="be a field name"),
+                                                   unique=True), default=[],
+                                            doc="top-level fields a record must carry as numbers to count")}),
 }, {"id": s.Required(s.Str(regex=r"[A-Za-z0-9_.:-]{1,40}", regex_hint="be 1-40 characters of A-Z a-z 0-9 _ . : -"),
                      "the check's id, e.g. a clause of the standard it follows"),
     "title": s.Optional(s.Str(max_len=200), default="")})

@@ -464,23 +464,39 @@ def device_setpoint(j: Judge, check: dict, v: Verdict) -> Verdict:
 
 def records(j: Judge, check: dict, v: Verdict) -> Verdict:
     lo, hi = j.ns(check.get("from"), 0), j.ns(check.get("to"), 2**63)
+    fields, lacking = check.get("fields") or (), 0
     if check["record"] == "telemetry":
         times = sorted({e["t"] for e in j.rec["latency"] if not e["backfill"]})
     else:
-        times = sorted(r["t"] for r in j.rec["records"].get(check["record"], []))
+        times = []
+        for r in j.rec["records"].get(check["record"], []):
+            if not lo <= r["t"] <= hi:
+                continue
+            if all(_number(r["doc"].get(f)) for f in fields):
+                times.append(r["t"])
+            else:
+                lacking += 1
+        times.sort()
     times = [t for t in times if lo <= t <= hi]
     gap = max((b - a) / S for a, b in zip(times, times[1:])) if len(times) > 1 else None
     v.unit, v.figure, v.accuracy = "records", float(len(times)), j.rec.get("lag_s", 0.0)
     v.limit = f">= {check['min_count']}" + (f", at most {check['max_interval_s']:g} s apart"
-                                            if check.get("max_interval_s") else "")
+                                            if check.get("max_interval_s") else "") \
+        + (f", each with {', '.join(fields)}" if fields else "")
     v.band = (float(check["min_count"]), None)
-    v.data.update(largest_gap_s=gap)
+    v.data.update(largest_gap_s=gap, lacking=lacking)
     v.reason = f"{check['record']} records received in the window" + (f", largest gap {gap:.1f} s" if gap else "")
+    if fields:
+        v.reason += f"; counted only with {', '.join(fields)} as numbers: {lacking} lacked {', '.join(fields)}"
     _judge_band(v, v.figure)
     if v.verdict == "pass" and check.get("max_interval_s") and gap is not None and \
             gap > check["max_interval_s"] + v.accuracy:
         v.verdict = "fail"
     return v
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 CHECKS = {f.__name__: f for f in (activation_delay, response_time, ramp_rate, setpoint_accuracy, delivery, statuses,

@@ -206,3 +206,18 @@ def test_outside_strings_are_escaped_in_the_html(tmp_path):
     write_report(sc, rec, judge(sc, rec), tmp_path, say=lambda _l: None)
     html = (tmp_path / "report.html").read_text()
     assert "<script>" not in html and "&lt;script&gt;" in html
+
+
+def test_records_check_counts_only_records_that_carry_the_fields_it_names():
+    """INFO 7 is 'activated power and baseline in real time': a verification record whose baseline_w is null must
+    not count, or a gateway that never reports its baseline passes."""
+    rec = recording()
+    doc = {"measured_w": 4000.0, "baseline_w": None, "activated_w": None}
+    rec["records"] = {"verification": [{"t": T0 + k * S, "backfill": False, "doc": dict(doc)} for k in range(4, 20, 2)]}
+    rec["records"]["verification"][-1]["doc"].update(baseline_w=8000.0, activated_w=4000.0)
+    check = {"id": "INFO7", "kind": "records", "record": "verification", "min_count": 5,
+             "fields": ["baseline_w", "activated_w"]}
+    v = judge(scenario(check), rec)[0]
+    assert v.verdict == "fail" and v.figure == 1.0 and v.data["lacking"] == 7, v.doc()
+    assert "7 lacked baseline_w, activated_w" in v.reason
+    assert judge(scenario(dict(check, fields=["measured_w"])), rec)[0].verdict == "pass"
