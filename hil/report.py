@@ -67,7 +67,7 @@ def write_report(sc: Scenario, rec: dict, verdicts: list[Verdict], outdir: Path,
     (outdir / "report.html").write_text(_html(sc, rec, doc, verdicts, plots, why))
     say(f"report: {outdir / 'report.html'} (and report.json, raw.json)")
     for v in verdicts:
-        fig = v.figure if isinstance(v.figure, str) or v.figure is None else f"{v.figure:.4g} {v.unit}"
+        fig = v.figure if isinstance(v.figure, str) or v.figure is None else f"{v.figure:.4g} {v.unit}".rstrip()
         say(f"  {v.verdict.upper():4} {v.id}: {fig} (limit {v.limit}){'; ' + v.reason if v.verdict != 'pass' else ''}")
     say(f"verdict: {doc['summary']['verdict'].upper()} ({counts['pass']} passed, {counts['fail']} failed, "
         f"{counts['n/a']} not applicable)")
@@ -264,10 +264,16 @@ def _activation_panel(ax, rec: dict) -> None:
             if colour and b - a > 0.05 * rec["scenario"]["duration_s"]:
                 ax.text((a + b) / 2, row, f"{light} in force", ha="center", va="center", fontsize=6)
         labels.append(f"{c['info'] + ' ' if c.get('info') else ''}{c['entry'] or c['type']}")
-    for n in rec["notes"]:
+    groups: list[tuple[float, list[str]]] = []          # notes close together share one label
+    for n in sorted(rec["notes"], key=lambda n: n["t"]):
         x = _x(rec, [n["t"]])[0]
         ax.axvline(x, color="#636363", lw=0.8, ls=":")
-        ax.text(x, 0.97, f" {n.get('info') or 'note'}", fontsize=6, rotation=90, va="top",
+        if groups and x - groups[-1][0] < 0.03 * rec["scenario"]["duration_s"]:
+            groups[-1][1].append(n.get("info") or "note")
+        else:
+            groups.append((x, [n.get("info") or "note"]))
+    for x, names in groups:
+        ax.text(x, 0.97, " " + ", ".join(dict.fromkeys(names)), fontsize=6, rotation=90, va="top",
                 transform=ax.get_xaxis_transform())
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
     ax.set_ylim(-0.7, max(len(labels), 1) - 0.3)
