@@ -6,6 +6,7 @@ Every process it starts is stopped by stop(), whatever happened before.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -67,8 +68,8 @@ def _toml_value(v) -> str:
         return "true" if v else "false"
     if isinstance(v, (int, float)):
         return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, str):     # a TOML basic string: JSON's escapes are TOML's, and DEL must be escaped too
+        return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise TypeError(f"no TOML for {v!r}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -85,14 +86,19 @@ def toml_text(doc: dict, prefix: str = "") -> str:
         elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
             arrays.append((k, v))
         else:
-            out.append(f"{k} = {_toml_value(v if not isinstance(v, Path) else str(v))}")
+            out.append(f"{_toml_key(k)} = {_toml_value(v if not isinstance(v, Path) else str(v))}")
     text = "\n".join(out) + ("\n" if out else "")
     for k, v in tables:
-        text += f"\n[{prefix}{k}]\n" + toml_text(v, f"{prefix}{k}.")
+        text += f"\n[{prefix}{_toml_key(k)}]\n" + toml_text(v, f"{prefix}{_toml_key(k)}.")
     for k, items in arrays:
         for item in items:
-            text += f"\n[[{prefix}{k}]]\n" + toml_text(item, f"{prefix}{k}.")
+            text += f"\n[[{prefix}{_toml_key(k)}]]\n" + toml_text(item, f"{prefix}{_toml_key(k)}.")
     return text
+
+
+def _toml_key(k: str) -> str:
+    """A bare key where TOML allows one, else quoted (a scenario's keys may hold dots, spaces, anything)."""
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else _toml_value(k)
 
 
 def _merge(base: dict, over: dict) -> dict:

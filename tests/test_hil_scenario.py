@@ -205,3 +205,23 @@ def test_fuzz_any_bytes(tmp_path_factory, blob):
         load_scenario(p)
     except ScenarioError as exc:
         assert all(e.isprintable() for e in exc.errors)
+
+
+_scalars = st.one_of(st.text(max_size=20), st.integers(-2**63, 2**63 - 1), st.booleans(),
+                     st.floats(allow_nan=False, width=64))
+_keys = st.text(min_size=1, max_size=12)
+_tables = st.recursive(
+    st.dictionaries(_keys, st.one_of(_scalars, st.lists(_scalars, max_size=3)), max_size=4),
+    lambda inner: st.dictionaries(_keys, st.one_of(_scalars, inner, st.lists(inner, min_size=1, max_size=2)),
+                                  max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_tables)
+def test_fuzz_the_gateway_toml_the_rig_writes_reads_back_as_written(doc):
+    """The rig writes the gateway's configuration from the scenario's [gateway.config] tables: whatever the scenario
+    held (a newline in a string, a dot or a space in a key) must reach the gateway as it was, as valid TOML."""
+    from gridedge.hil.scenario_bench import toml_text
+
+    assert tomllib.loads(toml_text(doc)) == doc
