@@ -10,7 +10,9 @@ works the same in front of a simulator and in front of a real meter or inverter 
     garbage    answer every request with random bytes of the length the device's answer had
 
 Requests are framed by their MBAP header (7 bytes: transaction id, protocol id, length, unit id); a client that
-sends something that is not MBAP is cut off. `requests` counts the requests the relay received.
+sends something that is not MBAP is cut off. `requests` counts the requests the relay received; `writes` records
+each write request (functions 5, 6, 15, 16, 22, 23) it received: in front of a real device it is the rig's only
+way to see what a gateway wrote there.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import contextlib
 import logging
 import random
 import struct
+import time
 
 __all__ = ["ModbusRelay", "MODES"]
 
@@ -26,6 +29,7 @@ log = logging.getLogger("gridedge.hil.modbus_relay")
 MODES = ("ok", "timeout", "slow", "exception", "garbage")
 _MBAP = struct.Struct(">HHHB")
 MAX_ADU = 260
+WRITE_FUNCTIONS = {5: 1, 6: 1, 15: None, 16: None, 22: 1, 23: None}    # function -> registers it writes (None: in the PDU)
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> bytes | None:
@@ -56,6 +60,7 @@ class ModbusRelay:
         self.host, self.port = host, port
         self.mode, self.delay_s, self.code = "ok", 0.0, 4
         self.requests = 0
+        self.writes: list[dict] = []     # {"t" (wall ns), "function", "unit", "address", "count"}
         self.rng = random.Random(seed)
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task] = set()
@@ -93,6 +98,7 @@ class ModbusRelay:
             try:
                 while (frame := await _read_frame(reader)) is not None:
                     self.requests += 1
+                    self._note_write(frame)
                     await self._request(frame, up_w, writer, answers)
             finally:
                 pump.cancel()
@@ -106,6 +112,19 @@ class ModbusRelay:
                 if w is not None:
                     w.close()
             self._conns.discard(task)
+
+    def _note_write(self, frame: bytes) -> None:
+        fc = frame[7] if len(frame) > 7 else None
+        if fc not in WRITE_FUNCTIONS or len(frame) < 10:
+            return
+        address = int.from_bytes(frame[8:10], "big")
+        if fc == 23:        # read/write multiple: read address, read count, then the write address and count
+            address = int.from_bytes(frame[12:14], "big") if len(frame) >= 16 else address
+            count = int.from_bytes(frame[14:16], "big") if len(frame) >= 16 else None
+        else:
+            count = WRITE_FUNCTIONS[fc] or (int.from_bytes(frame[10:12], "big") if len(frame) >= 12 else None)
+        self.writes.append({"t": time.time_ns(), "function": fc, "unit": frame[6], "address": address,
+                            "count": count})
 
     async def _request(self, frame: bytes, up_w: asyncio.StreamWriter, writer: asyncio.StreamWriter,
                        answers: asyncio.Queue) -> None:

@@ -349,7 +349,8 @@ def _recording(sc: Scenario, bench: Bench, rec: Recorder, clock: Clock, observed
     versions = [s["version"] for s in observed["states"] if s.get("version") and not s.get("will")]
     devices = {d["id"]: {"kind": d["kind"], "w_max": d.get("w_max"), "node": d.get("node"),
                          "writable": d.get("writable", d["kind"] == "real" and bool(d["gateway"].get("writable"))),
-                         "simulated": d["kind"] != "real"} for d in sc.devices}
+                         "simulated": d["kind"] != "real", "watched": d["kind"] != "real" or bool(d.get("relay"))}
+               for d in sc.devices}
     return {
         "scenario": {"name": sc.name, "source": sc.source, "sha256": sc.sha256, "speed": sc.speed,
                      "duration_s": sc.duration_s, "description": sc.description},
@@ -359,7 +360,8 @@ def _recording(sc: Scenario, bench: Bench, rec: Recorder, clock: Clock, observed
         "t0": clock.t0_ns, "lag_s": round(rec.lag_s, 4), "late_events_s": round(rec.late_events_s, 4),
         "devices": devices, "samples": rec.samples,
         "writes": {i: d.writes for i, d in bench.devices.items()},
-        "attempts": {i: d.attempts for i, d in bench.devices.items()},
+        "attempts": {**{i: d.attempts for i, d in bench.devices.items()},     # real devices: what their relay saw
+                     **{i: [dict(w, refused=None) for w in r.writes] for i, r in bench.relays.items()}},
         "commands": rec.commands, "notes": rec.notes, "phases": rec.phases,
         "faults": [{k: v for k, v in f.items() if k != "spec"} for f in rec.faults],
         **observed,

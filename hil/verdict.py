@@ -402,13 +402,13 @@ def recovery(j: Judge, check: dict, v: Verdict) -> Verdict:
 
 
 def no_writes(j: Judge, check: dict, v: Verdict) -> Verdict:
-    devs = check.get("devices") or [d for d, i in j.rec["devices"].items() if i["simulated"] and not i["writable"]]
+    watched = [d for d, i in j.rec["devices"].items() if i["simulated"] or i.get("watched")]
+    devs = check.get("devices") or [d for d in watched if not j.rec["devices"][d]["writable"]]
     lo, hi = j.ns(check.get("from"), 0), j.ns(check.get("to"), 2**63)
     v.unit, v.band, v.limit, v.accuracy = "writes", (0.0, 0.0), "no write request", 0.0
-    seen = {d: [a for a in j.rec["attempts"].get(d, []) if lo <= a["t"] <= hi] for d in devs
-            if j.rec["devices"][d]["simulated"]}
+    seen = {d: [a for a in j.rec["attempts"].get(d, []) if lo <= a["t"] <= hi] for d in devs if d in watched}
     if not seen:
-        return _na(v, "no simulated device to watch")
+        return _na(v, "no device the rig can watch (a simulated one, or a real one behind the rig's relay)")
     v.figure = float(sum(len(a) for a in seen.values()))
     v.data = {"devices": {d: len(a) for d, a in seen.items()}, "first": {d: a[:3] for d, a in seen.items() if a}}
     v.reason = f"write requests that reached {', '.join(seen)}"

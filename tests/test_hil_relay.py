@@ -89,3 +89,25 @@ def test_exception_answer_keeps_the_transaction_and_unit():
     req = mbap.encode_read(0x1234, 9, mbap.READ_INPUT, 100, 2)
     (rsp,) = mbap.Decoder().feed(exception_answer(req, 4))
     assert (rsp.tid, rsp.unit, rsp.function, rsp.exception) == (0x1234, 9, mbap.READ_INPUT, 4)
+
+
+def test_the_relay_records_every_write_request_it_passes_so_a_real_device_can_be_watched():
+    """In front of a real device the relay is the rig's only eye: a write request (function 16 here) is recorded
+    with its time, unit, address and count, a read is not, and the device's refusal is recorded too."""
+    async def go():
+        async with ModbusTcpSim({1: UnitSim(1, registers={"holding": {0: 5, 1: 0, 2: 0, 3: 0}})}) as sim:
+            relay = ModbusRelay("127.0.0.1", sim.port)
+            port = await relay.start()
+            try:
+                assert (await _read(port)).registers[0] == 5
+                r, w = await asyncio.open_connection("127.0.0.1", port)
+                w.write(mbap.encode_write(9, 1, 2, [7, 8]))
+                await w.drain()
+                assert await asyncio.wait_for(r.read(100), 5)
+                w.close()
+                return list(relay.writes)
+            finally:
+                await relay.stop()
+    writes = arun(go())
+    assert [(x["function"], x["unit"], x["address"], x["count"]) for x in writes] == [(16, 1, 2, 2)], writes
+    assert isinstance(writes[0]["t"], int)

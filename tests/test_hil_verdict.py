@@ -221,3 +221,19 @@ def test_records_check_counts_only_records_that_carry_the_fields_it_names():
     assert v.verdict == "fail" and v.figure == 1.0 and v.data["lacking"] == 7, v.doc()
     assert "7 lacked baseline_w, activated_w" in v.reason
     assert judge(scenario(dict(check, fields=["measured_w"])), rec)[0].verdict == "pass"
+
+
+def test_no_writes_watches_a_real_device_through_the_relay_in_front_of_it():
+    rec = recording()
+    rec["devices"]["meter2"] = {"kind": "real", "w_max": None, "node": None, "writable": False, "simulated": False,
+                                "watched": True}
+    rec["attempts"]["meter2"] = [{"t": T0 + 6 * S, "address": 40, "count": 2, "refused": None}]
+    sc = parse_scenario({
+        "scenario": {"name": "real", "duration": 30},
+        "devices": [{"id": "meter2", "kind": "real", "relay": True,
+                     "gateway": {"driver": "modbus_tcp", "host": "192.0.2.7", "map": "eastron_sdm630"}}],
+        "checks": [{"id": "W", "kind": "no_writes", "devices": ["meter2"]}]}, "real.toml")
+    v = judge(sc, rec)[0]
+    assert v.verdict == "fail" and v.figure == 1.0, v.doc()
+    rec["devices"]["meter2"]["watched"] = False                   # no relay: the rig cannot see its writes
+    assert judge(sc, rec)[0].verdict == "n/a"
