@@ -12,6 +12,7 @@ from .control.engine import ControlEngine
 from .config import Config, DeviceConfig
 from .commands import CommandGate
 from .fleet import Fleet, configure as fleet_configure, device_health as fleet_device_health, metrics as fleet_metrics
+from .fleet.certificate import CertificateRotation
 from .service import Service
 from .devices import make_device
 from .image import ProcessImage
@@ -86,6 +87,7 @@ class Agent:
         fleet_device_health.install(self)  # agent.device_health: per device, in the state and the metrics
         fleet_configure.install(self)
         fleet_metrics.install(self)
+        self.rotation = CertificateRotation(self)  # rotate_certificate, install_certificate, renewal
         self.control.on_write = self._audit_write
         self.control.restore_check = self._still_allowed
         self.service = Service(self)
@@ -276,7 +278,8 @@ class Agent:
     def _security_state(self) -> dict:
         return {"signed_only": not (self.trust.allow_unsigned if self.trust else False),
                 "trust_loaded": self.trust is not None, "issuers": len(self.trust.issuers) if self.trust else 0,
-                "audit": {"seq": self.audit.seq, "head": self.audit.head}, "expiring": certs.expiring(self.certs)}
+                "audit": {"seq": self.audit.seq, "head": self.audit.head}, "expiring": certs.expiring(self.certs),
+                "certificate": self.rotation.state()}
 
     def _will(self) -> tuple[str, bytes]:
         """The last will, made before every connect attempt (in the MQTT network thread, so it reads nothing that

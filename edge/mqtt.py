@@ -117,9 +117,11 @@ class MqttClient:
         session_expiry_s: int = 0,
         receive_maximum: int = RECEIVE_MAXIMUM,
         inbox_limit: int = INBOX_LIMIT,
+        retry: bool = True,
     ) -> None:
         """receive_maximum and inbox_limit bound what arrives (see RECEIVE_MAXIMUM); a consumer that must see every
-        message of a busy stream, like the rig's head-end, passes a large window and inbox_limit=0 (unbounded)."""
+        message of a busy stream, like the rig's head-end, passes a large window and inbox_limit=0 (unbounded).
+        retry=False: one attempt only, and connect() raises its reason at once (a test connection)."""
         self.endpoint = Endpoint.parse(url)
         if self.endpoint.tls and ssl_context is None:
             raise MqttError("mqtts:// needs a TLS context")
@@ -129,6 +131,8 @@ class MqttClient:
         self.keepalive_s = keepalive_s
         self.session_expiry_s = session_expiry_s
         self.receive_maximum = receive_maximum
+        self.retry = retry
+        self.connects = 0  # successful connections so far: a caller can wait for the one after a change
         self.messages: asyncio.Queue[Message] = _Inbox(inbox_limit, self._ack)
         self.dropped = 0  # inbound messages dropped: the queue was full (QoS 0) or the topic was not UTF-8
         self._drop_log = TokenBucket(rate=1 / 60, burst=1)
@@ -142,10 +146,14 @@ class MqttClient:
         self._early_acks: dict[int, int] = {}
         self._lock = threading.Lock()
         self._closing = False
+        self._switching = False  # use_identity() ended the connection: not a loss to warn about
         self._first_connect: asyncio.Future = self._loop.create_future()
         self._first_connect.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no GC warning
         self._will = will
         self._stop = threading.Event()
+        self._now = threading.Event()  # end the back-off wait: close(), or a new identity to connect with
+        self._identity: tuple[Path, Path] | None = None  # a client certificate and key to load before the next attempt
+        self._ssl_context = ssl_context
         self._thread: threading.Thread | None = None
         # the network thread's own: how the current attempt went, and the failure last logged
         self._session_up = False
@@ -207,6 +215,7 @@ class MqttClient:
                 log.warning("final message not acknowledged: %s", exc)
         self._closing = True
         self._stop.set()
+        self._now.set()
         self._client.disconnect()  # queues DISCONNECT (the broker then drops the will) and wakes the network thread
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
@@ -219,7 +228,11 @@ class MqttClient:
         c = self._client
         while not self._stop.is_set():
             self._session_up, self._why = False, None
+            self._now.clear()
             try:
+                identity, self._identity = self._identity, None
+                if identity is not None:  # here, between connections: no handshake sees half a change
+                    self._ssl_context.load_cert_chain(str(identity[0]), str(identity[1]))
                 will = self._will() if callable(self._will) else self._will
                 if will is not None:
                     c.will_set(will[0], will[1], qos=1, retain=True)
@@ -238,16 +251,20 @@ class MqttClient:
                     self._drop("network loop failed")
                 if not self._session_up and not self._stop.is_set():
                     self._attempt_failed(*(self._why or ("the broker closed the connection before CONNACK", False)))
-            self._stop.wait(self.backoff.next())
+            self._now.wait(self.backoff.next())
 
     def _serve(self) -> None:
-        """paho's loop() while the socket is open: it ends on a lost connection, or on close() (DISCONNECT sent)."""
+        """paho's loop() while the socket is open: it ends on a lost connection, on close() (DISCONNECT sent), or
+        for a new identity (use_identity: DISCONNECT sent here, then the next attempt loads it)."""
         c = self._client
         rc = paho.MQTT_ERR_SUCCESS
         deadline = None
         while rc == paho.MQTT_ERR_SUCCESS and c.socket() is not None:
-            if self._stop.is_set():
-                deadline = deadline or time.monotonic() + CLOSE_TIMEOUT_S
+            if self._stop.is_set() or self._identity is not None:
+                if deadline is None:
+                    deadline = time.monotonic() + CLOSE_TIMEOUT_S
+                    if not self._stop.is_set():
+                        c.disconnect()
                 if time.monotonic() > deadline:  # the DISCONNECT cannot go out (the link is dead)
                     self._drop("client closed")
                     return
@@ -270,6 +287,12 @@ class MqttClient:
     def _attempt_failed(self, reason: str, operator: bool) -> None:
         """Log a failed attempt once per distinct reason (then at DEBUG): a broker down for a day is one line."""
         self._failures += 1
+        if not self.retry:  # a test connection: its one attempt failed, connect() says why
+            self._failure = reason
+            self._stop.set()
+            self._now.set()
+            self._loop.call_soon_threadsafe(self._resolve_first, MqttError(reason))
+            return
         if reason == self._failure:
             log.debug("MQTT connect to %s:%s failed again (%d attempts): %s", self.endpoint.host, self.endpoint.port,
                       self._failures, reason)
@@ -314,6 +337,22 @@ class MqttClient:
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         await self.publish_nowait(topic, payload, qos=qos, retain=retain)
+
+    @property
+    def last_failure(self) -> str | None:
+        """Why the last connection attempt failed (None once connected)."""
+        return self._failure
+
+    def use_identity(self, cert_file: Path, key_file: Path) -> None:
+        """Connect again, at once, with this client certificate and key (certificate rotation, docs/fleet.md): the
+        connection ends with a clean DISCONNECT (the broker drops the will: no "offline" for a planned switch) and
+        the network thread loads them into the TLS context before its next attempt."""
+        if self._ssl_context is None:
+            raise MqttError("a plaintext connection has no client certificate")
+        self._switching = True
+        self.backoff.reset()
+        self._identity = (Path(cert_file), Path(key_file))  # the network thread ends the connection (_serve)
+        self._now.set()  # or, between attempts, makes the next one now
 
     async def subscribe(self, topic: str, qos: int = 1) -> None:
         self._subscriptions[topic] = qos
@@ -389,6 +428,8 @@ class MqttClient:
 
     def _connected(self, failures: int) -> None:
         self.connected.set()
+        self.connects += 1
+        self._switching = False
         after = f" after {failures} failed attempts" if failures else ""
         log.info("MQTT connected to %s:%s%s", self.endpoint.host, self.endpoint.port, after)
         if self.endpoint.tls is False:
@@ -398,7 +439,9 @@ class MqttClient:
             self._loop.create_task(hook())
 
     def _disconnected(self, reason: str) -> None:
-        if self.connected.is_set() and not self._closing:
+        if self._switching:
+            log.info("MQTT connection closed to connect again with a new client certificate")
+        elif self.connected.is_set() and not self._closing:
             log.warning("MQTT connection lost: %s", reason)
         self.connected.clear()
         self._fail_pending(MqttError(f"connection lost: {reason}"))

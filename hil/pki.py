@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["Pki", "make_pki", "make_rogue_client", "make_future_client", "reissue_server"]
+__all__ = ["Pki", "make_pki", "make_rogue_client", "make_future_client", "reissue_server", "reissue_client",
+           "make_ca", "sign_client", "load_ca"]
 
 _CLOCK_SKEW = _dt.timedelta(minutes=5)  # not_before back-dated so a slightly slow peer clock still accepts
 _SAFE_STEM = re.compile(r"[^A-Za-z0-9._-]")
@@ -70,9 +71,11 @@ def _check_cn(name: str) -> str:
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
         raise ValueError(f"certificate name must not contain control characters: {name!r}")
     try:
-        name.encode("utf-8")
+        size = len(name.encode("utf-8"))
     except UnicodeEncodeError:
         raise ValueError(f"certificate name is not valid Unicode text: {name!r}") from None
+    if size > 64:  # cryptography bounds a CN by its UTF-8 bytes, not its characters
+        raise ValueError(f"certificate name must be at most 64 bytes of UTF-8, got {size}: {name!r}")
     return name
 
 
@@ -136,10 +139,12 @@ def _issue(
     sans: list[x509.GeneralName] | None = None,
     not_before: _dt.datetime | None = None,
     not_after: _dt.datetime | None = None,
-) -> tuple[x509.Certificate, _PrivateKey]:
-    key = _new_key(kind)
+    public_key=None,
+) -> tuple[x509.Certificate, _PrivateKey | None]:
+    """A certificate for a new key of `kind` (returned with it), or for `public_key` (a CSR's: no key returned)."""
+    key = _new_key(kind) if public_key is None else None
     now = _now()
-    pub = key.public_key()
+    pub = key.public_key() if key is not None else public_key
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(cn))
@@ -314,6 +319,37 @@ def reissue_server(pki: Pki, *, server_names: tuple[str, ...] | list[str] = ("lo
     _write_key(pki.server_key, key)
     _write_cert(pki.server_cert, cert)
     return pki
+
+
+def reissue_client(pki: Pki, name: str, *, not_before: _dt.datetime, not_after: _dt.datetime) -> tuple[Path, Path]:
+    """Replace a client's certificate and key (same files) by ones valid from not_before to not_after: a short-lived
+    gateway certificate, to see its renewal without waiting days."""
+    cert_path, key_path = pki.client(name)
+    ca_cert, ca_key = _load_ca(pki.dir)
+    cert, key = _issue(ca_cert, ca_key, name, kind=_key_kind(ca_key), eku=ExtendedKeyUsageOID.CLIENT_AUTH,
+                       not_before=not_before, not_after=not_after)
+    key_path.unlink()
+    _write_key(key_path, key)
+    _write_cert(cert_path, cert)
+    return cert_path, key_path
+
+
+def make_ca(cn: str, *, kind: str = "ec", days: int = 30) -> tuple[x509.Certificate, _PrivateKey]:
+    """Another CA (in memory): an operator's second issuing CA, one the broker does not know."""
+    return _make_ca(cn, kind, days)
+
+
+def sign_client(ca_cert: x509.Certificate, ca_key: _PrivateKey, cn: str, public_key, *,
+                not_before: _dt.datetime | None = None, not_after: _dt.datetime | None = None) -> x509.Certificate:
+    """A clientAuth certificate for someone else's key (the answer to a CSR), valid until the CA ends unless given."""
+    kind = "rsa" if isinstance(public_key, rsa.RSAPublicKey) else "ec"
+    return _issue(ca_cert, ca_key, cn, kind=kind, eku=ExtendedKeyUsageOID.CLIENT_AUTH,
+                  not_before=not_before, not_after=not_after, public_key=public_key)[0]
+
+
+def load_ca(directory: Path) -> tuple[x509.Certificate, _PrivateKey]:
+    """The CA of a PKI made by make_pki."""
+    return _load_ca(Path(directory))
 
 
 def make_future_client(directory: Path, name: str, *, days_ahead: int = 1) -> tuple[Path, Path]:

@@ -6,6 +6,7 @@ Every process it starts is stopped by stop(), whatever happened before.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import os
 import signal
@@ -19,8 +20,10 @@ from gridedge.security.signing import load_private_key, new_issuer_key
 from .acl import fleet_acl, gateway_patterns
 from .broker import Mosquitto
 from .dso_sim import DsoSimulator, Issuer
+from .est_server import EstServer
 from .faultproxy import FaultProxy
-from .pki import make_pki
+from .operator_ca import CaService, OperatorCa
+from .pki import make_pki, reissue_client
 
 CONFIG_TEMPLATE = """\
 # Written by the gridedge rig for this run.
@@ -127,7 +130,9 @@ class Rig:
                  settings: dict | None = None, feeder: tuple[float, float] | None = None, grid_v_pu: float = 1.0,
                  var_response_s: float = 0.0, flex: str = "", network=None, acl: bool = True,
                  security: dict | None = None, roles: dict[str, list[str]] | None = None,
-                 agent_env: dict[str, str] | None = None, fleet: str = "") -> None:
+                 agent_env: dict[str, str] | None = None, fleet: str = "",
+                 gateway_cert_s: tuple[float, float] | None = None, operator_ca: bool = False,
+                 est: bool = False) -> None:
         """control/settings: keys of [control] and [control.settings] over the rig's defaults; feeder: (R, X)
         ohm per phase between the grid (grid_v_pu) and the inverter, so its voltage responds to its P and Q;
         flex: a [flex] section (TOML text) appended to the gateway's configuration; network: a started
@@ -136,7 +141,11 @@ class Rig:
         (allow_unsigned, max_lifetime_s...); roles: issuer id -> its roles (default: all operators); agent_env:
         more environment for the agent process (systemd's NOTIFY_SOCKET, WATCHDOG_USEC...); fleet: a [fleet] section
         (TOML text) appended to the configuration (without [fleet.metrics], the rig gives the agent a free port for
-        its metrics endpoint: rig.metrics_port)."""
+        its metrics endpoint: rig.metrics_port), "{est_url}" in it replaced by the EST server's; gateway_cert_s: the
+        gateway's certificate valid from..until these seconds from now (a short-lived one, to see it renewed);
+        operator_ca: the operator's CA answers certificate requests over MQTT (hil/operator_ca.py, as the DSO with its
+        secadm role: give it the role in roles); est: and over EST (hil/est_server.py). Both are up before the agent
+        starts."""
         if network is not None and proxy:
             raise ValueError("the proxy and a network path are two ways to the broker: choose one")
         self.network = network
@@ -146,7 +155,11 @@ class Rig:
         self.control = dict(CONTROL_DEFAULTS, **(control or {}))
         self.settings = dict(SETTINGS_DEFAULTS, **(settings or {}))
         self.feeder, self.grid_v_pu, self.var_response_s = feeder, grid_v_pu, var_response_s
-        self.flex = flex
+        self.flex, self.gateway_cert_s = flex, gateway_cert_s
+        self.use_ca, self.use_est = operator_ca, est
+        self.ca: OperatorCa | None = None
+        self.ca_service: CaService | None = None
+        self.est: EstServer | None = None
         self.use_proxy, self.proxy = proxy, None
         self.uplink = dict(keepalive_s=keepalive_s, backfill_rate=backfill_rate, backfill_jitter_s=backfill_jitter_s,
                            quota_mb=quota_mb, durability=durability)
@@ -172,6 +185,10 @@ class Rig:
         names = ("localhost", self.broker_host)
         self.pki = await asyncio.to_thread(make_pki, self.workdir / "pki", server_names=names)
         self.gw_cert, self.gw_key = self.pki.client(self.gateway_id)
+        if self.gateway_cert_s is not None:
+            now = datetime.datetime.now(datetime.timezone.utc)
+            start, end = (now + datetime.timedelta(seconds=s) for s in self.gateway_cert_s)
+            reissue_client(self.pki, self.gateway_id, not_before=start, not_after=end)
         self.dso_cert, self.dso_key = self.pki.client(HEADEND_CN)
         self.issuer_keys = {issuer: new_issuer_key(self.workdir / "issuers", issuer) for issuer in ISSUERS}
         self.broker = rig_broker(self.workdir / "broker", self.pki, self.broker_host, acl=self.use_acl)
@@ -180,6 +197,15 @@ class Rig:
             self.proxy = FaultProxy("127.0.0.1", self.broker.port)
             await self.proxy.start()
         self.sim_port = await self._start_sim()
+        if self.use_ca or self.use_est:
+            self.ca = OperatorCa(self.pki.dir)
+        if self.use_ca:
+            self.ca_service = CaService(self.ca, self.broker.url, tls_context(self.pki.ca_cert, self.dso_cert,
+                                                                              self.dso_key), self.issuers()["dso"])
+            await self.ca_service.start()
+        if self.use_est:
+            self.est = EstServer(self.ca, self.pki)
+            await self.est.start()
         self.write_config()
         await self.start_agent()
         self.dso = DsoSimulator(self.broker.url, tls_context(self.pki.ca_cert, self.dso_cert, self.dso_key), self.prefix,
@@ -201,7 +227,8 @@ class Rig:
                       flex=("\n" + self.flex) if self.flex else "",
                       security=security_toml({i: pub for i, (_p, pub) in self.issuer_keys.items()}, self.roles,
                                              **self.security),
-                      fleet=self.fleet + (f"\n[fleet.metrics]\nport = {self.metrics_port}\n" if self.metrics_port else ""))
+                      fleet=self.fleet.replace("{est_url}", self.est.url if self.est else "")
+                      + (f"\n[fleet.metrics]\nport = {self.metrics_port}\n" if self.metrics_port else ""))
         values.update(overrides)
         self.config_path.write_text(CONFIG_TEMPLATE.format(**values))
         return self.config_path
@@ -243,6 +270,10 @@ class Rig:
         if self.dso:
             await self.dso.stop()
         await self.stop_agent()
+        if self.ca_service:
+            await self.ca_service.stop()
+        if self.est:
+            await self.est.stop()
         sim, self.sim = self.sim, None
         if sim is not None and sim.stdin is not None:
             sim.stdin.close()

@@ -121,8 +121,9 @@ def test_payloads_match_schemas(tmp_path):
     assert (t.seq, r.seq) == (0, 0)
     from gridedge.flex import messages as flex_messages
 
-    assert set(SCHEMAS) == {"telemetry", "layout", "state", "command", "result", "nomination", "audit",
-                           *flex_messages.SCHEMAS}
+    # csr: a certificate rotation's request (docs/fleet.md), validated as the e2e tests see it (test_fleet_cert_e2e)
+    assert set(SCHEMAS) == {"telemetry", "layout", "state", "command", "result", "nomination", "audit", "csr",
+                            *flex_messages.SCHEMAS}
 
 
 traffic_lights = st.fixed_dictionaries(

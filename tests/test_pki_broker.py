@@ -13,7 +13,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -167,14 +167,17 @@ def test_rsa_and_bad_arguments(tmp_path: Path) -> None:
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=st.text(max_size=80))
+@example(name="00000" + "\u0800" * 20)  # 25 characters, 65 bytes of UTF-8: what the fuzzer found
 def test_client_name_fuzz(pki: Pki, name: str) -> None:
     """Any string: a certificate whose CN is exactly that string, or a clear ValueError when it is empty, longer
-    than the 64 characters X.509 allows, or has a control character; nothing else is refused."""
-    refused = not 0 < len(name) <= 64 or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name)
+    than the 64 bytes of UTF-8 cryptography allows for a CN, or has a control character; nothing else is refused."""
+    refused = not 0 < len(name.encode("utf-8", "surrogatepass")) <= 64 \
+        or any(ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF for c in name)
     try:
         cert_path, key_path = pki.client(name)
-    except ValueError:
+    except ValueError as exc:
         assert refused, f"{name!r} refused"
+        assert str(exc).startswith("certificate name "), exc  # the rig's own words, not the library's
         return
     assert not refused, f"{name!r} accepted"
     assert cert_path.parent == pki.dir / "clients" and key_path.parent == pki.dir / "clients"

@@ -96,7 +96,12 @@ def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_CLOEXEC)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """A rename (or a new link) in `path` is on disk once this returns."""
+    dfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.fsync(dfd)
     finally:

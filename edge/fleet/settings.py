@@ -17,7 +17,7 @@ from typing import Callable
 from ..config_files import PATH, file_problem
 from ..core import schema as s
 
-__all__ = ["FLEET_SCHEMA", "FleetConfig", "MetricsConfig", "build_fleet", "fleet_issues"]
+__all__ = ["FLEET_SCHEMA", "FleetConfig", "MetricsConfig", "CertificateConfig", "build_fleet", "fleet_issues"]
 
 DEFAULT_METRICS_PORT = 9480
 
@@ -54,7 +54,53 @@ class MetricsConfig:
 
 # ---------------------------------------------------------------- fleetupdate: [fleet.update] goes here
 
-# ---------------------------------------------------------------- fleetcert: [fleet.certificate] goes here
+# ---------------------------------------------------------------- fleetcert: [fleet.certificate]
+
+def _est_url(url: str) -> str:
+    from .est import check_url
+
+    return check_url(url)
+
+
+CERTIFICATE = s.Dict({
+    "auto_renew": s.Optional(s.Bool(), default=True,
+                             doc="renew the uplink's client certificate by itself once renew_at of its lifetime passed"),
+    "renew_at": s.Optional(s.Float(ge=0.1, le=0.95), default=0.67,
+                           doc="the fraction of the certificate's lifetime after which it is renewed"),
+    "method": s.Optional(s.Str(choices=("mqtt", "est")), default="mqtt",
+                         doc="how a renewal asks the operator's CA: a CSR on <prefix>csr, or EST simplereenroll"),
+    "est_url": s.Optional(s.All(s.Str(min_len=1, max_len=2048), s.Custom(_est_url)),
+                          doc="the EST server: https://host[:port]/.well-known/est[/label]"),
+    "est_ca_file": s.Optional(PATH, doc="CA certificates of the EST server's TLS certificate; default uplink.ca_file"),
+    "ca_file": s.Optional(PATH, doc="the CAs that issue the gateway's client certificates (a new one must chain to "
+                                    "one); default uplink.ca_file"),
+    "answer_timeout_s": s.Optional(s.Float(ge=10, le=30 * 86400), default=86400.0,
+                                   doc="how long a CSR waits for its certificate, s"),
+    "retry_s": s.Optional(s.Float(ge=10, le=7 * 86400), default=3600.0,
+                          doc="a renewal that failed is tried again after this, s"),
+})
+
+
+@dataclass(frozen=True)
+class CertificateConfig:
+    auto_renew: bool = True
+    renew_at: float = 0.67
+    method: str = "mqtt"
+    est_url: str | None = None
+    est_ca_file: Path | None = None
+    ca_file: Path | None = None
+    answer_timeout_s: float = 86400.0
+    retry_s: float = 3600.0
+
+
+def _certificate_issues(c: dict, resolve: Callable[[str], Path], check_files: bool) -> list[s.Issue]:
+    issues = []
+    if c.get("method") == "est" and "est_url" not in c:
+        issues.append(s.Issue(("fleet", "certificate", "method"), "est needs fleet.certificate.est_url"))
+    for key in ("est_ca_file", "ca_file"):
+        if check_files and key in c and (msg := file_problem(resolve(c[key]))):
+            issues.append(s.Issue(("fleet", "certificate", key), msg))
+    return issues
 
 
 # ---------------------------------------------------------------- the section
@@ -68,6 +114,8 @@ FLEET_SCHEMA = s.Dict({
     "download_timeout_s": s.Optional(s.Float(ge=1, le=3600), default=120.0,
                                      doc="a download's whole duration, s (not only the gap between bytes)"),
     "metrics": s.Optional(METRICS, default={}, doc="the local status endpoint (Prometheus) on loopback"),
+    "certificate": s.Optional(CERTIFICATE, default={},
+                              doc="rotation and renewal of the uplink's client certificate (docs/fleet.md)"),
 })
 
 
@@ -77,18 +125,25 @@ class FleetConfig:
     ca_file: Path | None = None
     download_timeout_s: float = 120.0
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    certificate: CertificateConfig = field(default_factory=CertificateConfig)
 
 
 def fleet_issues(clean: dict | None, resolve: Callable[[str], Path], check_files: bool) -> list[s.Issue]:
     """Checks of [fleet] that need the files: the CA file must be readable (it is parsed when it is used)."""
-    if not isinstance(clean, dict) or not check_files or "ca_file" not in clean:
+    if not isinstance(clean, dict):
         return []
+    issues = _certificate_issues(clean["certificate"], resolve, check_files) \
+        if isinstance(clean.get("certificate"), dict) else []
+    if not check_files or "ca_file" not in clean:
+        return issues
     msg = file_problem(resolve(clean["ca_file"]))
-    return [s.Issue(("fleet", "ca_file"), msg)] if msg else []
+    return issues + ([s.Issue(("fleet", "ca_file"), msg)] if msg else [])
 
 
 def build_fleet(c: dict, resolve: Callable[[str], Path]) -> FleetConfig:
-    m = c["metrics"]
+    m, cert = c["metrics"], c["certificate"]
     return FleetConfig(health_window_s=c["health_window_s"],
                        ca_file=resolve(c["ca_file"]) if "ca_file" in c else None,
-                       download_timeout_s=c["download_timeout_s"], metrics=MetricsConfig(m["port"], m["host"]))
+                       download_timeout_s=c["download_timeout_s"], metrics=MetricsConfig(m["port"], m["host"]),
+                       certificate=CertificateConfig(**{k: resolve(v) if k.endswith("ca_file") else v
+                                                        for k, v in cert.items()}))

@@ -33,7 +33,7 @@ class CertInfo:
 
     def to_json(self, now: _dt.datetime) -> dict:
         return {"role": self.role, "subject": self.subject,
-                "not_after": self.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"), "days_left": round(self.days_left(now), 1)}
+                "not_after": self.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"), "days_left": round(self.days_left(now), 3)}
 
 
 def read_certs(files: dict[str, Path]) -> list[CertInfo]:
