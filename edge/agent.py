@@ -7,6 +7,7 @@ import time
 import uuid
 
 from . import __version__, contract, telemetry
+from .clock import Clock
 from .control.activation import State
 from .control.engine import ControlEngine
 from .config import Config, DeviceConfig
@@ -47,6 +48,7 @@ class Agent:
         self.max_message_bytes = MAX_MESSAGE_BYTES
         self.dropped_samples = 0  # values lost because the outbox could not store them
         self.devices = {d.id: make_device(d) for d in config.devices}
+        self.clock = Clock(config.clock)  # the time quality of what the gateway stamps (edge/clock.py)
         st = config.storage
         st.dir.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(st.dir / "outbox.sqlite", gateway_id=self.gateway_id,
@@ -56,6 +58,8 @@ class Agent:
         for dev in self.devices.values():  # devices with state of their own, or a record of the past (DLMS meters)
             if callable(getattr(dev, "bind", None)):
                 dev.bind(st.dir / "devices", self._backfill)
+            if hasattr(dev, "on_event"):  # devices that detect events (PMUs): their own stream, through the outbox
+                dev.on_event = self._device_event
         self.mqtt: MqttClient | None = None
         self.audit = AuditLog(st.dir / "audit", fsync=st.durability == "full")
         self.audit.listeners.append(self._audit_uplink)
@@ -155,17 +159,30 @@ class Agent:
             self.flex.backfill([s for s in flatten(readings) if s.point in self._flex_points])
 
     def _telemetry(self, readings: list[Reading]) -> None:
+        """Encoded at once; what the gateway stamped carries its clock's time quality now (a device that stamps its
+        own values, a PMU, gives its own)."""
+        tq = self.clock.quality()
         loose: list[Sample] = []
         for r in readings:
             if isinstance(r, SampleBlock):
                 if loose:
-                    self._buffer(telemetry.encode_samples(loose), len(loose), max(s.ts_ns for s in loose))
+                    self._buffer(telemetry.encode_samples(loose, tq), len(loose), max(s.ts_ns for s in loose))
                     loose = []
-                self._buffer([telemetry.encode_block(r)], len(r.values), r.ts_ns)
+                self._buffer([telemetry.encode_block(r, tq)], len(r.values), r.ts_ns)
             else:
                 loose.append(r)
         if loose:
-            self._buffer(telemetry.encode_samples(loose), len(loose), max(s.ts_ns for s in loose))
+            self._buffer(telemetry.encode_samples(loose, tq), len(loose), max(s.ts_ns for s in loose))
+
+    def _device_event(self, kind: str, body: dict) -> None:
+        """An event a device detected (a PMU: contract kinds event, event_window), stored at once on the event
+        stream; an event carries the gateway clock's time quality beside the device's (gw_tq)."""
+        if kind == "event":
+            body = dict(body, gw_tq=self.clock.quality().to_json())
+        try:
+            self._append("event", kind, body, "event")
+        except Exception:  # the store failed: the event is lost, the agent goes on (and says so)
+            log.exception("%s of %s not stored", kind, escape(body.get("device")))
 
     def _feed_flex(self, readings: list[Reading]) -> None:
         """Only the points flex reads: for a block, the positions of its layout found once."""
@@ -245,7 +262,7 @@ class Agent:
                     "store_resets": stats["store_resets"]},
             last_stored_t=self.last_stored_t,
             commands=dict(self.gate.counts, dropped=self.mqtt.dropped if self.mqtt else 0),
-            security=self._security_state(),
+            security=self._security_state(), clock=dict(self.clock.status.to_json(), steps=self.clock.steps),
         ))
 
     def _security_state(self) -> dict:
@@ -406,6 +423,7 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         log.info("gridedge %s starting: gateway %s, config %s (sha256 %s), %s", __version__, self.gateway_id,
                  self.config.source, self.config.sha256[:12], self.control.kernels())
+        self.clock.update(await self.clock.read())  # before the first sample is stamped
         self.audit_event("start", version=__version__, boot_id=self.boot_id, config=str(self.config.source),
                          config_sha256=self.config.sha256, trust="loaded" if self.trust else self.trust_error)
         certs.log_expiring(self.certs)
@@ -421,6 +439,7 @@ class Agent:
         tasks.append(asyncio.create_task(self._telemetry_loop(), name="telemetry"))
         tasks.append(asyncio.create_task(self._command_loop(), name="commands"))
         tasks.append(asyncio.create_task(self._state_loop(), name="state"))
+        tasks.append(asyncio.create_task(self.clock.run(), name="clock"))
         if self.flex is not None:
             tasks.append(asyncio.create_task(self._flex_loop(), name="flex"))
         publishing = asyncio.create_task(self.publisher.run(), name="publisher")
