@@ -11,6 +11,7 @@ Every decoder raises only FrameError (a ValueError) on hostile bytes.
 from __future__ import annotations
 
 import binascii
+import functools
 import math
 import struct
 from dataclasses import dataclass, field
@@ -199,8 +200,8 @@ class Config:
     stations: tuple[Station, ...]
     data_rate: int                       # frames/s; negative: seconds per frame
     kind: int = CFG2
-    soc: int = 0
-    fracsec: int = 0
+    soc: int = field(default=0, compare=False)       # when the frame was sent: not part of the configuration
+    fracsec: int = field(default=0, compare=False)
     _layout: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -290,6 +291,9 @@ def _cfg3_body(cfg: Config) -> bytes:
     return b"".join(out)
 
 
+_struct = functools.lru_cache(maxsize=256)(struct.Struct)
+
+
 class _Reader:
     """Reads a body front to back; any read past its end is a FrameError."""
 
@@ -304,8 +308,12 @@ class _Reader:
         return out
 
     def unpack(self, fmt: str):
-        s = struct.Struct(fmt)
-        return s.unpack(self.take(s.size))
+        s = _struct(fmt)
+        if self.i + s.size > len(self.b):
+            raise FrameError(f"configuration frame ends early (wanted {s.size} bytes at {self.i} of {len(self.b)})")
+        out = s.unpack_from(self.b, self.i)
+        self.i += s.size
+        return out
 
     def name(self) -> str:
         return self.take(self.take(1)[0]).decode("utf-8", "replace")

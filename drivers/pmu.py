@@ -126,14 +126,20 @@ class StreamDecoder:
                     self.counts.frames += rows
                     self.listener.rows(cur, rows)
                 if why == MORE:
-                    break
+                    if (q := self._stalled(buf, pos)) is None:
+                        break
+                    pos = q
+                    continue
                 if why == FULL:
                     continue
                 end = pos + (buf[pos + 2] << 8 | buf[pos + 3]) if why == OTHER else 0
             else:
                 what, end = c.scan(buf, pos)
                 if what == "more":
-                    break
+                    if (q := self._stalled(buf, pos)) is None:
+                        break
+                    pos = q
+                    continue
                 why = OTHER if what == "frame" else BAD
             if why == BAD:
                 nxt = buf.find(b"\xaa", pos + 1)
@@ -147,6 +153,18 @@ class StreamDecoder:
             self.counts.bad_bytes += len(buf) - pos
             pos = len(buf)
         del buf[:pos]
+
+    def _stalled(self, buf: bytearray, pos: int) -> int | None:
+        """The frame at pos is not whole yet. If a whole frame with a right CRC starts after it within the bytes at
+        hand, what is at pos was garbage that claimed a length (it would hold the stream up to 64 KiB): the
+        position of that frame (the bytes before it counted as bad). None: wait for more."""
+        q = buf.find(b"\xaa", pos + 1)
+        while q >= 0:
+            if c.scan(buf, q)[0] == "frame":
+                self.counts.bad_bytes += q - pos
+                return q
+            q = buf.find(b"\xaa", q + 1)
+        return None
 
     def _frame(self, buf: bytearray, pos: int, end: int) -> None:
         """A whole frame with a right CRC that the current stream's kernel did not take."""
@@ -171,7 +189,9 @@ class StreamDecoder:
                 cfg = c.decode_config(frame)
             except c.FrameError as exc:
                 self.counts.bad_configs += 1
-                log.warning("PMU stream %d: configuration not understood: %s", idcode, _esc(exc))
+                if _seldom(self.counts.bad_configs):
+                    log.warning("PMU stream %d: configuration not understood (%d so far): %s", idcode,
+                                self.counts.bad_configs, _esc(exc))
                 return
             if ftype not in self.configs:
                 self.cfg1[idcode] = cfg
@@ -190,12 +210,19 @@ class StreamDecoder:
             dec = self.make_decoder(cfg, self.capacity)
         except ValueError as exc:
             self.counts.bad_configs += 1
-            log.warning("PMU stream %d: configuration not usable: %s", cfg.idcode, _esc(exc))
+            if _seldom(self.counts.bad_configs):
+                log.warning("PMU stream %d: configuration not usable (%d so far): %s", cfg.idcode,
+                            self.counts.bad_configs, _esc(exc))
             return
         st = Stream(cfg, dec, old.generation + 1 if old else 0)
         self.streams[cfg.idcode] = st
         self._current = st
         self.listener.config(st)
+
+
+def _seldom(n: int) -> bool:
+    """Log the 1st, 2nd, 4th, 8th... occurrence: a hostile peer cannot flood the log."""
+    return n & (n - 1) == 0
 
 
 def _esc(x) -> str:
@@ -257,6 +284,7 @@ class PmuClient:
         self._udp: asyncio.DatagramTransport | None = None
         self._gone: asyncio.Event | None = None
         self._why = ""
+        self._peer_ip = spec.host
         self.last_rx = 0.0
         self._asked: dict[int, float] = {}
 

@@ -208,7 +208,8 @@ class PmuSim:
 
     # -- script
     def change_config(self, new: c.Config, announce_frames: int = 10) -> None:
-        """Set the configuration-change bit for announce_frames frames, then serve `new` (the same IDCODE)."""
+        """Set the configuration-change bit for announce_frames frames, then serve `new` (the same IDCODE); new
+        stations measure what the first one does."""
         self._change = (new, announce_frames)
 
     def drop_clients(self) -> None:
@@ -273,6 +274,13 @@ class PmuSim:
         return soc, round((t % 10**9) * self.cfg.time_base / 1e9) % self.cfg.time_base
 
     async def _clock(self) -> None:
+        try:
+            await self._frames()
+        except Exception:
+            log.exception("PMU %d: the frame clock stopped", self.cfg.idcode)
+            raise
+
+    async def _frames(self) -> None:
         cfg_every = 0
         while True:
             cfg = self.cfg
@@ -293,6 +301,7 @@ class PmuSim:
                 self._change = (new, left - 1) if left > 1 else None
                 if left <= 1:
                     self.cfg = new
+                    self.signals = (self.signals + [self.signals[0]] * len(new.stations))[:len(new.stations)]
             code = self.tq_code if self.tq_code is not None else self.signals[0].tq_code
             frame = c.encode_data(cfg, soc, (code << 24) | frac, data)
             if self.spontaneous_to is not None:
