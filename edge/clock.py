@@ -107,7 +107,7 @@ def parse_pmc(text: str) -> ClockStatus:
     offset = int(m.group(1)) / 1e9
     present = g.group(1) == "true"
     return ClockStatus("ptp", present, abs(offset) if present else None, offset,
-                       reference=f"PTP {gm.group(1)}" if gm and present else "PTP")
+                       reference=f"PTP {escape(gm.group(1), 40)}" if gm and present else "PTP")
 
 
 @dataclass(frozen=True)
@@ -124,11 +124,14 @@ class ClockSettings:
 class Clock:
     """The latest status and the step watch; quality() is what the agent stamps on gateway-stamped blocks."""
 
-    def __init__(self, settings: ClockSettings | None = None):
+    def __init__(self, settings: ClockSettings | None = None, *, wall=time.time_ns, mono=time.monotonic_ns):
+        """wall/mono: the clocks compared (a test steps a wall clock of its own: the machine's is not a test's to
+        step)."""
         self.settings = settings or ClockSettings()
         self.status = UNKNOWN
         self.steps = 0
-        self._base = time.time_ns() - time.monotonic_ns()
+        self._wall, self._mono = wall, mono
+        self._base = wall() - mono()
         self._step_until = 0          # monotonic ns
         self._quality = self._make()
 
@@ -140,12 +143,12 @@ class Clock:
 
     def check_step(self) -> bool:
         """Wall clock against monotonic: True when it moved by more than step_ms since the last check."""
-        base = time.time_ns() - time.monotonic_ns()
+        base = self._wall() - self._mono()
         jump = base - self._base
         self._base = base
         if abs(jump) > self.settings.step_ms * 1e6:
             self.steps += 1
-            self._step_until = time.monotonic_ns() + int(self.settings.step_hold_s * 1e9)
+            self._step_until = self._mono() + int(self.settings.step_hold_s * 1e9)
             log.warning("the system clock was stepped by %+.3f s (wall clock against monotonic): samples stamped in "
                         "the next %.0f s say so", jump / 1e9, self.settings.step_hold_s)
             return True
@@ -154,7 +157,7 @@ class Clock:
     def quality(self) -> TimeQuality:
         self.check_step()
         q = self._quality
-        return q._replace(step=True) if time.monotonic_ns() < self._step_until else q
+        return q._replace(step=True) if self._mono() < self._step_until else q
 
     def update(self, status: ClockStatus) -> None:
         if status.synchronised != self.status.synchronised or status.source != self.status.source:
