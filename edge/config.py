@@ -310,7 +310,7 @@ SCHEMA = s.Dict({
     "storage": s.Optional(s.Dict({
         "dir": s.Optional(PATH, doc="durable state directory; default $STATE_DIRECTORY (systemd's StateDirectory=), "
                                     "else var/ next to the configuration"),
-        "quota_mb": s.Optional(s.Float(gt=0, le=1024 * 1024), default=256.0,
+        "quota_mb": s.Optional(s.Float(ge=0.01, le=1024 * 1024), default=256.0,
                                doc="outbox disk quota (stored payload bytes), MiB"),
         "max_age_h": s.Optional(s.Float(gt=0, le=87600), default=720.0,
                                 doc="stored messages older than this are dropped, h (at most 10 years)"),

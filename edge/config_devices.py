@@ -249,7 +249,7 @@ def _opcua_security(dev: dict, raw: Mapping, at, base: Path, check_files: bool) 
         issues = [at("allow_insecure", "only with security_policy = \"None\"")]
     else:
         issues = []
-    issues += [at(k, f"required key missing (needed with security_policy {dev['security_policy']!r}"
+    issues += [at(k, f"required key missing (needed with security_policy {dev.get('security_policy', 'Basic256Sha256')!r}"
                      + (": the server's certificate, pinned, or any server would be trusted)" if k == "server_cert"
                         else ")")) for k in files if k not in raw]
     if check_files:

@@ -1,6 +1,7 @@
-"""`gridedge lab init DIR`: everything a first trial needs that is not the device: a throwaway CA with broker, gateway
-and head-end certificates, a mosquitto configuration (mutual TLS, an ACL per certificate) and a gateway.toml that
-`gridedge check` passes, pointed at one SunSpec device on the LAN.
+"""`gridedge lab init DIR`: everything a first trial needs that is not the device: a throwaway CA with broker, gateway,
+head-end and issuer certificates, an issuer's signing key, a mosquitto configuration (mutual TLS, the ACL of
+hil/acl.py that confines every certificate) and a gateway.toml that `gridedge check` passes, pointed at one SunSpec
+device on the LAN and trusting that issuer's signed commands (contract 3.0, docs/security.md).
 
 The certificates come from the rig's PKI (gridedge.hil.pki), which is why this module, like the demo, may import the
 rig (tests/test_layout.py, RIG_USERS): a lab CA is for a bench, never for a fleet, and keeping its code in the rig
@@ -16,7 +17,9 @@ import shutil
 import sys
 from pathlib import Path
 
-HEADEND = "headend"   # CN of the head-end's certificate: mosquitto_sub with it sees every gateway of the lab
+HEADEND = "headend"   # pki/headend.crt: mosquitto_sub with it sees every gateway of the lab (it sends nothing)
+HEADEND_CN = "headend.lab"   # identities other than gateways are dotted (hil/acl.py)
+ISSUER = "dso"        # the lab's operator: issuers/dso.key.pem signs, pki/issuer-dso.crt publishes on cmd/dso
 PLACEHOLDER = "192.0.2.10"   # TEST-NET-1 (RFC 5737): never a real device; edit it or pass --device
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")            # as gateway.id: it goes into the ACL and topics
 _HOST = re.compile(r"[A-Za-z0-9._:%-]{1,253}")      # as devices.host: it goes into files, so nothing else
@@ -25,8 +28,12 @@ _HOST = re.compile(r"[A-Za-z0-9._:%-]{1,253}")      # as devices.host: it goes i
 def init_lab(directory: Path, *, gateway_id: str = "gw-lab-001", broker_hosts: tuple[str, ...] = (),
              port: int = 8883, device: str = PLACEHOLDER, unit_id: int = 1, role: str = "inverter",
              days: int = 365, force: bool = False) -> list[Path]:
-    """Write the lab into `directory`; returns the files written. Refuses to replace a lab's CA unless `force`."""
+    """Write the lab into `directory`; returns the files written (never a private key's path). Refuses to replace a
+    lab's CA unless `force`."""
+    from gridedge.hil.acl import fleet_acl, gateway_patterns
+    from gridedge.hil.broker import render_acl
     from gridedge.hil.pki import make_pki
+    from gridedge.security.signing import new_issuer_key
 
     directory = Path(os.path.abspath(directory))
     pki_dir = directory / "pki"
@@ -41,15 +48,18 @@ def init_lab(directory: Path, *, gateway_id: str = "gw-lab-001", broker_hosts: t
                               "gateway.toml included")
     names = tuple(dict.fromkeys(("localhost", "127.0.0.1", *broker_hosts)))
     pki = make_pki(pki_dir, server_names=names, days=days)
-    for cn, stem in ((gateway_id, "gateway"), (HEADEND, HEADEND)):
+    issuer_tls = f"issuer-{ISSUER}"
+    for cn, stem in ((gateway_id, "gateway"), (HEADEND_CN, HEADEND), (f"issuer.{ISSUER}", issuer_tls)):
         cert, key = pki.client(cn)
         os.replace(cert, pki_dir / f"{stem}.crt")
         os.replace(key, pki_dir / f"{stem}.key")
     shutil.rmtree(pki_dir / "clients", ignore_errors=True)
-    prefix = f"gridedge/v2/{gateway_id}/"
+    _priv, pub = new_issuer_key(directory / "issuers", ISSUER)
+    acl = fleet_acl({f"issuer.{ISSUER}": ISSUER}, {HEADEND_CN: None})
     files = {
-        "acl": f"# written by gridedge lab init: who may use which topics (the user is the certificate's CN)\n"
-               f"user {gateway_id}\ntopic readwrite {prefix}#\n\nuser {HEADEND}\ntopic readwrite gridedge/v2/#\n",
+        "acl": "# written by gridedge lab init (hil/acl.py): a gateway (its CN is its id) only under its own prefix,\n"
+               f"# the issuer {ISSUER} only on its command topics, the head-end reads all (docs/security.md)\n"
+               + render_acl(acl, gateway_patterns()),
         "mosquitto.conf": _mosquitto_conf(directory, port, listen_all=bool(broker_hosts)),
         "gateway.toml": _gateway_toml(gateway_id, broker_hosts[0] if broker_hosts else "localhost", port, host,
                                       dev_port, unit_id, role),
@@ -57,8 +67,8 @@ def init_lab(directory: Path, *, gateway_id: str = "gw-lab-001", broker_hosts: t
     (directory / "mosquitto").mkdir(exist_ok=True)
     for name, text in files.items():
         (directory / name).write_text(text)
-    return [pki_dir / n for n in ("ca.crt", "server.crt", "gateway.crt", f"{HEADEND}.crt")] + [
-        directory / n for n in files]
+    return [pki_dir / n for n in ("ca.crt", "server.crt", "gateway.crt", f"{HEADEND}.crt", f"{issuer_tls}.crt")] + [
+        pub] + [directory / n for n in files]
 
 
 def _host_port(device: str) -> tuple[str, int]:
@@ -121,6 +131,14 @@ key_file = "pki/gateway.key"
 [storage]
 dir = "var"
 
+# Who may command this gateway: commands are signed (JWS) by a trusted issuer and sent on <prefix>cmd/<issuer id>.
+# The lab's operator signs with issuers/{ISSUER}.key.pem:  gridedge sign --key issuers/{ISSUER}.key.pem --issuer {ISSUER} ...
+[[security.issuers]]
+id = "{ISSUER}"
+actor = "dso"               # its activations have the DSO's priority
+roles = ["operator"]        # may send every command type (edge/security/roles.toml)
+public_keys = ["issuers/{ISSUER}.pub.pem"]
+
 [[devices]]
 id = "dev1"
 driver = "sunspec_tcp"      # SunSpec Modbus TCP: most PV inverters, batteries and many meters; see docs/points.md
@@ -153,5 +171,7 @@ def main(args) -> int:
         print(f"wrote {f}")
     lab = files[-1].parent
     print(f"next:\n  mosquitto -c {lab / 'mosquitto.conf'}     (a second terminal; Debian: /usr/sbin/mosquitto)\n"
-          f"  gridedge check -c {lab / 'gateway.toml'}\n  gridedge run -c {lab / 'gateway.toml'}")
+          f"  gridedge check -c {lab / 'gateway.toml'}\n  gridedge run -c {lab / 'gateway.toml'}\n"
+          f"  signed commands: gridedge sign --key {lab / 'issuers' / (ISSUER + '.key.pem')} --issuer {ISSUER} ... "
+          "(README.md, quick start)")
     return 0

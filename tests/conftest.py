@@ -30,6 +30,15 @@ def signed_doc(raw: bytes):
         return None
 
 
+def as_signed(doc: dict, iss: str = "dso", aud: str = "gw", lifetime_s: int = 300) -> dict:
+    """A command or nomination document with the claims its signer adds (gridedge.security.signing), as the
+    schema describes what is signed: for checking a document the parser accepted against schemas/."""
+    import time
+
+    now = int(time.time())
+    return dict(doc, iss=iss, aud=aud, iat=now, exp=now + lifetime_s)
+
+
 def message_kind(topic: str) -> str:
     """The schema a topic's messages follow: its last level, or for <p>cmd/<issuer> and <p>nomination/<issuer>
     the level before the issuer."""

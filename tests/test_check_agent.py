@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import shutil
 import tomllib
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from gridedge.agent import Agent
@@ -21,7 +22,8 @@ from gridedge.hil.pki import make_pki
 from .test_config import EXAMPLE, _paths, scalars, values
 
 OPCUA = {"id": "rtu1", "driver": "opcua", "role": "meter", "endpoint": "opc.tcp://127.0.0.1:4840/rtu",
-         "nodes": {"F1.W": "ns=2;s=F1.MMXU1.TotW"}, "poll_ms": 500, "timeout_ms": 4000}
+         "nodes": {"F1.W": "ns=2;s=F1.MMXU1.TotW"}, "poll_ms": 500, "timeout_ms": 4000,
+         "security_policy": "None", "allow_insecure": True}   # as before the secure default (it needs certificates)
 
 
 
@@ -43,6 +45,7 @@ def site(tmp_path_factory) -> tuple[Path, dict]:
     cert, key = pki.client("gw-demo-001")
     data = _valid()
     data["uplink"].update(ca_file=str(pki.ca_cert), cert_file=str(cert), key_file=str(key))
+    shutil.copytree(EXAMPLE.parent / "issuers", base / "issuers")   # the issuer's public key the example names
     (base / "file").write_text("")
     return base, data
 
@@ -118,6 +121,7 @@ async def _build(cfg) -> None:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(mutations)
+@example([(("storage", "quota_mb"), 1e-9)])   # > 0 passes check; the outbox got int(1e-9 * 2**20) = 0 bytes
 def test_what_check_passes_the_agent_is_built_from(site, mutations):
     base, valid = site
     data = copy.deepcopy(valid)

@@ -171,11 +171,11 @@ def test_opcua_certificates_are_parsed_like_the_driver_does(site, tmp_path):
         f"devices[0].client_cert: not a certificate (PEM or DER): {bad}",
         f"devices[0].server_cert: not a certificate (PEM or DER): {bad}",
     ]
-    assert errors(site.write(devices=opcua_device(client_cert=ua.client_cert, client_key=ec_key))) == [
+    assert errors(site.write(devices=opcua_device(client_cert=ua.client_cert, client_key=ec_key, server_cert=ua.server_cert))) == [
         f"devices[0].client_key: Basic256Sha256 needs an RSA key, got EC: {ec_key}"]
-    assert errors(site.write(devices=opcua_device(client_cert=ua.client_cert, client_key=ua.server_key))) == [
+    assert errors(site.write(devices=opcua_device(client_cert=ua.client_cert, client_key=ua.server_key, server_cert=ua.server_cert))) == [
         f"devices[0].client_key: not the private key of client_cert {ua.client_cert}: {ua.server_key}"]
-    assert errors(site.write(devices=opcua_device(client_cert=ua.client_cert, client_key=bad))) == [
+    assert errors(site.write(devices=opcua_device(client_cert=ua.client_cert, client_key=bad, server_cert=ua.server_cert))) == [
         f"devices[0].client_key: not a private key (PEM or DER): {bad}"]
 
 
@@ -266,3 +266,30 @@ def test_fuzz_opcua_files(site, tmp_path, which, blob, flips, damaged):
         load_config(path)
     except ConfigError as e:
         assert all(line.startswith(f"{path}: devices[0].") for line in e.errors), e.errors
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_a_private_key_others_can_read_is_refused(site, mode):
+    """As ssh refuses one: a key copied with the wrong mode is how a fleet's identities leak."""
+    site.key.chmod(mode)
+    assert errors(site.write()) == [f"uplink.key_file: permissions {mode:04o} are too open: a private key must be "
+                                    f"readable by its owner only (chmod 600 {site.key})"]
+    site.key.chmod(0o600)
+    load_config(site.write())
+
+
+def test_certificates_near_their_end_are_listed_for_the_state(site):
+    """security.expiring: every certificate the configuration names that ends within 30 days (the rig's PKI is
+    made for 30 days: the gateway's certificate and its CA are listed, with their days left)."""
+    import datetime as dt
+
+    from gridedge.security import certs
+
+    cfg = load_config(site.write())
+    found = certs.read_certs(certs.config_certs(cfg))
+    assert {c.role for c in found} == {"uplink.cert_file", "uplink.ca_file"}
+    now = dt.datetime.now(dt.timezone.utc)
+    soon = certs.expiring(found, now)
+    assert {e["role"] for e in soon} == {"uplink.cert_file", "uplink.ca_file"}
+    assert all(0 < e["days_left"] <= 30 for e in soon) and soon[0]["subject"]
+    assert certs.expiring(found, now - dt.timedelta(days=60)) == []   # two months earlier: nothing to say

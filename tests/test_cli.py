@@ -22,7 +22,8 @@ def good_config(tmp_path):
     cert, key = pki.client("gw-test")
     text = (ROOT / "examples" / "gateway.toml").read_text()
     text = (text.replace('"pki/ca.crt"', f'"{pki.ca_cert}"').replace('"pki/gateway.crt"', f'"{cert}"')
-            .replace('"pki/gateway.key"', f'"{key}"'))
+            .replace('"pki/gateway.key"', f'"{key}"')
+            .replace('"issuers/dso.pub.pem"', f'"{ROOT / "examples" / "issuers" / "dso.pub.pem"}"'))
     path = tmp_path / "gateway.toml"
     path.write_text(text)
     return path

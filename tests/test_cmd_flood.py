@@ -13,7 +13,7 @@ from gridedge.hil.rig import Rig
 from gridedge.mqtt import MqttClient, tls_context
 
 from .aio import arun, until
-from .conftest import validate_message
+from .conftest import message_kind, validate_message
 
 
 def test_inbound_queue_stays_bounded_and_qos1_waits_at_the_broker(tmp_path):
@@ -61,16 +61,18 @@ def test_inbound_queue_stays_bounded_and_qos1_waits_at_the_broker(tmp_path):
 
 
 def test_a_garbage_flood_on_a_slow_uplink_drops_no_telemetry(tmp_path):
-    """300 unreadable commands arrive over a slow uplink (50 ms each way) while the outbox quota is 30 kB: they get
-    their small budget of answers, the rest is counted, no telemetry is dropped, and a good command sent after
-    the flood is still executed."""
+    """300 unreadable commands arrive over a slow uplink (50 ms each way) while the outbox quota is 30 kB, every
+    other one signed by a trusted issuer (its document unreadable) and the rest unsigned: they get their small
+    budget of answers, the rest is counted, no telemetry is dropped, and a good command sent after the flood is
+    still executed."""
     async def scenario():
         async with Rig(tmp_path, gateway_id=f"gw-{uuid.uuid4().hex[:6]}", proxy=True, quota_mb=0.03,
                        telemetry_ms=100, poll_ms=100, dso_session_expiry_s=600) as rig:
             await rig.dso.wait_for(lambda: rig.dso.latest.get("W") is not None, 15, "telemetry")
             rig.proxy.latency_s = 0.05
             for i in range(300):
-                await rig.dso.send(b'{"cmd_id": "flood-%d", ' % i + b"x" * 200)
+                garbage = b'{"cmd_id": "flood-%d", ' % i + b"x" * 200
+                await rig.dso.send(rig.dso.sign_bytes(garbage) if i % 2 == 0 else garbage)
             await rig.dso.wait_for(lambda: len(rig.dso.results(None)) >= UNREADABLE_BURST, 30, "the budget spent")
             rig.proxy.latency_s = 0.0
             good = rig.dso.activation(50, 1, cmd_id="after-flood", validity_s=120)
@@ -82,11 +84,16 @@ def test_a_garbage_flood_on_a_slow_uplink_drops_no_telemetry(tmp_path):
                                                          and s.doc["status"] == "offline"), None), 15, "offline")
             unreadable = rig.dso.results(None)
             assert UNREADABLE_BURST <= len(unreadable) < UNREADABLE_BURST + 15, len(unreadable)
+            # the budget's first answers, in the order the flood was sent: signed garbage, unsigned, signed...
+            first = sorted(unreadable, key=lambda r: r["seq"])[:UNREADABLE_BURST]
+            assert [r["detail"].get("refusal") for r in first] == [None, "unauthenticated"] * (UNREADABLE_BURST // 2)
+            assert all(r["reason"].startswith("malformed JSON") for r in first[::2]), first[0]["reason"]
             assert state["dropped"]["telemetry"] == 0, state["dropped"]
-            assert state["commands"] == {"received": 301, "dropped": 0, "unanswered": 300 - len(unreadable)}
+            assert state["commands"] == {"received": 301, "dropped": 0, "unanswered": 300 - len(unreadable),
+                                         "unauthenticated": 150, "forbidden": 0, "replayed": 0}
             tel = rig.dso.audit.report(rig.gateway_id, "telemetry")
             assert tel.received > 0 and tel.missing == []
             for s in rig.dso.seen:
-                if not s.topic.endswith("/cmd"):
+                if message_kind(s.topic) != "command":
                     validate_message(s.topic.replace("/backfill/", "/"), s.doc)
     arun(scenario(), 150)

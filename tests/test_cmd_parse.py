@@ -7,23 +7,23 @@ import json
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gridedge import contract
 from gridedge.contract import MAX_COMMAND_BYTES, Command, CommandRejected, parse_command
 
-from .conftest import validate_message
+from .conftest import as_signed, validate_message
 
 NOW = time.time_ns()
-GOOD = {"schema": "gridedge.command/1", "cmd_id": "c1", "type": "limit_active_power", "issuer": "dso",
+GOOD = {"schema": "gridedge.command/2", "cmd_id": "c1", "type": "limit_active_power",
         "params": {"limit_pct": 50, "duration_s": 30}}
 
 
-def outcome(payload: bytes) -> Command | CommandRejected:
+def outcome(payload: bytes, issuer: str = "dso") -> Command | CommandRejected:
     """What parse_command makes of payload; anything but a Command or a CommandRejected fails the test."""
     try:
-        return parse_command(payload, NOW, max_activation_s=3600)
+        return parse_command(payload, NOW, issuer=issuer, max_activation_s=3600)
     except CommandRejected as rej:
         assert rej.reason and len(rej.reason) <= contract.MAX_REASON_CHARS, rej.reason[:200]
         assert rej.cmd_id is None or isinstance(rej.cmd_id, str) and rej.cmd_id.encode()
@@ -104,8 +104,8 @@ json_scalars = (st.none() | st.booleans() | st.integers() | st.integers(-10**400
 json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=6)
                            | st.dictionaries(st.text(max_size=20), inner, max_size=6), max_leaves=40)
 PARAM_KEYS = ("limit_pct", "duration_s", "revert_s", "w", "var", "pf", "activation_id", "colour", "resource")
-good_values = {"schema": st.just("gridedge.command/1"), "cmd_id": st.text(min_size=1, max_size=128),
-               "type": st.sampled_from(contract.COMMAND_TYPES), "issuer": st.sampled_from(contract.ISSUERS),
+good_values = {"schema": st.just("gridedge.command/2"), "cmd_id": st.text(min_size=1, max_size=128),
+               "type": st.sampled_from(contract.COMMAND_TYPES),
                "device": st.text(max_size=40), "valid_from": st.just(contract.iso_utc(NOW - 10**9)),
                "valid_until": st.just(contract.iso_utc(NOW + 60 * 10**9))}
 params = st.dictionaries(st.sampled_from(PARAM_KEYS) | st.text(max_size=10), json_values | st.floats(-2e9, 2e9),
@@ -113,13 +113,15 @@ params = st.dictionaries(st.sampled_from(PARAM_KEYS) | st.text(max_size=10), jso
 command_docs = st.fixed_dictionaries(
     {k: v | json_values for k, v in good_values.items() if k in ("schema", "cmd_id", "type")},
     optional={**{k: v | json_values for k, v in good_values.items() if k not in ("schema", "cmd_id", "type")},
-              "params": params | json_values, "extra": json_values})
+              "params": params | json_values, "extra": json_values, "issuer": json_values})
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(command_docs)
-def test_fuzz_every_field_of_every_type(doc):
+@given(command_docs, st.sampled_from(contract.ISSUERS))
+@example(GOOD, "tso")  # an accepted one at least: the branch that checks it against the schema
+def test_fuzz_every_field_of_every_type(doc, issuer):
     payload = json.dumps(doc).encode()
-    got = outcome(payload)
-    if isinstance(got, Command):  # what the parser accepts, the published schema accepts too
-        validate_message("gw/cmd", doc)
+    got = outcome(payload, issuer)
+    if isinstance(got, Command):  # what the parser accepts, the published schema accepts too (claims added)
+        validate_message("gw/cmd/x", as_signed(doc, issuer))
+        assert got.issuer == issuer and "issuer" not in doc

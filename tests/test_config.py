@@ -46,28 +46,37 @@ def minimal(**uplink) -> dict:
 
 @pytest.fixture()
 def pki_dir(tmp_path: Path) -> Path:
-    """A copy of the example next to a real PKI under the names it uses, so check_files can pass."""
+    """A copy of the example next to a real PKI under the names it uses, and the issuer's public key it ships with,
+    so check_files can pass."""
     pki = make_pki(tmp_path / "pki")
     cert, key = pki.client("gw-demo-001")
     cert.rename(tmp_path / "pki" / "gateway.crt")
     key.rename(tmp_path / "pki" / "gateway.key")
     shutil.copy(EXAMPLE, tmp_path / "gateway.toml")
+    shutil.copytree(EXAMPLE.parent / "issuers", tmp_path / "issuers")
     return tmp_path
 
 
 # ---------------------------------------------------------------- the example
 
-def test_example_loads_without_file_checks():
+def test_example_loads_without_file_checks(monkeypatch):
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
     cfg = load_config(EXAMPLE, check_files=False)
     assert isinstance(cfg, Config)
     assert cfg.gateway.id == "gw-demo-001"
     up = cfg.uplink
     assert (up.host, up.port, up.tls) == ("127.0.0.1", 8883, True)
-    assert up.topic_prefix == "gridedge/v2/gw-demo-001/"
+    assert up.topic_prefix == "gridedge/v3/gw-demo-001/"
     assert up.client_id == "gw-demo-001"
     assert up.ca_file == EXAMPLE.parent / "pki" / "ca.crt"
     assert up.keepalive_s == 30 and up.telemetry_interval_ms == 1000 and up.allow_plaintext is False
-    assert cfg.storage.dir == EXAMPLE.parent / "var"
+    assert cfg.storage.dir == EXAMPLE.parent / "var"   # the default outside systemd: var/ beside the file
+    (issuer,) = cfg.security.section["issuers"]
+    assert (issuer["id"], issuer["actor"], issuer["roles"]) == ("dso", "dso", ["operator"])
+    assert cfg.security.resolve(issuer["public_keys"][0]) == EXAMPLE.parent / "issuers" / "dso.pub.pem"
+    assert cfg.security.allow_unsigned is False
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/gridedge:/var/lib/other")   # systemd's StateDirectory=
+    assert load_config(EXAMPLE, check_files=False).storage.dir == Path("/var/lib/gridedge")
     assert cfg.control.priorities == ("tso", "dso", "aggregator")
     assert cfg.control.cycle_ms == 200 and cfg.control.revert_s == 60
     dev, meter = cfg.devices
@@ -97,7 +106,12 @@ def test_example_tls_files_missing_are_named_by_resolved_path(tmp_path: Path):
         f"{src}: uplink.ca_file: file not found: {tmp_path / 'pki' / 'ca.crt'}",
         f"{src}: uplink.cert_file: file not found: {tmp_path / 'pki' / 'gateway.crt'}",
         f"{src}: uplink.key_file: file not found: {tmp_path / 'pki' / 'gateway.key'}",
+        f"{src}: security.issuers[0].public_keys[0]: not a usable public key: No such file or directory: "
+        f"{tmp_path / 'issuers' / 'dso.pub.pem'}",
     ]
+
+
+COMMENTED_OUT = {("storage", "dir"), ("security", "issuers", "[]", "devices"), ("security", "issuers", "[]", "ca_file")}
 
 
 def test_example_and_docs_cover_every_key():
@@ -112,10 +126,26 @@ def test_example_and_docs_cover_every_key():
             for part in path:
                 node = node[0] if part == "[]" else node[part]
         except KeyError:
-            # Keys of other drivers (serial line, register maps) and other flex resource kinds are shown commented out.
-            assert path[0] in ("devices", "flex") and re.search(rf"^#\s*({re.escape(path[-1])}\s*=|\[\[devices\.{re.escape(path[-1])}\]\])",
+            # Keys of other drivers (serial line, register maps) and other flex resource kinds are shown commented out,
+            # and so are the keys whose default is best left alone (storage.dir: $STATE_DIRECTORY under systemd) or
+            # that are the alternative (an issuer's CA, its device scope).
+            assert (path[0] in ("devices", "flex") or path in COMMENTED_OUT) and re.search(rf"^#\s*({re.escape(path[-1])}\s*=|\[\[devices\.{re.escape(path[-1])}\]\])",
                                                     EXAMPLE.read_text(), re.M), \
                 f"{dotted} is not in examples/gateway.toml (not even commented out)"
+
+
+@pytest.mark.parametrize("security, expected", [
+    ({"roles": {"a": {}}}, "security.roles.a.commands: required key missing"),
+    ({"roles": {"a": {"commands": [None]}}}, "security.roles.a.commands[0]: must be a string, got null"),
+    ({"issuers": [None]}, "security.issuers[0]: must be a table, got null"),
+])
+def test_a_bad_security_section_is_named_not_a_crash(security, expected):
+    """Found by test_fuzz_each_key_of_example: `check` (which opens files) names these as check_files=False does."""
+    data = dict(minimal(), security=security)
+    for check_files in (False, True):
+        with pytest.raises(ConfigError) as ei:
+            parse_config(data, "gateway.toml", check_files=check_files)
+        assert ei.value.errors == [f"gateway.toml: {expected}"], check_files
 
 
 def test_parse_config_defaults_and_sha():

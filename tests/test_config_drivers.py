@@ -37,8 +37,11 @@ def opcua(**kw) -> dict:
     return d
 
 
+INSECURE = {"security_policy": "None", "allow_insecure": True}   # a lab: no certificates
+
+
 def test_opcua_device_config_and_factory():
-    cfg = parse_config(minimal(opcua(poll_ms=250, timeout_ms=3000)))
+    cfg = parse_config(minimal(opcua(poll_ms=250, timeout_ms=3000, **INSECURE)))
     (dev,) = cfg.devices
     assert dev.endpoint == "opc.tcp://10.0.0.20:4840/rtu" and dict(dev.nodes) == NODES
     assert (dev.security_policy, dev.client_cert, dev.writable) == ("None", None, False)
@@ -57,23 +60,26 @@ def test_opcua_security_files_resolve_and_are_checked(tmp_path: Path):
     assert (dev.client_cert, dev.client_key, dev.server_cert) == (tmp_path / "gw.der", tmp_path / "gw.key",
                                                                   tmp_path / "srv.der")
     assert dev.security_mode == "Sign"
-    d = opcua(security_policy="Basic256Sha256", client_cert="missing.der", client_key="gw.key")
+    d = opcua(client_cert="missing.der", client_key="gw.key", server_cert="srv.der")   # Basic256Sha256: the default
     assert errors_of(minimal(d), check_files=True, base=tmp_path) == [
         f"gateway.toml: devices[0].client_cert: file not found: {tmp_path / 'missing.der'}"]
 
 
 def test_opcua_faults_are_named_with_their_key_path():
     bad = [
-        {"id": "a", "driver": "opcua"},
-        opcua(id="b", endpoint="http://x:4840"),
-        opcua(id="c", nodes={"F1.W": "ns=2;x=1", "1bad": "i=2258", "ok": 5}),
-        opcua(id="d", nodes={}),
-        opcua(id="e", host="10.0.0.1", port=4840, writable=True, points=["W"]),
-        opcua(id="f", security_mode="Sign", client_cert="c.der"),
+        {"id": "a", "driver": "opcua", **INSECURE},
+        opcua(id="b", endpoint="http://x:4840", **INSECURE),
+        opcua(id="c", nodes={"F1.W": "ns=2;x=1", "1bad": "i=2258", "ok": 5}, **INSECURE),
+        opcua(id="d", nodes={}, **INSECURE),
+        opcua(id="e", host="10.0.0.1", port=4840, writable=True, points=["W"], **INSECURE),
+        opcua(id="f", security_mode="Sign", client_cert="c.der", **INSECURE),
         opcua(id="g", security_policy="Basic256Sha256"),
-        opcua(id="h", security_policy="Basic128Rsa15"),
+        opcua(id="h"),                                      # secure by default: the same three files needed
         {"id": "i", "driver": "sunspec_tcp", "host": "h", "endpoint": "opc.tcp://x", "nodes": dict(NODES)},
+        opcua(id="j", security_policy="None"),              # in the clear only when the config says so
+        opcua(id="k", client_cert="c.der", client_key="c.key", server_cert="s.der", allow_insecure=True),
     ]
+    needs = "required key missing (needed with security_policy 'Basic256Sha256'"
     assert errors_of(minimal(*bad)) == [
         "gateway.toml: devices[1].endpoint: must be an OPC UA endpoint like opc.tcp://host:4840/path, "
         "got string 'http://x:4840'",
@@ -83,7 +89,6 @@ def test_opcua_faults_are_named_with_their_key_path():
         "got '1bad'",
         "gateway.toml: devices[2].nodes.ok: must be a string, got integer 5",
         "gateway.toml: devices[3].nodes: must have at least 1 entry, got 0",
-        "gateway.toml: devices[7].security_policy: must be one of: None, Basic256Sha256; got 'Basic128Rsa15'",
         "gateway.toml: devices[0].endpoint: required key missing (driver 'opcua')",
         "gateway.toml: devices[0].nodes: required key missing (driver 'opcua')",
         "gateway.toml: devices[4].host: not for the opcua driver (the endpoint URL holds host and port)",
@@ -92,11 +97,22 @@ def test_opcua_faults_are_named_with_their_key_path():
         "gateway.toml: devices[4].writable: the opcua driver is read-only (monitoring); set writable = false",
         'gateway.toml: devices[5].security_mode: only with security_policy = "Basic256Sha256"',
         'gateway.toml: devices[5].client_cert: only with security_policy = "Basic256Sha256"',
-        "gateway.toml: devices[6].client_cert: required key missing (needed with security_policy 'Basic256Sha256')",
-        "gateway.toml: devices[6].client_key: required key missing (needed with security_policy 'Basic256Sha256')",
+        *(f"gateway.toml: devices[{i}].{k}: {needs}" + (")" if k != "server_cert" else
+                                                        ": the server's certificate, pinned, or any server would be "
+                                                        "trusted)")
+          for i in (6, 7) for k in ("client_cert", "client_key", "server_cert")),
         "gateway.toml: devices[8].endpoint: only for the opcua driver, not 'sunspec_tcp'",
         "gateway.toml: devices[8].nodes: only for the opcua driver, not 'sunspec_tcp'",
+        'gateway.toml: devices[9].security_policy: "None" sends everything in the clear and trusts any server: set '
+        'allow_insecure = true to accept that (a lab), or use Basic256Sha256 with a pinned server_cert',
+        'gateway.toml: devices[10].allow_insecure: only with security_policy = "None"',
     ]
+
+
+def test_an_unknown_opcua_security_policy_is_named_not_a_crash():
+    errors = errors_of(minimal(opcua(security_policy="Basic128Rsa15")))
+    assert "gateway.toml: devices[0].security_policy: must be one of: None, Basic256Sha256; got 'Basic128Rsa15'" \
+        in errors, errors
 
 
 def test_sunspec_rtu_drivers_keys_and_factory():

@@ -9,7 +9,8 @@ from gridedge.config import ConfigError, parse_config, register_driver
 
 #: the smallest valid device of each transport
 REQUIRED = {"tcp": {"host": "10.0.0.5"}, "serial": {"serial_port": "/dev/ttyUSB0"},
-            "opcua": {"endpoint": "opc.tcp://10.0.0.20:4840", "nodes": {"F1.W": "ns=2;s=F1.W"}}}
+            "opcua": {"endpoint": "opc.tcp://10.0.0.20:4840", "nodes": {"F1.W": "ns=2;s=F1.W"},
+                      "security_policy": "None", "allow_insecure": True}}   # (the secure default needs certificates)
 
 
 def minimal(*devs) -> dict:

@@ -113,9 +113,7 @@ def test_termination_restores_previous_limit_and_read_only_device_is_never_writt
             await rig.dso.send(rig.dso.activation(20, 600, cmd_id="long-1"))
             await rig.dso.wait_status("long-1", "active", 10)
             await rig.dso.wait_for(lambda: rig.dso.latest.get("WMaxLimPctEna") == 1, 10, "limit enabled")
-            term = {"schema": contract.SCHEMA_COMMAND, "cmd_id": "term-1", "type": "terminate",
-                    "issuer": "dso", "params": {"activation_id": "long-1"}}
-            await rig.dso.send(term)
+            await rig.dso.send(rig.dso.terminate("long-1", cmd_id="term-1"))   # signed by the dso, as long-1
             done = await rig.dso.wait_status("long-1", "terminated", 5)
             assert "term-1" in done["reason"]
             await rig.dso.wait_for(lambda: rig.dso.latest.get("WMaxLimPctEna") == 0, 10, "limit released")

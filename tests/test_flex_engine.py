@@ -15,7 +15,7 @@ from gridedge.hil.plant import PVInverterPlant, clear_sky_pv
 from gridedge.core.model import Detail, Sample, invalid
 from gridedge.outbox import Outbox
 
-from .conftest import validate_message
+from .conftest import as_signed, validate_message
 
 S = NS_PER_S
 THU = date_ns(dt.date(2026, 11, 26))  # Thursday: Mon-Wed before it are similar days
@@ -177,11 +177,11 @@ def test_nomination_is_the_baseline(tmp_path):
     flex = {"resources": [{**PV1, "baseline": {"method": "nomination"}}], "gate_closure_s": 300}
     sim = Sim(tmp_path, flex, THU + 10 * 3600 * S)
     with pytest.raises(NominationRejected, match="past gate closure"):
-        sim.engine.nomination(json.dumps({"schema": "gridedge.nomination/1", "nomination_id": "n0", "resource": "pv1",
+        sim.engine.nomination(json.dumps({"schema": "gridedge.nomination/2", "nomination_id": "n0", "resource": "pv1",
                                           "start": iso_utc(sim.t), "isp_s": 900, "w": [1.0]}).encode(), sim.t)
-    nom = {"schema": "gridedge.nomination/1", "nomination_id": "n1", "resource": "pv1",
+    nom = {"schema": "gridedge.nomination/2", "nomination_id": "n1", "resource": "pv1",
            "start": "2026-11-26T11:00:00Z", "isp_s": 900, "w": [7000.0, 7000.0]}
-    validate_message("gridedge/v2/gw1/nomination", nom)
+    validate_message("gridedge/v3/gw1/nomination/fsp-1", as_signed(nom, "fsp-1", "gw1"))
     assert sim.engine.nomination(json.dumps(nom).encode(), sim.t).values_w == (7000.0, 7000.0)
     newer = {**nom, "nomination_id": "n2", "w": [7000.0, 7000.0]}
     assert sim.engine.nomination(json.dumps(newer).encode(), sim.t).repeated is False

@@ -12,7 +12,7 @@ from gridedge.core.isp import NS_PER_S, IspGrid
 from gridedge.flex.nomination import (MAX_NOMINATION_BYTES, SCHEMA_NOMINATION, Nomination, NominationRejected,
                                       exact_ns, parse_nomination)
 
-from .conftest import validate_message
+from .conftest import as_signed, validate_message
 
 S = NS_PER_S
 G = IspGrid(15)
@@ -21,15 +21,16 @@ RESOURCES = {"pv1", "site-2"}
 
 
 def doc(**kw) -> dict:
-    d = {"schema": SCHEMA_NOMINATION, "nomination_id": "fsp-7", "issuer": "aggregator", "resource": "pv1",
+    d = {"schema": SCHEMA_NOMINATION, "nomination_id": "fsp-7", "resource": "pv1",
          "start": "2026-11-23T14:00:00Z", "isp_s": 900, "w": [5200.0, 5100, -300.5]}
     d.update(kw)
     return {k: v for k, v in d.items() if v is not ...}
 
 
-def parse(d, now=NOW, **kw) -> Nomination:
+def parse(d, now=NOW, issuer="aggregator", **kw) -> Nomination:
+    """issuer: the actor class of whoever it was authenticated as (the command gate passes it)."""
     payload = d if isinstance(d, bytes) else json.dumps(d).encode()
-    return parse_nomination(payload, now, grid=G, resources=RESOURCES, **kw)
+    return parse_nomination(payload, now, grid=G, resources=RESOURCES, issuer=issuer, **kw)
 
 
 def reason(d, **kw) -> str:
@@ -39,11 +40,12 @@ def reason(d, **kw) -> str:
 
 
 def test_a_valid_nomination():
-    validate_message("gridedge/v2/gw1/nomination", doc())
+    validate_message("gridedge/v3/gw1/nomination/fsp-1", as_signed(doc(), "fsp-1", "gw1"))
     n = parse(doc())
     assert n == Nomination("fsp-7", "aggregator", "pv1", exact_ns("2026-11-23T14:00:00Z"), 900, (5200.0, 5100.0, -300.5))
     assert n.end_ns == n.start_ns + 3 * 900 * S
-    assert parse(doc(start="2026-11-23T15:00:00+01:00", issuer=...)).start_ns == n.start_ns  # offsets are fine
+    assert parse(doc(start="2026-11-23T15:00:00+01:00")).start_ns == n.start_ns  # offsets are fine
+    assert parse(as_signed(doc(), "fsp-1", "gw1"), issuer="dso").issuer == "dso"  # the signed claims are allowed
 
 
 def test_exact_ns_has_no_float_rounding():
@@ -53,9 +55,9 @@ def test_exact_ns_has_no_float_rounding():
 
 
 @pytest.mark.parametrize("kw, expected", [
-    (dict(schema="gridedge.nomination/2"), "schema: must be 'gridedge.nomination/1', got 'gridedge.nomination/2'"),
+    (dict(schema="gridedge.nomination/1"), "schema: must be 'gridedge.nomination/2', got 'gridedge.nomination/1'"),
     (dict(extra=1), "unknown key 'extra'"),
-    (dict(issuer="fsp"), "issuer: must be one of tso, dso, aggregator, got 'fsp'"),
+    (dict(issuer="aggregator"), "unknown key 'issuer'"),  # contract 3.0: the key names the issuer, not the document
     (dict(resource="pv9"), "resource: unknown resource 'pv9'; known: pv1, site-2"),
     (dict(isp_s=300), "isp_s: must be 900 (this gateway's ISP), got 300"),
     (dict(isp_s=900.0), "isp_s: must be 900 (this gateway's ISP), got 900.0"),
@@ -68,10 +70,14 @@ def test_exact_ns_has_no_float_rounding():
     (dict(w=[1.0, "2"]), "w[1]: must be a number, got '2'"),
     (dict(w=[True]), "w[0]: must be a number, got True"),
     (dict(w=[2e9]), "w[0]: must be a finite power within +/-1e+09 W, got 2000000000.0"),
-    (dict(w=[10**400]), "w[0]: must be a finite power within +/-1e+09 W, got <1329-bit integer>"),
+    (dict(w=[10**400]), "w[0]: must be a finite power within +/-1e+09 W, got inf"),  # decoded as commands are
 ])
 def test_every_fault_is_named(kw, expected):
     assert reason(doc(**kw)).startswith(expected)
+
+
+def test_the_actor_class_is_checked():
+    assert reason(doc(), issuer="fsp").startswith("issuer: must be one of tso, dso, aggregator, got 'fsp'")
 
 
 def test_gate_closure():
@@ -81,9 +87,9 @@ def test_gate_closure():
 
 def test_unreadable_payloads_have_no_id():
     for payload, expected in [(b"\xff", "malformed JSON"), (b"[1]", "must be a JSON object, got list"),
-                              (b"{" * 100000, "malformed JSON"), (b" " * (MAX_NOMINATION_BYTES + 1), "too large"),
+                              (b"{" * 100000, "malformed nomination: nested deeper than 8 levels"), (b" " * (MAX_NOMINATION_BYTES + 1), "too large"),
                               (json.dumps(doc(nomination_id="")).encode(), "nomination_id: must be a string"),
-                              (b'{"nomination_id": 1' + b"0" * 5000 + b"}", "malformed JSON")]:
+                              (b'{"nomination_id": 1' + b"0" * 5000 + b"}", "nomination_id: must be a string")]:
         with pytest.raises(NominationRejected) as ei:
             parse(payload)
         assert ei.value.nomination_id is None and expected in ei.value.reason
@@ -99,7 +105,7 @@ def _check(payload: bytes) -> None:
         return
     assert n.resource in RESOURCES and n.start_ns % G.ns == 0 and n.start_ns >= NOW
     assert 1 <= len(n.values_w) <= 672 and all(math.isfinite(v) and abs(v) <= 1e9 for v in n.values_w)
-    validate_message("gridedge/v2/gw1/nomination", json.loads(payload))
+    validate_message("gridedge/v3/gw1/nomination/aggregator", as_signed(json.loads(payload), "aggregator", "gw1"))
 
 
 json_values = st.recursive(

@@ -2,11 +2,14 @@
 directory: its commands are read from the README (only the lab directory, the ports and the device address are
 swapped for the test's), the simulated SunSpec inverter the README offers stands in for the real one, the generated
 mosquitto.conf starts the real mosquitto, `gridedge check` passes and the agent's state and telemetry reach a client
-with the head-end certificate, as the README's mosquitto_sub line would show them."""
+with the head-end certificate, as the README's mosquitto_sub line would show them. Contract 3.0: the README's signed
+command (`gridedge sign ... | mosquitto_pub ... -s`, the real mosquitto_pub with the issuer's certificate) is
+executed by the gateway, and its results reach that client too."""
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shlex
 import shutil
@@ -25,6 +28,7 @@ from gridedge.mqtt import MqttClient, tls_context
 from gridedge.telemetry import samples_of
 
 from .aio import arun, until
+from .conftest import message_kind
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -33,9 +37,20 @@ LAB = "~/gridedge-lab"
 
 
 def commands() -> list[list[str]]:
-    """The quick start's shell block, one argv per line, comments dropped."""
+    """The quick start's shell block, one argv per line, comments dropped (a pipeline keeps its "|" tokens)."""
     block = re.search(r"```sh\n(.*?)```", SECTION, re.S).group(1)
     return [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
+
+
+def stages(argv: list[str]) -> list[list[str]]:
+    """A pipeline's commands."""
+    out: list[list[str]] = [[]]
+    for word in argv:
+        if word == "|":
+            out.append([])
+        else:
+            out[-1].append(word)
+    return out
 
 
 def free_port() -> int:
@@ -50,8 +65,17 @@ def test_the_quick_start_reads_as_the_test_runs_it():
     assert [c[:3] for c in cmds] == [
         ["export", "PATH=$PWD/.venv/bin:$PATH"], ["gridedge", "lab", "init"],
         ["/usr/sbin/mosquitto", "-c", f"{LAB}/mosquitto.conf"], ["gridedge", "check", "-c"], ["gridedge", "run", "-c"],
-        ["mosquitto_sub", "-h", "localhost"]]
+        ["mosquitto_sub", "-h", "localhost"], ["echo", cmds[-1][1], "|"]]
     assert cmds[1][3:] == [LAB, "--device", "192.168.1.50"]
+    echo, sign, pub = stages(cmds[-1])
+    assert json.loads(echo[1]) == {"schema": "gridedge.command/2", "cmd_id": "lab-1", "type": "traffic_light",
+                                   "params": {"colour": "green"}}
+    assert sign == ["gridedge", "sign", "--key", f"{LAB}/issuers/dso.key.pem", "--issuer", "dso",
+                    "--gateway", "gw-lab-001"]
+    assert pub[0] == "mosquitto_pub" and pub[-1] == "-s"   # -s: the whole of stdin is one message
+    assert dict(zip(pub[1:-1:2], pub[2:-1:2])) == {
+        "-h": "localhost", "-p": "8883", "--cafile": f"{LAB}/pki/ca.crt", "--cert": f"{LAB}/pki/issuer-dso.crt",
+        "--key": f"{LAB}/pki/issuer-dso.key", "-q": "1", "-t": "gridedge/v3/gw-lab-001/cmd/dso"}
     assert "python -m gridedge.hil.inverter_sim --port 1502" in SECTION and "--device 127.0.0.1:1502" in SECTION
 
 
@@ -83,7 +107,9 @@ def test_the_quick_start_runs(tmp_path, procs, validate):
             out[0] = find_mosquitto()
         return out
 
-    _, init, mosquitto, check, run, sub = commands()
+    _, init, mosquitto, check, run, sub, signed = commands()
+    if shutil.which("mosquitto_pub") is None:
+        pytest.fail("mosquitto_pub not found: install mosquitto-clients (./run test does)")
     # the simulated inverter the README offers when no device is at hand, on a free port
     sim = subprocess.Popen([sys.executable, "-m", "gridedge.hil.inverter_sim", "--port", "0"], stdout=subprocess.PIPE,
                            stdin=subprocess.DEVNULL, text=True)
@@ -96,7 +122,7 @@ def test_the_quick_start_runs(tmp_path, procs, validate):
     argv[argv.index("192.168.1.50")] = device
     res = subprocess.run(argv + ["--port", str(broker_port)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
-    assert {p.name for p in lab.iterdir()} >= {"pki", "mosquitto.conf", "acl", "gateway.toml"}
+    assert {p.name for p in lab.iterdir()} >= {"pki", "issuers", "mosquitto.conf", "acl", "gateway.toml"}
 
     broker = subprocess.Popen(here(mosquitto), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     procs.append(broker)
@@ -110,7 +136,17 @@ def test_the_quick_start_runs(tmp_path, procs, validate):
 
     # mosquitto_sub -h localhost -p PORT --cafile .. --cert .. --key .. -t TOPIC -v, mirrored by the project's client
     args = dict(zip(here(sub)[1::2], here(sub)[2::2]))
-    assert args["-h"] == "localhost" and args["-t"] == "gridedge/v2/#" and args["-p"] == str(broker_port)
+    assert args["-h"] == "localhost" and args["-t"] == "gridedge/v3/#" and args["-p"] == str(broker_port)
+    p = "gridedge/v3/gw-lab-001/"
+
+    def send_signed() -> None:
+        """The README's pipeline: echo the document | gridedge sign | the real mosquitto_pub."""
+        echo, sign, pub = (here(argv) for argv in stages(signed))
+        token = subprocess.run(sign, input=echo[1] + "\n", capture_output=True, text=True, timeout=60)
+        assert token.returncode == 0 and token.stdout.count(".") == 2, token.stderr
+        pub[0] = shutil.which("mosquitto_pub")
+        res = subprocess.run(pub, input=token.stdout, capture_output=True, text=True, timeout=30)
+        assert res.returncode == 0, res.stderr
 
     async def watch():
         ctx = tls_context(Path(args["--cafile"]), Path(args["--cert"]), Path(args["--key"]))
@@ -119,27 +155,38 @@ def test_the_quick_start_runs(tmp_path, procs, validate):
         await until(lambda: broker.poll() is not None or _accepts(broker_port), timeout=10)
         assert broker.poll() is None, broker.stderr.read()
         await client.connect()
-        online = power = None
+        online = power = sent = None
+        results: list[dict] = []
         try:
-            while online is None or power is None:
+            while "active" not in [r["status"] for r in results]:
+                if online is not None and power is not None and sent is None:
+                    sent = asyncio.create_task(asyncio.to_thread(send_signed))
                 msg = await asyncio.wait_for(client.messages.get(), 30)
+                if message_kind(msg.topic) == "command":   # the head-end sees it go by: the JWS, as signed
+                    validate(msg.topic, msg.payload)
+                    continue
                 doc = json.loads(msg.payload)
                 validate(msg.topic, doc)
-                if msg.topic == "gridedge/v2/gw-lab-001/state" and doc.get("status") == "online":
+                if msg.topic == p + "state" and doc.get("status") == "online":
                     online = doc
-                if msg.topic == "gridedge/v2/gw-lab-001/telemetry":
+                if msg.topic == p + "telemetry":
                     power = next((s for s in samples_of(doc) if s.point == "dev1/W" and s.good), power)
+                if msg.topic == p + "result":
+                    results.append(doc)
+            await sent
         finally:
             await client.close()
-        return online, power
+        return online, power, results
 
-    online, power = arun(watch(), timeout=60)
+    online, power, results = arun(watch(), timeout=60)
     assert online["gateway"] == "gw-lab-001" and power.value > 0
+    assert [(r["cmd_id"], r["status"], r["detail"]["colour"]) for r in results] == [
+        ("lab-1", "accepted", "green"), ("lab-1", "active", "green")]
     assert agent.poll() is None, "the agent stopped"
 
 
 def test_the_annotated_example_checks_in_a_lab(tmp_path):
-    """README: the example's pki/ paths are those `gridedge lab init` writes."""
+    """README and the example's header: its pki/ and issuers/ paths are those `gridedge lab init` writes."""
     lab = tmp_path / "lab"
     res = subprocess.run([sys.executable, "-m", "gridedge", "lab", "init", str(lab)], capture_output=True, text=True,
                          timeout=60)
@@ -204,3 +251,60 @@ def test_fuzz_lab_arguments(tmp_path_factory, device, gateway_id):
         return
     cfg = load_config(lab / "gateway.toml")
     assert cfg.gateway.id == gateway_id and cfg.devices[0].host in device
+
+
+def _unit_commands(lab_config: Path) -> tuple[list[str], list[str]]:
+    """The shipped unit's ExecStartPre and ExecStart, with this checkout's gridedge and the lab's configuration in
+    place of /opt/gridedge/... and /etc/gridedge/gateway.toml: the same commands systemd runs."""
+    unit = (ROOT / "systemd" / "gridedge.service").read_text()
+    gridedge = str(Path(sys.executable).with_name("gridedge"))
+
+    def argv(key: str) -> list[str]:
+        line = re.search(rf"^{key}=(.+)$", unit, re.M).group(1)
+        words = shlex.split(line)
+        return [gridedge if w.endswith("/bin/gridedge") else str(lab_config) if w == "/etc/gridedge/gateway.toml"
+                else w for w in words]
+    return argv("ExecStartPre"), argv("ExecStart")
+
+
+def test_the_shipped_unit_runs_the_example_with_its_state_in_the_state_directory(tmp_path, procs):
+    """What the unit gives the agent: a read-only configuration directory (ProtectSystem=strict; here: root without
+    CAP_DAC_OVERRIDE on a directory without write permission), $STATE_DIRECTORY (StateDirectory=), UMask 0077,
+    NOTIFY_SOCKET and WATCHDOG_USEC (Type=notify, WatchdogSec=). The example, copied into a lab as its header says,
+    must pass ExecStartPre and run: READY, its state where systemd put the state, nothing written beside it."""
+    lab, state = tmp_path / "etc-gridedge", tmp_path / "var-lib-gridedge"
+    res = subprocess.run([sys.executable, "-m", "gridedge", "lab", "init", str(lab), "--gateway-id", "gw-demo-001",
+                          "--port", "8883"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    config = lab / "example.toml"
+    shutil.copy(ROOT / "examples" / "gateway.toml", config)
+    broker = subprocess.Popen([find_mosquitto(), "-c", str(lab / "mosquitto.conf")], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    procs.append(broker)
+    state.mkdir(mode=0o700)
+    for p in [lab, *lab.rglob("*")]:
+        if p.name != "mosquitto" and "mosquitto" not in p.parts[len(lab.parts):len(lab.parts) + 1]:
+            p.chmod(p.stat().st_mode & ~0o222)
+    pre, start = _unit_commands(config)
+    drop = ["setpriv", "--no-new-privs", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    notify = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(notify))
+        sock.settimeout(45)
+        env = dict(os.environ, STATE_DIRECTORY=str(state), NOTIFY_SOCKET=str(notify), WATCHDOG_USEC="30000000")
+        res = subprocess.run(drop + pre, env=env, capture_output=True, text=True, timeout=60, umask=0o077)
+        assert res.returncode == 0, res.stdout + res.stderr
+        agent = subprocess.Popen(drop + start, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                 umask=0o077)
+        procs.append(agent)
+        try:
+            ready = sock.recv(4096).decode()
+        except TimeoutError:
+            raise AssertionError(f"no READY=1: {agent.poll()} {agent.stderr.read()[-3000:] if agent.poll() else ''}")
+        assert ready.startswith("READY=1") and "connected" in ready, ready
+        assert agent.poll() is None
+        assert (state / "outbox.sqlite").is_file() and any((state / "audit").iterdir())
+        assert not (lab / "var").exists()
+        assert (state / "outbox.sqlite").stat().st_mode & 0o077 == 0   # UMask=0077
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(20) == 0, agent.stderr.read()[-3000:]

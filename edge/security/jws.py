@@ -62,9 +62,12 @@ def _unb64url(part: bytes, what: str) -> bytes:
     if not _B64URL.fullmatch(part) or len(part) % 4 == 1:
         raise JwsError(f"{what} is not base64url")
     try:
-        return base64.urlsafe_b64decode(part + b"=" * (-len(part) % 4))
+        raw = base64.urlsafe_b64decode(part + b"=" * (-len(part) % 4))
     except (binascii.Error, ValueError):
         raise JwsError(f"{what} is not base64url") from None
+    if base64.urlsafe_b64encode(raw).rstrip(b"=") != part:
+        raise JwsError(f"{what} is not canonical base64url")
+    return raw
 
 
 def _no_duplicates(pairs):

@@ -120,25 +120,31 @@ def trust_issues(clean: dict, known_devices: set[str], command_types: tuple[str,
                  now: _dt.datetime | None = None) -> list[s.Issue]:
     """What SECURITY_SCHEMA cannot see: role names, command types, devices, key files that must parse."""
     issues: list[s.Issue] = []
-    table = shipped_roles() | {k: tuple(v["commands"]) for k, v in clean.get("roles", {}).items()}
-    for name, role in clean.get("roles", {}).items():
+    given = clean.get("roles") if isinstance(clean.get("roles"), dict) else {}
+    roles = {k: v for k, v in given.items() if isinstance(v, dict) and isinstance(v.get("commands"), list)}
+    table = shipped_roles() | {k: tuple(v["commands"]) for k, v in roles.items()}
+    for name, role in roles.items():
         for j, ctype in enumerate(role["commands"]):
-            if ctype not in command_types:
+            if isinstance(ctype, str) and ctype not in command_types:
                 guess = s.suggest(ctype, command_types)
                 issues.append(s.Issue(("security", "roles", name, "commands", j), f"unknown command type {ctype!r}"
                                       + (f" (did you mean {guess!r}?)" if guess else "")))
     seen_keys: dict[str, str] = {}
-    for i, iss in enumerate(clean.get("issuers", [])):
+    for i, iss in enumerate(_list(clean.get("issuers"))):
+        if not isinstance(iss, dict):
+            continue   # its type is reported already
         where = ("security", "issuers", i)
-        for j, role in enumerate(iss.get("roles", ())):
-            if role not in table:
+        for j, role in enumerate(_list(iss.get("roles"))):
+            if isinstance(role, str) and role not in table:
                 issues.append(s.Issue(where + ("roles", j), f"unknown role {role!r}; roles: {', '.join(table)}"))
-        for j, dev in enumerate(iss.get("devices") or ()):
-            if dev not in known_devices:
+        for j, dev in enumerate(_list(iss.get("devices"))):
+            if isinstance(dev, str) and dev not in known_devices:
                 issues.append(s.Issue(where + ("devices", j), f"no device {dev!r} in [[devices]]"))
         if "public_keys" not in iss and "ca_file" not in iss:
             issues.append(s.Issue(where, "needs public_keys, ca_file or both: how else would its commands be verified?"))
-        for j, text in enumerate(iss.get("public_keys", ())):
+        for j, text in enumerate(_list(iss.get("public_keys"))):
+            if not isinstance(text, str):
+                continue
             try:
                 thumb, _key, cert = _load_key(resolve(text))
             except (OSError, ValueError, TypeError) as exc:
@@ -151,13 +157,18 @@ def trust_issues(clean: dict, known_devices: set[str], command_types: tuple[str,
             if cert is not None and _expired(cert, now):
                 issues.append(s.Issue(where + ("public_keys", j), f"certificate expired on "
                                                                   f"{cert.not_valid_after_utc:%Y-%m-%d}"))
-        if "ca_file" in iss:
+        if isinstance(iss.get("ca_file"), str):
             try:
                 ca = x509.load_pem_x509_certificate(resolve(iss["ca_file"]).read_bytes())
                 _check_ca(ca)
             except (OSError, ValueError, TypeError) as exc:
                 issues.append(s.Issue(where + ("ca_file",), f"not a usable CA certificate: {_why(exc)}"))
     return issues
+
+
+def _list(v) -> list:
+    """A list from the checked section, or [] where it held something else (reported already)."""
+    return v if isinstance(v, list) else []
 
 
 def _why(exc: BaseException) -> str:
