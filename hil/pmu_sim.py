@@ -281,13 +281,18 @@ class PmuSim:
             raise
 
     async def _frames(self) -> None:
+        """Every instant gets its frame: a loop that falls behind (a loaded machine) sends the late ones at once, as
+        a PMU's buffer would; only more than a second behind (or a new rate) starts again from now."""
         cfg_every = 0
+        k, period_ns = 0, 0
         while True:
             cfg = self.cfg
-            period_ns = int(round(1e9 / cfg.fps))
             now = time.time_ns()
-            k = now // period_ns + 1
-            await asyncio.sleep((k * period_ns - now) / 1e9)
+            if int(round(1e9 / cfg.fps)) != period_ns or now - (k + 1) * period_ns > 10**9:
+                period_ns = int(round(1e9 / cfg.fps))
+                k = now // period_ns
+            k += 1
+            await asyncio.sleep(max(0, k * period_ns - now) / 1e9)
             t_ns = k * period_ns
             soc, frac_ns = divmod(t_ns, 10**9)
             frac = round(frac_ns * cfg.time_base / 1e9)
