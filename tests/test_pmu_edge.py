@@ -93,7 +93,8 @@ SETTINGS = EventSettings(rocof_hz_per_s=1.0, f_min_hz=49.8, f_max_hz=50.2, angle
     ("rocof", {"HzRte": 2.0}), ("over_frequency", {"Hz": 50.3}), ("under_frequency", {"Hz": 49.5}),
     ("sag", {"VA.mag": 150.0}), ("swell", {"VB.mag": 260.0}), ("angle_jump", {"VA.ang": 0.6}),
     ("sync_loss", {"stat": 0x2000}), ("pmu_trigger", {"stat": 0x0805})])
-def test_each_event_once_per_episode(kind, change):
+@pytest.mark.parametrize("batch", [1, 3])                          # a frame per read (its own path), or several
+def test_each_event_once_per_episode(kind, change, batch):
     ch, ts, vals, stat, tq = rows(CFG, 200)
     names = [col.name for col in ch.columns]
     for key, v in change.items():
@@ -103,8 +104,9 @@ def test_each_event_once_per_episode(kind, change):
             vals[80:120, names.index(f"ST.{key}")] = v
     det = Detector(ch, SETTINGS)
     found = []
-    for i in range(0, 200, 3):                                     # batches as reads deliver them
-        found += [(f.kind, int(i + f.row)) for f in det.check(ts[i:i + 3], vals[i:i + 3], stat[i:i + 3])]
+    for i in range(0, 200, batch):                                 # batches as reads deliver them
+        found += [(f.kind, int(i + f.row)) for f in det.check(ts[i:i + batch], vals[i:i + batch],
+                                                              stat[i:i + batch])]
     expected = [(kind, 80)]             # the way back (a jump, a frequency drop...) is the same episode
     assert found == expected
 
@@ -133,6 +135,8 @@ def test_the_frequency_offset_is_not_an_angle_jump():
                                                             2 * math.pi) - math.pi
     det = Detector(ch, EventSettings(angle_jump_deg=2.0))
     assert det.check(ts, vals, stat) == []
+    det = Detector(ch, EventSettings(angle_jump_deg=2.0))
+    assert [f for i in range(100) for f in det.check(ts[i:i + 1], vals[i:i + 1], stat[i:i + 1])] == []
 
 
 # ---------------------------------------------------------------- the device against the simulator

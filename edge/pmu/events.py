@@ -117,12 +117,21 @@ class Detector:
     def _jumps(self, ts, vals, use) -> list:
         a, f = vals[:, self.vang], vals[:, self.vang_f]
         ok = use[:, self.ch.station_of[self.vang]]
+        prev, self._prev = self._prev, (ts[-1], a[-1], f[-1], ok[-1])
+        if prev is not None and len(ts) == 1:       # a frame per read (TCP at 50 fps): no stacking, a few vector ops
+            pt, pa, pf, pok = prev
+            dt = (int(ts[0]) - int(pt)) / 1e9
+            if not 0 < dt <= 1.0:
+                return []
+            d = np.remainder(a[0] - pa - TAU * ((f[0] + pf) / 2 - self.vang_fnom) * dt + math.pi, TAU) - math.pi
+            big = (np.abs(d) > self.jump) & ok[0] & pok
+            return [(("angle_jump", int(self.ch.station_of[self.vang[j]])), 0, int(self.vang[j]), float(d[j]),
+                     float(self.jump)) for j in np.flatnonzero(big)]
         t = ts
-        shift = 1 if self._prev is not None else 0
-        if self._prev is not None:
-            pt, pa, pf, pok = self._prev
+        shift = 1 if prev is not None else 0
+        if prev is not None:
+            pt, pa, pf, pok = prev
             a, f, t, ok = np.vstack([pa, a]), np.vstack([pf, f]), np.concatenate([[pt], ts]), np.vstack([pok, ok])
-        self._prev = (ts[-1], vals[-1, self.vang], vals[-1, self.vang_f], ok[-1])
         if len(t) < 2:
             return []
         dt = np.diff(t)[:, None] / 1e9
