@@ -121,7 +121,8 @@ def test_payloads_match_schemas(tmp_path):
     assert (t.seq, r.seq) == (0, 0)
     from gridedge.flex import messages as flex_messages
 
-    assert set(SCHEMAS) == {"telemetry", "state", "command", "result", "nomination", "audit", *flex_messages.SCHEMAS}
+    assert set(SCHEMAS) == {"telemetry", "state", "command", "result", "nomination", "audit", "event", "event_window",
+                            *flex_messages.SCHEMAS}
 
 
 traffic_lights = st.fixed_dictionaries(

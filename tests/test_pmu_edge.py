@@ -253,3 +253,26 @@ def test_the_simulated_voltage_angle_moves_with_the_der_power():
     assert a1 - a0 == pytest.approx(0.6 * 9000 / (3 * 230.0**2), rel=1e-6)
     assert abs(d1.phasors[0]) > abs(d0.phasors[0])
     assert abs(d1.phasors[3]) == pytest.approx(9000 / (3 * abs(d1.phasors[0])), rel=1e-9)   # IA of the DER
+
+
+def test_the_commented_pmu_in_the_example_is_a_valid_device():
+    """examples/gateway.toml's PMU, uncommented, parses and builds the device it describes."""
+    import tomllib
+    from pathlib import Path
+
+    from gridedge.config import parse_config
+    from gridedge.devices import make_device
+
+    text = (Path(__file__).resolve().parents[1] / "examples" / "gateway.toml").read_text()
+    block = text[text.index("# [[devices]]\n# id = \"pmu1\""):].split("\n\n")[0]
+    uncommented = "\n".join(line[2:] if line.startswith("# ") else line.lstrip("#") for line in block.splitlines())
+    data = {"gateway": {"id": "gw1"}, "uplink": {"broker": "mqtt://127.0.0.1", "allow_plaintext": True}}
+    data.update(tomllib.loads(uncommented))
+    (cfg,) = parse_config(data, "gateway.toml").devices
+    dev = make_device(cfg)
+    assert isinstance(dev, PmuDevice) and dev.report_ms == 1000 and dev.report == {"Hz": 200, "FEEDER1.VA": 500}
+    s = dev.settings
+    assert (s.rocof_hz_per_s, s.f_min_hz, s.f_max_hz, s.angle_jump_deg, s.sag_pu, s.swell_pu, s.v_nom_v) == (
+        1.0, 49.8, 50.2, 10.0, 0.9, 1.1, 11547.0)
+    assert (s.before_s, s.after_s, s.holdoff_s, s.sync_loss, s.trigger) == (2.0, 2.0, 5.0, True, True)
+    assert (dev.client.spec.transport, dev.client.spec.port, dev.client.spec.idcode) == ("tcp", 4712, 1)
