@@ -158,8 +158,10 @@ class PmuDevice(Listener):
         if old is not None:
             old.close()
         self._procs[cfg.idcode] = _Proc(self, stream)
-        log.info("%s: stream %d configured (CFG-%d, %d station(s), %s fps, %d columns)", self.device_id, cfg.idcode,
-                 {2: 1, 3: 2, 5: 3}[cfg.kind], len(cfg.stations), cfg.fps, cfg.columns)
+        from gridedge.cext.pmu import describe
+
+        log.info("%s: stream %d configured (CFG-%d, %d station(s), %s fps, %d columns; %s)", self.device_id,
+                 cfg.idcode, {2: 1, 3: 2, 5: 3}[cfg.kind], len(cfg.stations), cfg.fps, cfg.columns, describe())
 
     def rows(self, stream: Stream, n: int) -> None:
         proc = self._procs.get(stream.config.idcode)
