@@ -171,3 +171,30 @@ def test_every_block_the_gateway_stamps_says_how_good_its_clock_is():
         with pytest.raises(ValueError):
             list(telemetry.samples_of(doc))
     asyncio.get_event_loop_policy()
+
+
+@pytest.mark.parametrize("form, report", [("blocks", "all"), ("layouts", "all"), ("layouts", "exception")])
+def test_time_quality_travels_in_every_telemetry_form(tmp_path, form, report):
+    """Contract 3.1's forms (edge/telemetry_writer.py): a full block, a layout block, a by-exception block all carry
+    the gateway clock's tq, or the device's own where it has one, and the head-end's decoder gives it back."""
+    from gridedge.config_telemetry import TELEMETRY, build_telemetry
+    from gridedge.core.model import BlockLayout, SampleBlock
+    from gridedge.core.schema import validate
+    from gridedge.headend import HeadEnd
+    from gridedge.outbox import Outbox
+    from gridedge.telemetry_writer import TelemetryWriter
+
+    from .test_thrift import receive
+
+    gw = TimeQuality("gateway", False, leap_known=False, step=True)
+    dev = TimeQuality("device", True, accuracy=20)
+    w = TelemetryWriter(build_telemetry(validate(TELEMETRY, {"form": form, "report": report})[0]))
+    lay = BlockLayout("pmu1", ["F", "V"], ["Hz", "V"])
+    blocks = [SampleBlock(lay, 10**18, [50.0, 230.0], tq=dev), SampleBlock(BlockLayout("m1", ["W"], ["W"]), 10**18,
+                                                                          [5.0])]
+    frags = [w.block(b, tq=gw)[0] for b in blocks] + w.samples([Sample("inv1/W", 10**18, 1.0, "W")], tq=gw)[0]
+    with Outbox(tmp_path / "o.sqlite", gateway_id="gw-1") as box:
+        items = [("layout", "p/" + suffix, body, "event") for suffix, body in w.take_layouts()]
+        items.append(("telemetry", "p/telemetry", w.body("2026-12-07T00:00:00Z", frags, 4), "telemetry"))
+        got = receive(box.append_many(items), HeadEnd())
+    assert {s.point: s.tq for s in got} == {"pmu1/F": dev, "pmu1/V": dev, "m1/W": gw, "inv1/W": gw}
