@@ -12,7 +12,7 @@ from .control.activation import State
 from .control.engine import ControlEngine
 from .config import Config, DeviceConfig
 from .commands import CommandGate
-from .fleet import Fleet
+from .fleet import Fleet, configure as fleet_configure, device_health as fleet_device_health, metrics as fleet_metrics
 from .service import Service
 from .devices import make_device
 from .image import ProcessImage
@@ -87,6 +87,9 @@ class Agent:
         self.writer = TelemetryWriter(config.telemetry, frozenset(self._flex_points) if self.flex else frozenset())
         self.gate = CommandGate(self)
         self.fleet = Fleet(self)
+        fleet_device_health.install(self)  # agent.device_health: per device, in the state and the metrics
+        fleet_configure.install(self)
+        fleet_metrics.install(self)
         self.control.on_write = self._audit_write
         self.control.restore_check = self._still_allowed
         self.service = Service(self)
@@ -159,6 +162,7 @@ class Agent:
     def _take(self, readings: list[Reading]) -> None:
         """Into the process image, and encoded into the telemetry buffer (bytes, not objects, until the flush)."""
         self.image.put(readings)
+        self.device_health.observe(readings)
         self._telemetry(readings)
         if self.flex is not None:
             self._feed_flex(readings)
@@ -282,7 +286,9 @@ class Agent:
                     "store_resets": stats["store_resets"]},
             last_stored_t=self.last_stored_t,
             commands=dict(self.gate.counts, dropped=self.mqtt.dropped if self.mqtt else 0),
-            security=self._security_state(), clock=dict(self.clock.status.to_json(), steps=self.clock.steps),
+            security=self._security_state(), config=self.fleet_config.state(),
+            device_health=self.device_health.summary(),
+            clock=dict(self.clock.status.to_json(), steps=self.clock.steps),
         ))
 
     def _security_state(self) -> dict:
@@ -451,6 +457,7 @@ class Agent:
                           keepalive_s=up.keepalive_s, will=self._will, session_expiry_s=up.session_expiry_s)
 
     async def run(self, stop: asyncio.Event) -> None:
+        self.stop_event = stop  # a fleet change that needs a new process sets it (Fleet.reexec)
         log.info("gridedge %s starting: gateway %s, config %s (sha256 %s), %s", __version__, self.gateway_id,
                  self.config.source, self.config.sha256[:12], self.control.kernels())
         self.clock.update(await self.clock.read())  # before the first sample is stamped
@@ -476,11 +483,13 @@ class Agent:
         await self.control.start()
         self.mqtt.start()
         tasks.append(asyncio.create_task(self.service.run(tasks + [publishing]), name="systemd"))
+        tasks += self.fleet.start()  # not watched: a pending change's check ends when it has decided
         try:
             await stop.wait()
         finally:
             log.info("stopping")
-            self.service.notifier.stopping()
+            n = self.service.notifier
+            n.reloading() if self.fleet.exec_argv else n.stopping()
             self.gate.summarise(force=True)
             await self.control.close()           # the safe defaults written (and audited) before "stop"
             for t in tasks:

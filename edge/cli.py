@@ -1,4 +1,5 @@
-"""The `gridedge` command: run the agent, check a configuration, make a lab, run the demo, or evaluate baselines."""
+"""The `gridedge` command: run the agent, check a configuration, make a lab, run the demo, evaluate baselines, or
+launch the HIL rig."""
 from __future__ import annotations
 
 import argparse
@@ -25,6 +26,12 @@ def _run(args) -> int:
         return 2
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .fleet.configure import at_start
+
+    try:
+        config = at_start(config)   # a new configuration that keeps dying at start is rolled back here
+    except (OSError, ConfigError) as exc:
+        log.error("the pending configuration change could not be rolled back: %s", _fault(exc))
     return run_agent(config)
 
 
@@ -32,9 +39,10 @@ def run_agent(config) -> int:
     from .agent import Agent
 
     phase = "cannot start"
+    agent = None
 
     async def main() -> None:
-        nonlocal phase
+        nonlocal phase, agent
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -48,6 +56,11 @@ def run_agent(config) -> int:
     except (OSError, sqlite3.Error) as exc:
         log.debug("%s", phase, exc_info=True)
         log.error("%s: %s (storage.dir %s)", phase, _fault(exc), config.storage.dir)
+        return 1
+    if agent is not None and agent.fleet.exec_argv:  # a fleet change needs a new process: this one, in place
+        from .fleet import exec_in_place
+
+        exec_in_place(agent.fleet.exec_argv)
         return 1
     return 0
 
@@ -66,6 +79,12 @@ def _check(args) -> int:
     return check_main(args.config)
 
 
+def _status(args) -> int:
+    from .fleet.status import main as status_main
+
+    return status_main(args)
+
+
 def _demo(args) -> int:
     from .demo import run_demo
 
@@ -76,6 +95,15 @@ def _lab(args) -> int:
     from .lab import main as lab_main
 
     return lab_main(args)
+
+
+def _hil(argv: list[str]) -> int:
+    """`gridedge hil ...` runs the rig's own entry point, `python -m gridedge.hil`, as a new process: the agent
+    package never imports the rig (docs/architecture.md), and the rig's plotting never loads into the agent."""
+    import os
+
+    os.execv(sys.executable, [sys.executable, "-m", "gridedge.hil", *argv])
+    return 1  # not reached
 
 
 def _baselines(argv: list[str]) -> int:
@@ -95,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("check", help="validate a configuration file and exit non-zero on any error")
     p.add_argument("-c", "--config", required=True)
     p.set_defaults(func=_check)
+    p = sub.add_parser("status", help="what the running agent reports: devices, uplink, outbox, control, certificates "
+                                      "(its metrics endpoint); exit 2 when something needs a look, 1 when no agent answers")
+    p.add_argument("-c", "--config", default="/etc/gridedge/gateway.toml", help="to find the endpoint ([fleet.metrics])")
+    p.add_argument("--url", help="the metrics endpoint itself, e.g. http://127.0.0.1:9480/metrics")
+    p.set_defaults(func=_status)
     p = sub.add_parser("demo", help="broker + inverter simulator + agent + DSO simulator on loopback: one curtailment")
     p.add_argument("--limit-pct", type=float, default=40.0)
     p.add_argument("--duration-s", type=float, default=10.0)
@@ -123,8 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     add_parsers(sub)  # keygen, sign, audit verify, unit devices
     sub.add_parser("baselines", add_help=False,  # its own parser: gridedge baselines --help
                    help="placebo-day accuracy of the baselines (MdAPE, bias, RRMSE)")
+    sub.add_parser("hil", add_help=False,  # the rig's own parser: gridedge hil --help
+                   help="hardware-in-the-loop rig: run a scenario against a gateway and report (docs/hil.md)")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["baselines"]:
         return _baselines(argv[1:])
+    if argv[:1] == ["hil"]:
+        return _hil(argv[1:])
     args = ap.parse_args(argv)
     return args.func(args)

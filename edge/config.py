@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from gridedge.control.profiles import PROFILES
 from gridedge.core import schema as s
+from gridedge.fleet.settings import FLEET_SCHEMA, FleetConfig, build_fleet, fleet_issues
 from gridedge.flex.settings import FLEX_SCHEMA, FlexConfig, build_flex, flex_issues
 from gridedge.security.trust import SECURITY_SCHEMA, trust_issues
 
@@ -32,7 +33,7 @@ from .devices import DRIVERS, DriverSpec, register_driver
 
 __all__ = [
     "ConfigError", "Config", "GatewayConfig", "UplinkConfig", "DeviceConfig", "ControlConfig", "StorageConfig",
-    "DriverSpec", "DRIVERS", "register_driver", "load_config", "parse_config", "check_main", "SCHEMA",
+    "DriverSpec", "DRIVERS", "register_driver", "load_config", "config_from_bytes", "parse_config", "check_main", "SCHEMA",
     "PollGroupConfig", "FlexConfig", "PocConfig", "DeviceControlConfig",
 ]
 
@@ -217,6 +218,7 @@ class Config:
     flex: FlexConfig = FlexConfig()  # [flex]: gridedge.flex.settings
     security: "SecurityConfig" = None  # [security]: gridedge.security.trust; None only where built by hand
     telemetry: TelemetryConfig = TelemetryConfig()  # [telemetry]: edge/config_telemetry.py
+    fleet: FleetConfig = FleetConfig()  # [fleet]: gridedge.fleet.settings
     clock: ClockSettings = ClockSettings()  # [clock]: gridedge.clock
 
     def device(self, device_id: str) -> DeviceConfig:
@@ -326,6 +328,8 @@ SCHEMA = s.Dict({
     "flex": s.Optional(FLEX_SCHEMA, default={}, doc="flexibility: ISPs, baselines, verification (gridedge.flex)"),
     "security": s.Optional(SECURITY_SCHEMA, default={},
                            doc="who may command the gateway: trusted issuers, their roles and keys (gridedge.security)"),
+    "fleet": s.Optional(FLEET_SCHEMA, default={},
+                        doc="remote configuration, updates, certificates and local status (gridedge.fleet)"),
     "clock": s.Optional(s.Dict({
         "source": s.Optional(s.Str(choices=SOURCES), default="auto",
                              doc="clock discipline to read: auto (PTP, chrony, timedatectl: the first that answers), "
@@ -352,6 +356,13 @@ def load_config(path: str | Path, *, check_files: bool = True) -> Config:
         raw = Path(path).read_bytes()
     except (OSError, ValueError) as e:
         raise ConfigError([f"{source}: cannot read: {reason(e)}"]) from None
+    return config_from_bytes(raw, path, check_files=check_files)
+
+
+def config_from_bytes(raw: bytes, path: str | Path, *, check_files: bool = True) -> Config:
+    """The bytes of a config as if they were the file at `path` (relative paths resolve beside it): how a
+    configuration that arrives over the network is checked before it is written there (gridedge.fleet)."""
+    source = str(path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -436,6 +447,7 @@ def _cross_checks(raw: Any, clean: dict, base: Path, check_files: bool) -> list[
 
         known = {d["id"] for d in (devices or ()) if isinstance(d, dict) and "id" in d}
         issues += trust_issues(clean["security"], known, RIGHTS, lambda text: resolve(base, text))
+    issues += fleet_issues(clean.get("fleet"), lambda text: resolve(base, text), check_files)
     return issues
 
 
@@ -512,7 +524,7 @@ def _build(c: dict, base: Path) -> Config:
         log.warning("security.allow_unsigned is true: commands are trusted by the topic they arrive on")
     return Config(gw, uplink, devices, control, storage, source=None, sha256="", flex=build_flex(c["flex"]),
                   security=SecurityConfig(c["security"], base), telemetry=build_telemetry(c["telemetry"]),
-                  clock=ClockSettings(**c["clock"]))
+                  fleet=build_fleet(c["fleet"], lambda t: resolve(base, t)), clock=ClockSettings(**c["clock"]))
 
 
 def _build_control(ctl: dict) -> ControlConfig:

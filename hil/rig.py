@@ -6,8 +6,10 @@ Every process it starts is stopped by stop(), whatever happened before.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -53,7 +55,8 @@ poll_ms = {poll_ms}
 timeout_ms = 1000
 writable = {writable}
 {flex}
-{security}"""
+{security}
+{fleet}"""
 
 
 #: The rig's [control] section: the EN 50549 profile, without the release ramp (a bench wants to see the
@@ -67,8 +70,8 @@ def _toml_value(v) -> str:
         return "true" if v else "false"
     if isinstance(v, (int, float)):
         return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, str):     # a TOML basic string: JSON's escapes are TOML's, and DEL must be escaped too
+        return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise TypeError(f"no TOML for {v!r}")
@@ -90,6 +93,24 @@ def security_toml(keys: dict[str, "Path"], roles: dict[str, list[str]] | None = 
     return "\n".join(lines) + "\n"
 
 
+def rig_broker(workdir: Path, pki, host: str = "127.0.0.1", *, port: int = 0, acl: bool = True) -> Mosquitto:
+    """The rig's broker (not started): with acl, every identity confined (the rig's issuers, its head-end, and
+    gateways to their own prefix)."""
+    rules = fleet_acl({f"issuer.{i}": i for i in ISSUERS if i != "dso"}, {HEADEND_CN: "dso"}) if acl else None
+    return Mosquitto(workdir, pki, host=host, port=port, acl=rules, acl_patterns=gateway_patterns() if acl else ())
+
+
+def issuer_identities(pki, issuer_keys: dict[str, tuple[Path, Path]]) -> dict[str, Issuer]:
+    """How the DSO simulator sends as each issuer: its signing key (issuer_keys: id -> (private, public) PEM) and
+    its broker identity (the DSO as the head-end, the others as "issuer.<id>")."""
+    out = {}
+    for issuer, (priv, _pub) in issuer_keys.items():
+        cn = HEADEND_CN if issuer == "dso" else f"issuer.{issuer}"
+        cert, key = pki.client(cn)
+        out[issuer] = Issuer(issuer, load_private_key(priv), tls_context(pki.ca_cert, cert, key), client_id=cn)
+    return out
+
+
 def control_toml(control: dict, settings: dict) -> str:
     """The [control] and [control.settings] tables of the rig's config."""
     lines = ["[control]"] + [f"{k} = {_toml_value(v)}" for k, v in control.items()]
@@ -106,14 +127,16 @@ class Rig:
                  settings: dict | None = None, feeder: tuple[float, float] | None = None, grid_v_pu: float = 1.0,
                  var_response_s: float = 0.0, flex: str = "", network=None, acl: bool = True,
                  security: dict | None = None, roles: dict[str, list[str]] | None = None,
-                 agent_env: dict[str, str] | None = None) -> None:
+                 agent_env: dict[str, str] | None = None, fleet: str = "") -> None:
         """control/settings: keys of [control] and [control.settings] over the rig's defaults; feeder: (R, X)
         ohm per phase between the grid (grid_v_pu) and the inverter, so its voltage responds to its P and Q;
         flex: a [flex] section (TOML text) appended to the gateway's configuration; network: a started
         netns.WanPath: the agent and the inverter simulator run in its gateway namespace, the broker listens on
         its near end; acl: the broker confines every identity (hil/acl.py); security: more keys of [security]
         (allow_unsigned, max_lifetime_s...); roles: issuer id -> its roles (default: all operators); agent_env:
-        more environment for the agent process (systemd's NOTIFY_SOCKET, WATCHDOG_USEC...)."""
+        more environment for the agent process (systemd's NOTIFY_SOCKET, WATCHDOG_USEC...); fleet: a [fleet] section
+        (TOML text) appended to the configuration (without [fleet.metrics], the rig gives the agent a free port for
+        its metrics endpoint: rig.metrics_port)."""
         if network is not None and proxy:
             raise ValueError("the proxy and a network path are two ways to the broker: choose one")
         self.network = network
@@ -132,6 +155,8 @@ class Rig:
         self.prefix = f"gridedge/v3/{gateway_id}/"
         self.use_acl, self.security, self.roles = acl, dict(security or {}), roles
         self.agent_env = dict(agent_env or {})
+        self.fleet = fleet
+        self.metrics_port = _free_port() if "[fleet.metrics]" not in fleet else None
         self.w_max, self.pv_w, self.ramp_pct_per_s = w_max, pv_w, ramp_pct_per_s
         self.poll_ms, self.telemetry_ms, self.writable = poll_ms, telemetry_ms, writable
         self.broker: Mosquitto | None = None
@@ -148,14 +173,8 @@ class Rig:
         self.pki = await asyncio.to_thread(make_pki, self.workdir / "pki", server_names=names)
         self.gw_cert, self.gw_key = self.pki.client(self.gateway_id)
         self.dso_cert, self.dso_key = self.pki.client(HEADEND_CN)
-        self.issuer_keys = {}
-        for issuer in ISSUERS:
-            priv, pub = new_issuer_key(self.workdir / "issuers", issuer)
-            self.issuer_keys[issuer] = (priv, pub)
-        acl = fleet_acl({f"issuer.{i}": i for i in ISSUERS if i != "dso"}, {HEADEND_CN: "dso"}) \
-            if self.use_acl else None
-        self.broker = Mosquitto(self.workdir / "broker", self.pki, host=self.broker_host, acl=acl,
-                                acl_patterns=gateway_patterns() if self.use_acl else ())
+        self.issuer_keys = {issuer: new_issuer_key(self.workdir / "issuers", issuer) for issuer in ISSUERS}
+        self.broker = rig_broker(self.workdir / "broker", self.pki, self.broker_host, acl=self.use_acl)
         await asyncio.to_thread(self.broker.start)
         if self.use_proxy:
             self.proxy = FaultProxy("127.0.0.1", self.broker.port)
@@ -171,12 +190,7 @@ class Rig:
 
     def issuers(self) -> dict[str, Issuer]:
         """How the DSO simulator sends as each issuer: its signing key and its broker identity."""
-        out = {}
-        for issuer, (priv, _pub) in self.issuer_keys.items():
-            cert, key = (self.dso_cert, self.dso_key) if issuer == "dso" else self.pki.client(f"issuer.{issuer}")
-            out[issuer] = Issuer(issuer, load_private_key(priv), tls_context(self.pki.ca_cert, cert, key),
-                                 client_id=HEADEND_CN if issuer == "dso" else f"issuer.{issuer}")
-        return out
+        return issuer_identities(self.pki, self.issuer_keys)
 
     def write_config(self, **overrides) -> Path:
         broker_url = f"mqtts://127.0.0.1:{self.proxy.port}" if self.proxy else self.broker.url
@@ -186,7 +200,8 @@ class Rig:
                       writable=str(self.writable).lower(), control=control_toml(self.control, self.settings),
                       flex=("\n" + self.flex) if self.flex else "",
                       security=security_toml({i: pub for i, (_p, pub) in self.issuer_keys.items()}, self.roles,
-                                             **self.security))
+                                             **self.security),
+                      fleet=self.fleet + (f"\n[fleet.metrics]\nport = {self.metrics_port}\n" if self.metrics_port else ""))
         values.update(overrides)
         self.config_path.write_text(CONFIG_TEMPLATE.format(**values))
         return self.config_path
@@ -222,7 +237,7 @@ class Rig:
 
     async def stop_agent(self, sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> int | None:
         proc, self.agent = self.agent, None
-        return await _stop(proc, sig, timeout_s)
+        return await stop_process(proc, sig, timeout_s)
 
     async def stop(self) -> None:
         if self.dso:
@@ -231,7 +246,7 @@ class Rig:
         sim, self.sim = self.sim, None
         if sim is not None and sim.stdin is not None:
             sim.stdin.close()
-        await _stop(sim, signal.SIGTERM, 5)
+        await stop_process(sim, signal.SIGTERM, 5)
         if self.proxy:
             await self.proxy.stop()
         if self.broker:
@@ -249,7 +264,15 @@ class Rig:
         await self.stop()
 
 
-async def _stop(proc: asyncio.subprocess.Process | None, sig: int, timeout_s: float) -> int | None:
+def _free_port() -> int:
+    """A TCP port nobody listens on now (the kernel's pick), for a listener the agent opens later."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def stop_process(proc: asyncio.subprocess.Process | None, sig: int, timeout_s: float) -> int | None:
+    """Signal a process and wait for it (SIGKILL after timeout_s); its exit status, None if there was none."""
     if proc is None or proc.returncode is not None:
         return None if proc is None else proc.returncode
     try:

@@ -111,7 +111,8 @@ def test_example_tls_files_missing_are_named_by_resolved_path(tmp_path: Path):
     ]
 
 
-COMMENTED_OUT = {("storage", "dir"), ("security", "issuers", "[]", "devices"), ("security", "issuers", "[]", "ca_file")}
+COMMENTED_OUT = {("storage", "dir"), ("security", "issuers", "[]", "devices"), ("security", "issuers", "[]", "ca_file"),
+                 ("fleet", "ca_file")}
 
 
 def test_example_and_docs_cover_every_key():
@@ -128,7 +129,7 @@ def test_example_and_docs_cover_every_key():
         except KeyError:
             # Keys of other drivers (serial line, register maps) and other flex resource kinds are shown commented out,
             # and so are the keys whose default is best left alone (storage.dir: $STATE_DIRECTORY under systemd) or
-            # that are the alternative (an issuer's CA, its device scope).
+            # that are the alternative (an issuer's CA, its device scope; the fleet's own CA for downloads).
             assert (path[0] in ("devices", "flex") or path in COMMENTED_OUT) and re.search(rf"^#\s*({re.escape(path[-1])}\s*=|\[\[?devices\.{re.escape(path[-1])}\]\]?)",
                                                     EXAMPLE.read_text(), re.M), \
                 f"{dotted} is not in examples/gateway.toml (not even commented out)"
