@@ -7,6 +7,7 @@ import time
 import uuid
 
 from . import __version__, contract
+from .clock import Clock
 from .control.activation import State
 from .control.engine import ControlEngine
 from .config import Config, DeviceConfig
@@ -50,6 +51,7 @@ class Agent:
         self.max_message_bytes = MAX_MESSAGE_BYTES
         self.dropped_samples = 0  # values lost because the outbox could not store them
         self.devices = {d.id: make_device(d) for d in config.devices}
+        self.clock = Clock(config.clock)  # the time quality of what the gateway stamps (edge/clock.py)
         st = config.storage
         st.dir.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(st.dir / "outbox.sqlite", gateway_id=self.gateway_id,
@@ -59,6 +61,8 @@ class Agent:
         for dev in self.devices.values():  # devices with state of their own, or a record of the past (DLMS meters)
             if callable(getattr(dev, "bind", None)):
                 dev.bind(st.dir / "devices", self._backfill)
+            if hasattr(dev, "on_event"):  # devices that detect events (PMUs): their own stream, through the outbox
+                dev.on_event = self._device_event
         self.mqtt: MqttClient | None = None
         self.publisher: Publisher | None = None   # made by run()
         self.audit = AuditLog(st.dir / "audit", fsync=st.durability == "full")
@@ -173,25 +177,38 @@ class Agent:
             self.flex.backfill([s for s in flatten(readings) if s.point in self._flex_points])
 
     def _telemetry(self, readings: list[Reading], backfill: bool = False) -> None:
-        """Encoded at once, in the configured form (edge/telemetry_writer.py): bytes, not objects, until the flush."""
+        """Encoded at once, in the configured form (edge/telemetry_writer.py): bytes, not objects, until the flush.
+        What the gateway stamped carries its clock's time quality now (a device that stamps its own values, a PMU,
+        gives its own)."""
+        tq = self.clock.quality()
         loose: list[Sample] = []
         for r in readings:
             if isinstance(r, SampleBlock):
                 if loose:
-                    self._loose(loose, backfill)
+                    self._loose(loose, backfill, tq)
                     loose = []
-                frag, n = self.writer.block(r, backfill=backfill)
+                frag, n = self.writer.block(r, backfill=backfill, tq=tq)
                 if frag is not None:
                     self._buffer([frag], n, r.ts_ns)
             else:
                 loose.append(r)
         if loose:
-            self._loose(loose, backfill)
+            self._loose(loose, backfill, tq)
 
-    def _loose(self, samples: list[Sample], backfill: bool) -> None:
-        frags, n = self.writer.samples(samples, backfill=backfill)
+    def _loose(self, samples: list[Sample], backfill: bool, tq) -> None:
+        frags, n = self.writer.samples(samples, backfill=backfill, tq=tq)
         if frags:
             self._buffer(frags, n, max(s.ts_ns for s in samples))
+
+    def _device_event(self, kind: str, body: dict) -> None:
+        """An event a device detected (a PMU: contract kinds event, event_window), stored at once on the event
+        stream; an event carries the gateway clock's time quality beside the device's (gw_tq)."""
+        if kind == "event":
+            body = dict(body, gw_tq=self.clock.quality().to_json())
+        try:
+            self._append("event", kind, body, "event")
+        except Exception:  # the store failed: the event is lost, the agent goes on (and says so)
+            log.exception("%s of %s not stored", kind, escape(body.get("device")))
 
     def _feed_flex(self, readings: list[Reading]) -> None:
         """Only the points flex reads: for a block, the positions of its layout found once."""
@@ -273,6 +290,7 @@ class Agent:
             commands=dict(self.gate.counts, dropped=self.mqtt.dropped if self.mqtt else 0),
             security=self._security_state(), config=self.fleet_config.state(),
             device_health=self.device_health.summary(),
+            clock=dict(self.clock.status.to_json(), steps=self.clock.steps),
         ))
 
     def _security_state(self) -> dict:
@@ -445,6 +463,7 @@ class Agent:
         self.stop_event = stop  # a fleet change that needs a new process sets it (Fleet.reexec)
         log.info("gridedge %s starting: gateway %s, config %s (sha256 %s), %s", __version__, self.gateway_id,
                  self.config.source, self.config.sha256[:12], self.control.kernels())
+        self.clock.update(await self.clock.read())  # before the first sample is stamped
         self.audit_event("start", version=__version__, boot_id=self.boot_id, config=str(self.config.source),
                          config_sha256=self.config.sha256, trust="loaded" if self.trust else self.trust_error)
         certs.log_expiring(self.certs)
@@ -460,6 +479,7 @@ class Agent:
         tasks.append(asyncio.create_task(self._telemetry_loop(), name="telemetry"))
         tasks.append(asyncio.create_task(self._command_loop(), name="commands"))
         tasks.append(asyncio.create_task(self._state_loop(), name="state"))
+        tasks.append(asyncio.create_task(self.clock.run(), name="clock"))
         if self.flex is not None:
             tasks.append(asyncio.create_task(self._flex_loop(), name="flex"))
         publishing = asyncio.create_task(self.publisher.run(), name="publisher")

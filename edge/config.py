@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,9 @@ from gridedge.fleet.settings import FLEET_SCHEMA, FleetConfig, build_fleet, flee
 from gridedge.flex.settings import FLEX_SCHEMA, FlexConfig, build_flex, flex_issues
 from gridedge.security.trust import SECURITY_SCHEMA, trust_issues
 
+from .clock import SOURCES, ClockSettings
 from .config_control import CONTROL, control_issues
-from .config_devices import DEVICES, ID, device_issues, find_map, find_obis_map, link_issues
+from .config_devices import DEVICES, ID, PMU_KEYS, device_issues, find_map, find_obis_map, link_issues
 from .config_telemetry import TELEMETRY, TelemetryConfig, build_telemetry, telemetry_issues
 from .config_files import PATH, file_problem, reason, resolve, storage_problem, uplink_tls_issues
 from .devices import DRIVERS, DriverSpec, register_driver
@@ -129,6 +130,8 @@ class DeviceConfig:
     mode_e: bool = False
     profile_ms: int = 900_000
     catch_up_h: float = 24.0
+    # C37.118 PMUs (c37118): mode, udp_port, pmu_id, cfg, report_ms, report, v_nom_v, events (config_devices.py)
+    pmu: dict = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass(frozen=True)
@@ -216,6 +219,7 @@ class Config:
     security: "SecurityConfig" = None  # [security]: gridedge.security.trust; None only where built by hand
     telemetry: TelemetryConfig = TelemetryConfig()  # [telemetry]: edge/config_telemetry.py
     fleet: FleetConfig = FleetConfig()  # [fleet]: gridedge.fleet.settings
+    clock: ClockSettings = ClockSettings()  # [clock]: gridedge.clock
 
     def device(self, device_id: str) -> DeviceConfig:
         for d in self.devices:
@@ -326,6 +330,20 @@ SCHEMA = s.Dict({
                            doc="who may command the gateway: trusted issuers, their roles and keys (gridedge.security)"),
     "fleet": s.Optional(FLEET_SCHEMA, default={},
                         doc="remote configuration, updates, certificates and local status (gridedge.fleet)"),
+    "clock": s.Optional(s.Dict({
+        "source": s.Optional(s.Str(choices=SOURCES), default="auto",
+                             doc="clock discipline to read: auto (PTP, chrony, timedatectl: the first that answers), "
+                                 "ptp, chrony, timedatectl, none (the clock is then not synchronised)"),
+        "interval_s": s.Optional(s.Float(ge=1, le=3600), default=16.0, doc="read it this often, s"),
+        "max_error_ms": s.Optional(s.Float(gt=0, le=86_400_000), default=500.0,
+                                   doc="a worse error bound counts as not synchronised, ms"),
+        "step_ms": s.Optional(s.Float(gt=0, le=86_400_000), default=100.0,
+                              doc="a jump of the wall clock against the monotonic clock above this is a step, ms"),
+        "step_hold_s": s.Optional(s.Float(ge=0, le=86400), default=60.0,
+                                  doc="samples stamped this long after a step carry step = true, s"),
+        "chrony_socket": s.Optional(s.Str(max_len=1024), default="", doc="chronyc -h (its socket or host)"),
+        "ptp_socket": s.Optional(s.Str(max_len=1024), default="", doc="pmc -s (ptp4l's UNIX socket)"),
+    }), default={}, doc="the gateway's own clock: how good the time stamps it puts on samples are (gridedge.clock)"),
 })
 
 
@@ -495,7 +513,7 @@ def _build(c: dict, base: Path) -> Config:
             physical_address=d["physical_address"], authentication=d["authentication"],
             secrets_file=resolve(base, d["secrets_file"]) if "secrets_file" in d else None,
             dedicated_key=d["dedicated_key"], mode_e=d["mode_e"], profile_ms=d["profile_ms"],
-            catch_up_h=d["catch_up_h"],
+            catch_up_h=d["catch_up_h"], pmu={k: d[k] for k in PMU_KEYS if k in d},
         )
         for d in c["devices"]
     )
@@ -506,7 +524,7 @@ def _build(c: dict, base: Path) -> Config:
         log.warning("security.allow_unsigned is true: commands are trusted by the topic they arrive on")
     return Config(gw, uplink, devices, control, storage, source=None, sha256="", flex=build_flex(c["flex"]),
                   security=SecurityConfig(c["security"], base), telemetry=build_telemetry(c["telemetry"]),
-                  fleet=build_fleet(c["fleet"], lambda t: resolve(base, t)))
+                  fleet=build_fleet(c["fleet"], lambda t: resolve(base, t)), clock=ClockSettings(**c["clock"]))
 
 
 def _build_control(ctl: dict) -> ControlConfig:

@@ -13,7 +13,7 @@ from gridedge.core import schema as s
 from .config_files import PATH, opcua_security_issues, resolve
 from .devices import DRIVERS, DriverSpec
 
-__all__ = ["ID", "DEVICES", "ROLES", "device_issues", "link_issues", "find_map", "find_obis_map"]
+__all__ = ["ID", "DEVICES", "ROLES", "PMU_KEYS", "device_issues", "link_issues", "find_map", "find_obis_map"]
 
 ID = "[A-Za-z0-9_-]"
 ROLES = ("inverter", "battery", "meter", "load")
@@ -125,6 +125,32 @@ FIELDS = {
                              doc="load profile read period, ms (0: never; catch-up needs it)"),
     "catch_up_h": s.Optional(s.Float(gt=0, le=2400), default=24.0,
                              doc="how far back the load profile is read after an outage, h"),
+    "mode": s.Optional(s.Str(choices=("tcp", "udp", "udp_spontaneous", "mixed")), default="tcp",
+                       doc="C37.118 data path: tcp, udp (commanded), udp_spontaneous, mixed (commands over TCP, "
+                           "data over UDP) (c37118)"),
+    "udp_port": s.Optional(s.Int(ge=0, le=65535), default=4713, doc="the gateway's UDP port for PMU data (c37118)"),
+    "pmu_id": s.Optional(s.Int(ge=1, le=65534), default=1, doc="IDCODE of the data stream to command (c37118)"),
+    "cfg": s.Optional(s.Int(ge=2, le=3), default=2, doc="configuration frame to ask for, 2 or 3 (c37118)"),
+    "report_ms": s.Optional(s.Int(ge=20, le=DAY_MS), default=1000,
+                            doc="report interval of the decimated values (mean, min, max, last), ms (c37118)"),
+    "report": s.Optional(s.Map(s.Str(regex=_POINT, regex_hint="be a channel name"), s.Int(ge=20, le=DAY_MS),
+                               min_len=1), doc="channel -> its own report interval, ms (c37118)"),
+    "v_nom_v": s.Optional(s.Float(gt=0), doc="nominal voltage of the PMU's voltage phasors, V (c37118: sag/swell)"),
+    "events": s.Optional(s.Dict({
+        "rocof_hz_per_s": s.Optional(s.Float(gt=0), doc="|ROCOF| above this is an event, Hz/s"),
+        "f_min_hz": s.Optional(s.Float(gt=0), doc="frequency below this is an event, Hz"),
+        "f_max_hz": s.Optional(s.Float(gt=0), doc="frequency above this is an event, Hz"),
+        "angle_jump_deg": s.Optional(s.Float(gt=0, le=180), doc="a voltage angle step between frames above this "
+                                                                   "(after the rotation the frequency explains), deg"),
+        "sag_pu": s.Optional(s.Float(gt=0, lt=1), doc="voltage below this share of v_nom_v is a sag"),
+        "swell_pu": s.Optional(s.Float(gt=1), doc="voltage above this share of v_nom_v is a swell"),
+        "sync_loss": s.Optional(s.Bool(), default=True, doc="a PMU losing its time sync is an event"),
+        "trigger": s.Optional(s.Bool(), default=True, doc="the PMU's own trigger bit is an event"),
+        "before_s": s.Optional(s.Float(ge=0, le=60), default=2.0, doc="full-rate window before an event, s"),
+        "after_s": s.Optional(s.Float(ge=0, le=60), default=2.0, doc="full-rate window after an event, s"),
+        "holdoff_s": s.Optional(s.Float(ge=0, le=3600), default=5.0,
+                                doc="a condition must have cleared this long before it is an event again, s"),
+    }), doc="events detected at full rate and published at once with their window (c37118)"),
 }
 DEVICES = s.List(s.Dict(FIELDS), unique_key="id")
 
@@ -145,10 +171,12 @@ _OWNER = {**dict.fromkeys(_OPCUA, "the opcua driver"), **dict.fromkeys(("host", 
           **dict.fromkeys(("unit_id", "max_outstanding"), "Modbus drivers"), "points": "polled drivers",
           **dict.fromkeys(_DLMS, "DLMS drivers"), "physical_address": "DLMS drivers on HDLC",
           "mode_e": "the dlms_hdlc driver", "inter_frame_ms": "Modbus serial drivers"}
-_REFUSED_ORDER = _OPCUA + ("host", "port", "unit_id", "max_outstanding") + _SERIAL + _MAP + _DLMS + ("points",)
+_PMU = PMU_KEYS = ("mode", "udp_port", "pmu_id", "cfg", "report_ms", "report", "v_nom_v", "events")
+_OWNER.update(dict.fromkeys(_PMU, "the c37118 driver"))
+_REFUSED_ORDER = _OPCUA + ("host", "port", "unit_id", "max_outstanding") + _SERIAL + _MAP + _DLMS + _PMU + ("points",)
 _HINT = dict.fromkeys(("host", "port"), " (the endpoint URL holds host and port)") | {
     "points": " (the point names are the keys of nodes)"}
-assert (set(FIELDS) == set(_COMMON + _KEYS["tcp"] + _KEYS["serial"] + _MAP + _OPCUA + _DLMS)
+assert (set(FIELDS) == set(_COMMON + _KEYS["tcp"] + _KEYS["serial"] + _MAP + _OPCUA + _DLMS + _PMU)
         == set(_REFUSED_ORDER + _COMMON))
 
 

@@ -26,6 +26,8 @@ TOPIC_CMD = "cmd"              # <p>cmd/<issuer id>: one topic per issuer, so a 
 TOPIC_NOMINATION = "nomination"  # <p>nomination/<issuer id>
 TOPIC_AUDIT = "audit"
 TOPIC_RESULT = "result"
+TOPIC_EVENT = "event"              # events a device detected (PMUs), at once; schema gridedge.event/1
+TOPIC_EVENT_WINDOW = "event_window"  # the full-rate window around an event, when it has passed; gridedge.event_window/1
 
 ISSUERS = ("tso", "dso", "aggregator")
 #: Commands that start an activation (a remote set-point for a while), and the unit of their quantity.

@@ -207,3 +207,23 @@ register_driver("dlms_push_tcp", transport="tcp", factory=_dlms_push, link="dlms
                 keys=("points", "host", "port", "obis_map", "secrets_file"), read_only=True,
                 defaults=(("role", "meter"), ("poll_ms", 5000)),
                 description="DLMS/COSEM HAN push from a TCP adapter, listen only")
+
+
+# ---------------------------------------------------------------- PMUs (IEEE C37.118.2)
+
+def _pmu(cfg: DeviceConfig):
+    """A PMU or a PDC's stream: decoded in full, decimated for telemetry, events at once (gridedge.pmu)."""
+    from .drivers.pmu import LinkSpec
+    from .pmu import EventSettings, PmuDevice
+
+    p = cfg.pmu
+    spec = LinkSpec(p.get("mode", "tcp"), cfg.host, cfg.port, p.get("udp_port", 4713), p.get("pmu_id", 1),
+                    p.get("cfg", 2), cfg.timeout_ms / 1000)
+    return PmuDevice(cfg.id, spec, report_ms=p.get("report_ms", 1000), report=p.get("report"),
+                     settings=EventSettings.from_config(p.get("events"), p.get("v_nom_v")), role=cfg.role)
+
+
+register_driver("c37118", transport="tcp", factory=_pmu, read_only=True, unit_key=None,
+                keys=("host", "port", "mode", "udp_port", "pmu_id", "cfg", "report_ms", "report", "v_nom_v", "events"),
+                defaults=(("role", "meter"), ("port", 4712), ("timeout_ms", 5000)),
+                description="IEEE C37.118.2 PMU or PDC stream (TCP, UDP, mixed): decimated telemetry, events at once")

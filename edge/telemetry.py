@@ -3,8 +3,13 @@
 A block is one device at one instant: its point names and units once, then the values in the same order, and a
 quality list only when some value is not good:
 
-    {"dev": "m1", "t": 1795442401123456789, "n": ["W", "Hz"], "u": ["W", "Hz"], "v": [7998.0, 50.01]}
-    {"dev": "m2", "t": 1795442401123456789, "n": ["W"], "u": ["W"], "v": [null], "q": [["invalid", "timeout"]]}
+    {"dev": "m1", "t": 1795442401123456789, "n": ["W", "Hz"], "u": ["W", "Hz"], "v": [7998.0, 50.01],
+     "tq": {"src": "gateway", "sync": true, "acc": 12}}
+    {"dev": "m2", "t": 1795442401123456789, "n": ["W"], "u": ["W"], "v": [null], "q": [["invalid", "timeout"]],
+     "tq": {"src": "gateway", "sync": false}}
+
+`tq` is the time quality of `t` (IEC 61850-7-2: clock not synchronised, clock failure, accuracy; whose clock
+stamped it): the driver's for a device that stamps its own values (a PMU), else the gateway clock's (edge/clock.py).
 
 Why blocks: a per-sample object repeats the point id, the unit, the timestamp and the quality for every value,
 which made JSON encoding, TLS, the outbox's disk writes and the head-end's parsing the bulk of the gateway's CPU.
@@ -14,13 +19,14 @@ message) and the message body is spliced around them without re-encoding (see En
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from .core.model import Detail, Sample, SampleBlock, Validity
+from .core.model import Detail, Sample, SampleBlock, TimeQuality, Validity
 
 SCHEMA_TELEMETRY = "gridedge.telemetry/2"
 SCHEMA_TELEMETRY_LAYOUTS = "gridedge.telemetry/3"  # blocks name a layout (edge/layouts.py); the same envelope
@@ -64,8 +70,19 @@ def _sanitised(values: list, quality) -> tuple[list, list]:
     return vals, qual
 
 
-def encode_values(values: list, quality) -> tuple[bytes, bytes]:
-    """The JSON of a block's values, and the block's tail: q when some value is not good, then the closing brace."""
+@functools.lru_cache(maxsize=512)
+def _tq_json(tq: TimeQuality) -> bytes:
+    return b',"tq":' + _encode(tq.to_json()).encode()
+
+
+def _tail(quality, tq: TimeQuality | None) -> bytes:
+    """A block's tail: q when some value is not good, tq when its time quality is known, then the closing brace."""
+    return ((b"" if quality is None else b',"q":' + _quality_json(quality))
+            + (b"" if tq is None else _tq_json(tq)) + b"}")
+
+
+def encode_values(values: list, quality, tq: TimeQuality | None = None) -> tuple[bytes, bytes]:
+    """The JSON of a block's values, and the block's tail (_tail)."""
     try:
         v = _encode(values)
     except (ValueError, TypeError):
@@ -73,11 +90,11 @@ def encode_values(values: list, quality) -> tuple[bytes, bytes]:
         v = _encode(values)
     if quality is not None and all(q is None for q in quality):
         quality = None
-    return v.encode(), (b"}" if quality is None else b',"q":' + _quality_json(quality) + b"}")
+    return v.encode(), _tail(quality, tq)
 
 
-def encode_block(block: SampleBlock) -> bytes:
-    """One block as a JSON object (bytes)."""
+def encode_block(block: SampleBlock, tq: TimeQuality | None = None) -> bytes:
+    """One block as a JSON object (bytes); `tq` is its time quality where the block has none of its own."""
     lay = block.layout
     head = lay.json_head
     if head is None:
@@ -89,17 +106,17 @@ def encode_block(block: SampleBlock) -> bytes:
     except (ValueError, TypeError):
         vals, quality = _sanitised(block.values, block.quality)
         values = _encode(vals)
-    tail = b"}" if quality is None else b',"q":' + _quality_json(quality) + b"}"
-    return head + str(block.ts_ns).encode() + b',"v":' + values.encode() + tail
+    return head + str(block.ts_ns).encode() + b',"v":' + values.encode() + _tail(quality, block.tq or tq)
 
 
-def encode_samples(samples: Iterable[Sample]) -> list[bytes]:
-    """Loose samples as blocks: consecutive samples of the same device and instant share one block."""
+def encode_samples(samples: Iterable[Sample], tq: TimeQuality | None = None) -> list[bytes]:
+    """Loose samples as blocks: consecutive samples of the same device, instant and time quality share one block
+    (`tq` for samples that have none of their own)."""
     out: list[bytes] = []
     group: list[Sample] = []
     key = None
     for s in samples:
-        k = (s.point.split("/", 1)[0], s.ts_ns)
+        k = (s.point.split("/", 1)[0], s.ts_ns, s.tq or tq)
         if k != key and group:
             out.append(_encode_group(key, group))
             group = []
@@ -111,7 +128,7 @@ def encode_samples(samples: Iterable[Sample]) -> list[bytes]:
 
 
 def _encode_group(key, group: list[Sample]) -> bytes:
-    device, ts = key
+    device, ts, tq = key
     names = [s.point.split("/", 1)[1] if "/" in s.point else s.point for s in group]
     values = [s.value for s in group]
     quality = None
@@ -123,9 +140,9 @@ def _encode_group(key, group: list[Sample]) -> bytes:
     except (ValueError, TypeError):
         values, quality = _sanitised(values, quality)
         v = _encode(values)
-    tail = b"}" if quality is None else b',"q":' + _quality_json(quality) + b"}"
     return (b'{"dev":' + _encode(device).encode() + b',"n":' + _encode(names).encode() + b',"u":'
-            + _encode([s.unit for s in group]).encode() + b',"t":' + str(ts).encode() + b',"v":' + v.encode() + tail)
+            + _encode([s.unit for s in group]).encode() + b',"t":' + str(ts).encode() + b',"v":' + v.encode()
+            + _tail(quality, tq))
 
 
 def body(ts_iso: str, blocks: list[bytes], values: int = 0) -> Encoded:
@@ -161,9 +178,10 @@ def _check_envelope(doc) -> None:
 
 
 def _block_samples(b) -> list[Sample]:
-    if not isinstance(b, dict) or not {"dev", "n", "u", "t", "v"} <= set(b) <= {"dev", "n", "u", "t", "v", "q"}:
-        raise ValueError("a block has dev, n, u, t, v and optionally q")
+    if not isinstance(b, dict) or not {"dev", "n", "u", "t", "v"} <= set(b) <= {"dev", "n", "u", "t", "v", "q", "tq"}:
+        raise ValueError("a block has dev, n, u, t, v and optionally q and tq")
     dev, ts, names, units, values, quality = b["dev"], b["t"], b["n"], b["u"], b["v"], b.get("q")
+    tq = TimeQuality.from_json(b["tq"]) if "tq" in b else None
     if not (isinstance(dev, str) and _ID.fullmatch(dev)) or not (_int(ts) and ts >= 0):
         raise ValueError("dev must be a device id and t a UTC time in ns")
     if not all(isinstance(x, list) for x in (names, units, values)) or (quality is not None and not isinstance(quality, list)):
@@ -179,9 +197,9 @@ def _block_samples(b) -> list[Sample]:
             raise ValueError(f"v[{j}] must be a number, a string or null")
         q = quality[j] if quality is not None else None
         if q is None:
-            out.append(Sample(f"{dev}/{name}", ts, value, unit))
+            out.append(Sample(f"{dev}/{name}", ts, value, unit, tq=tq))
         elif isinstance(q, list) and len(q) == 2 and q[0] in _VALIDITY and q[1] in _DETAIL:
-            out.append(Sample(f"{dev}/{name}", ts, value, unit, _VALIDITY[q[0]], _DETAIL[q[1]]))
+            out.append(Sample(f"{dev}/{name}", ts, value, unit, _VALIDITY[q[0]], _DETAIL[q[1]], tq))
         else:
             raise ValueError(f"q[{j}] must be null or [validity, detail]")
     return out
@@ -202,8 +220,8 @@ _LAYOUT_ID = re.compile(r"[0-9a-f]{12}")
 
 def _layout_block_samples(b, layouts: Mapping[str, Layout]) -> list[Sample]:
     """A gridedge.telemetry/3 block that names its layout: the full block it stands for, or its points `i` only."""
-    if not {"l", "t", "v"} <= set(b) <= {"l", "t", "v", "i", "q"}:
-        raise ValueError("a layout block has l, t, v and optionally i and q")
+    if not {"l", "t", "v"} <= set(b) <= {"l", "t", "v", "i", "q", "tq"}:
+        raise ValueError("a layout block has l, t, v and optionally i, q and tq")
     lid, indices = b["l"], b.get("i")
     if not (isinstance(lid, str) and _LAYOUT_ID.fullmatch(lid)):
         raise ValueError("l must be a layout id (12 hex digits)")
@@ -218,7 +236,7 @@ def _layout_block_samples(b, layouts: Mapping[str, Layout]) -> list[Sample]:
             raise ValueError(f"i must be increasing positions below {len(names)}, the points of layout {lid}")
         names, units = [names[i] for i in indices], [units[i] for i in indices]
     return _block_samples({"dev": dev, "n": list(names), "u": list(units), "t": b["t"], "v": b["v"],
-                           **({"q": b["q"]} if "q" in b else {})})
+                           **{k: b[k] for k in ("q", "tq") if k in b}})
 
 
 def samples_of(doc: dict, layouts: Mapping[str, Layout] | None = None) -> Iterator[Sample]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .compression import compress
 from .config_telemetry import TelemetryConfig
-from .core.model import Sample, SampleBlock
+from .core.model import Sample, SampleBlock, TimeQuality
 from .layouts import Layouts, encode_compact
 from .reporting import Reporter
 from .telemetry import (SCHEMA_TELEMETRY, SCHEMA_TELEMETRY_LAYOUTS, Encoded, _encode, encode_block, encode_samples,
@@ -30,9 +30,12 @@ class TelemetryWriter:
         self.announce: list[tuple[str, dict]] = []  # (topic suffix, body) of layouts to store before the blocks
         self.read = self.sent = 0  # values given, values encoded: the thrift of report by exception
 
-    def block(self, block: SampleBlock, *, backfill: bool = False) -> tuple[bytes | None, int]:
+    def block(self, block: SampleBlock, *, backfill: bool = False,
+              tq: TimeQuality | None = None) -> tuple[bytes | None, int]:
         """The encoded block (None: nothing to send) and how many values it carries. A device's record of the past
-        (backfill) is sent whole, not by exception: it is history, not the present the deadbands compare with."""
+        (backfill) is sent whole, not by exception: it is history, not the present the deadbands compare with.
+        tq: the gateway clock's time quality, for a block without one of its own (edge/clock.py)."""
+        tq = block.tq or tq
         self.read += len(block)
         picked = self.reporter.select(block) if self.reporter is not None and not backfill else None
         if picked is not None and not picked:
@@ -41,25 +44,26 @@ class TelemetryWriter:
         lid = self.layouts.id_of(block.layout, self.announce) if self.layouts is not None else None
         if picked is None:
             if lid is None:
-                return encode_block(block), len(block.values)
-            return encode_compact(lid, block.ts_ns, None, *encode_values(block.values, block.quality)), len(block)
+                return encode_block(block, tq), len(block.values)
+            return encode_compact(lid, block.ts_ns, None, *encode_values(block.values, block.quality, tq)), len(block)
         values = [block.values[i] for i in picked]
         quality = [block.quality[i] for i in picked] if block.quality is not None else None
         if lid is not None:
-            return encode_compact(lid, block.ts_ns, picked, *encode_values(values, quality)), len(picked)
+            return encode_compact(lid, block.ts_ns, picked, *encode_values(values, quality, tq)), len(picked)
         lay = block.layout
-        v, tail = encode_values(values, quality)
+        v, tail = encode_values(values, quality, tq)
         return (b'{"dev":' + _encode(lay.device).encode() + b',"n":' + _encode([lay.names[i] for i in picked]).encode()
                 + b',"u":' + _encode([lay.units[i] for i in picked]).encode() + b',"t":' + str(block.ts_ns).encode()
                 + b',"v":' + v + tail), len(picked)
 
-    def samples(self, samples: list[Sample], *, backfill: bool = False) -> tuple[list[bytes], int]:
+    def samples(self, samples: list[Sample], *, backfill: bool = False,
+                tq: TimeQuality | None = None) -> tuple[list[bytes], int]:
         """Loose samples as full-form blocks (they have no fixed layout), and how many values they carry."""
         self.read += len(samples)
         if self.reporter is not None and not backfill:
             samples = self.reporter.select_samples(samples)
         self.sent += len(samples)
-        return (encode_samples(samples) if samples else []), len(samples)
+        return (encode_samples(samples, tq) if samples else []), len(samples)
 
     def reconnected(self) -> None:
         if self.layouts is not None:

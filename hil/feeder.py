@@ -9,7 +9,8 @@ at and beyond k inject (P, Q > 0 = injection, balanced three-phase), and the vol
     v_j = v_source + sum over k <= j of (r_k P_k + x_k Q_k) / (n_phases * V_nom^2)      (pu, V_nom phase-neutral)
 
 which is linear in the injections: `sensitivities()` gives dv/dP and dv/dQ. Background load is a negative
-injection. The frequency is one value for the whole feeder (the transmission system sets it).
+injection. The voltage angle (what a PMU sees) leads the source's by, per segment, (x_k P_k - r_k Q_k) / (n V^2)
+rad (the same linearisation): exporting DERs push their node's angle ahead. The frequency is one value for the whole feeder (the transmission system sets it).
 """
 from __future__ import annotations
 
@@ -77,6 +78,19 @@ class Feeder:
 
     def voltage_v(self, node: int) -> float:
         return self.voltage_pu(node) * self.v_nom_v
+
+    def angle_rad(self, node: int) -> float:
+        """The voltage angle at a node against the source's, rad (LinDistFlow: small angles)."""
+        self._check(node)
+        nets = [self._net(j) for j in range(1, self.nodes + 1)]
+        base = self.n_phases * self.v_nom_v ** 2
+        a = 0.0
+        for k in range(1, node + 1):
+            p_flow = sum(p for p, _ in nets[k - 1:])
+            q_flow = sum(q for _, q in nets[k - 1:])
+            r, x = self.segments[k - 1]
+            a += (x * p_flow - r * q_flow) / base
+        return a
 
     def sensitivities(self) -> tuple[list[list[float]], list[list[float]]]:
         """dv_i/dP_j and dv_i/dQ_j in pu per W and pu per var (nodes 1..n, 0-based lists)."""

@@ -132,7 +132,7 @@ def test_example_and_docs_cover_every_key():
             # and so are the keys whose default is best left alone (storage.dir: $STATE_DIRECTORY under systemd) or
             # that are the alternative (an issuer's CA, its device scope; the fleet's own CA for downloads, the
             # certificate's CAs and EST server).
-            assert (path[0] in ("devices", "flex") or path in COMMENTED_OUT) and re.search(rf"^#\s*({re.escape(path[-1])}\s*=|\[\[devices\.{re.escape(path[-1])}\]\])",
+            assert (path[0] in ("devices", "flex") or path in COMMENTED_OUT) and re.search(rf"^#\s*({re.escape(path[-1])}\s*=|\[\[?devices\.{re.escape(path[-1])}\]\]?)",
                                                     EXAMPLE.read_text(), re.M), \
                 f"{dotted} is not in examples/gateway.toml (not even commented out)"
 

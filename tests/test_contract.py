@@ -122,8 +122,8 @@ def test_payloads_match_schemas(tmp_path):
     from gridedge.flex import messages as flex_messages
 
     # csr: a certificate rotation's request (docs/fleet.md), validated as the e2e tests see it (test_fleet_cert_e2e)
-    assert set(SCHEMAS) == {"telemetry", "layout", "state", "command", "result", "nomination", "audit", "csr",
-                            *flex_messages.SCHEMAS}
+    assert set(SCHEMAS) == {"telemetry", "layout", "state", "command", "result", "nomination", "audit", "csr", "event",
+                            "event_window", *flex_messages.SCHEMAS}
 
 
 traffic_lights = st.fixed_dictionaries(

@@ -26,7 +26,7 @@ RIG_PUBLIC = ("gridedge.core", "gridedge.contract", "gridedge.telemetry", "gride
               "gridedge.drivers.dlms.wrapper", "gridedge.drivers.dlms.mbus", "gridedge.drivers.dlms.axdr",
               "gridedge.drivers.dlms.apdu", "gridedge.drivers.dlms.security", "gridedge.drivers.dlms.cosem",
               "gridedge.drivers.dlms.iec21", "gridedge.security.signing", "gridedge.security.jws",
-              "gridedge.headend", "gridedge.compression", "gridedge.layouts")
+              "gridedge.headend", "gridedge.compression", "gridedge.layouts", "gridedge.drivers.c37118")
 #: Agent modules that may use the rig: the demo command, and the lab command (its throwaway PKI; edge/lab.py says why).
 RIG_USERS = ("gridedge.demo", "gridedge.lab")
 
