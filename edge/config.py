@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from gridedge.control.profiles import PROFILES
 from gridedge.core import schema as s
+from gridedge.fleet.settings import FLEET_SCHEMA, FleetConfig, build_fleet, fleet_issues
 from gridedge.flex.settings import FLEX_SCHEMA, FlexConfig, build_flex, flex_issues
 from gridedge.security.trust import SECURITY_SCHEMA, trust_issues
 
@@ -212,6 +213,7 @@ class Config:
     sha256: str  # of the file bytes; "" when parsed from a dict
     flex: FlexConfig = FlexConfig()  # [flex]: gridedge.flex.settings
     security: "SecurityConfig" = None  # [security]: gridedge.security.trust; None only where built by hand
+    fleet: FleetConfig = FleetConfig()  # [fleet]: gridedge.fleet.settings
 
     def device(self, device_id: str) -> DeviceConfig:
         for d in self.devices:
@@ -318,6 +320,8 @@ SCHEMA = s.Dict({
     "flex": s.Optional(FLEX_SCHEMA, default={}, doc="flexibility: ISPs, baselines, verification (gridedge.flex)"),
     "security": s.Optional(SECURITY_SCHEMA, default={},
                            doc="who may command the gateway: trusted issuers, their roles and keys (gridedge.security)"),
+    "fleet": s.Optional(FLEET_SCHEMA, default={},
+                        doc="remote configuration, updates, certificates and local status (gridedge.fleet)"),
 })
 
 
@@ -413,6 +417,7 @@ def _cross_checks(raw: Any, clean: dict, base: Path, check_files: bool) -> list[
 
         known = {d["id"] for d in (devices or ()) if isinstance(d, dict) and "id" in d}
         issues += trust_issues(clean["security"], known, RIGHTS, lambda text: resolve(base, text))
+    issues += fleet_issues(clean.get("fleet"), lambda text: resolve(base, text), check_files)
     return issues
 
 
@@ -488,7 +493,7 @@ def _build(c: dict, base: Path) -> Config:
     if c["security"].get("allow_unsigned"):
         log.warning("security.allow_unsigned is true: commands are trusted by the topic they arrive on")
     return Config(gw, uplink, devices, control, storage, source=None, sha256="", flex=build_flex(c["flex"]),
-                  security=SecurityConfig(c["security"], base))
+                  security=SecurityConfig(c["security"], base), fleet=build_fleet(c["fleet"], lambda t: resolve(base, t)))
 
 
 def _build_control(ctl: dict) -> ControlConfig:
