@@ -11,7 +11,7 @@ from .control.activation import State
 from .control.engine import ControlEngine
 from .config import Config, DeviceConfig
 from .commands import CommandGate
-from .fleet import Fleet
+from .fleet import Fleet, update as fleet_update
 from .service import Service
 from .devices import make_device
 from .image import ProcessImage
@@ -77,6 +77,7 @@ class Agent:
             self.control.add_listener(self._on_activation)
         self.gate = CommandGate(self)
         self.fleet = Fleet(self)
+        fleet_update.install(self)
         self.control.on_write = self._audit_write
         self.control.restore_check = self._still_allowed
         self.service = Service(self)
@@ -404,6 +405,7 @@ class Agent:
                           keepalive_s=up.keepalive_s, will=self._will, session_expiry_s=up.session_expiry_s)
 
     async def run(self, stop: asyncio.Event) -> None:
+        self.stop_event = stop  # a fleet change that needs a new process sets it (Fleet.reexec)
         log.info("gridedge %s starting: gateway %s, config %s (sha256 %s), %s", __version__, self.gateway_id,
                  self.config.source, self.config.sha256[:12], self.control.kernels())
         self.audit_event("start", version=__version__, boot_id=self.boot_id, config=str(self.config.source),
@@ -427,11 +429,13 @@ class Agent:
         await self.control.start()
         self.mqtt.start()
         tasks.append(asyncio.create_task(self.service.run(tasks + [publishing]), name="systemd"))
+        tasks += self.fleet.start()  # not watched: a pending change's check ends when it has decided
         try:
             await stop.wait()
         finally:
             log.info("stopping")
-            self.service.notifier.stopping()
+            n = self.service.notifier
+            n.reloading() if self.fleet.exec_argv else n.stopping()
             self.gate.summarise(force=True)
             self.audit_event("stop", boot_id=self.boot_id)
             await self.control.close()

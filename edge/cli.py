@@ -32,9 +32,10 @@ def run_agent(config) -> int:
     from .agent import Agent
 
     phase = "cannot start"
+    agent = None
 
     async def main() -> None:
-        nonlocal phase
+        nonlocal phase, agent
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -48,6 +49,11 @@ def run_agent(config) -> int:
     except (OSError, sqlite3.Error) as exc:
         log.debug("%s", phase, exc_info=True)
         log.error("%s: %s (storage.dir %s)", phase, _fault(exc), config.storage.dir)
+        return 1
+    if agent is not None and agent.fleet.exec_argv:  # a fleet change needs a new process: this one, in place
+        from .fleet import exec_in_place
+
+        exec_in_place(agent.fleet.exec_argv)
         return 1
     return 0
 
@@ -64,6 +70,21 @@ def _check(args) -> int:
     from .config import check_main
 
     return check_main(args.config)
+
+
+def _release_init(args) -> int:
+    from pathlib import Path
+
+    from .fleet.release import ReleaseError, init_root
+
+    try:
+        init_root(Path(args.root), __version__, Path(sys.prefix))
+    except (ReleaseError, OSError) as exc:
+        print(f"gridedge release init: {_fault(exc)}", file=sys.stderr)
+        return 1
+    print(f"{args.root}: current -> releases/{__version__}; the unit starts it through {args.root}/boot.py "
+          f"(docs/fleet.md)")
+    return 0
 
 
 def _demo(args) -> int:
@@ -100,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration-s", type=float, default=10.0)
     p.add_argument("--keep", action="store_true", help="keep the work directory (certificates, logs)")
     p.set_defaults(func=_demo)
+    p = sub.add_parser("release", help="gridedge's own A/B releases (docs/fleet.md)")
+    rel = p.add_subparsers(dest="release_cmd", required=True)
+    p = rel.add_parser("init", help="make ROOT an A/B root whose current release is this installation")
+    p.add_argument("root", help="the A/B root, e.g. /opt/gridedge ([fleet.update] releases_dir)")
+    p.set_defaults(func=_release_init)
     p = sub.add_parser("lab", help="make a lab: throwaway CA and certificates, mosquitto.conf, a gateway.toml")
     lab = p.add_subparsers(dest="lab_cmd", required=True)
     p = lab.add_parser("init", help="write DIR/pki/*, DIR/mosquitto.conf, DIR/acl and DIR/gateway.toml")

@@ -52,6 +52,10 @@ class Notifier:
     def stopping(self) -> bool:
         return self.notify("STOPPING=1")
 
+    def reloading(self) -> bool:
+        """The agent re-executes itself in place (a fleet change): the same pid says READY=1 again when it is back."""
+        return self.notify("RELOADING=1", "WATCHDOG=1")
+
     def status(self, text: str) -> bool:
         return self.notify("STATUS=" + text.replace("\n", " "))
 

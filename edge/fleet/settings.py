@@ -17,7 +17,7 @@ from typing import Callable
 from ..config_files import PATH, file_problem
 from ..core import schema as s
 
-__all__ = ["FLEET_SCHEMA", "FleetConfig", "MetricsConfig", "build_fleet", "fleet_issues"]
+__all__ = ["FLEET_SCHEMA", "FleetConfig", "MetricsConfig", "UpdateConfig", "build_fleet", "fleet_issues"]
 
 DEFAULT_METRICS_PORT = 9480
 
@@ -52,7 +52,55 @@ class MetricsConfig:
     host: str = "127.0.0.1"
 
 
-# ---------------------------------------------------------------- fleetupdate: [fleet.update] goes here
+# ---------------------------------------------------------------- fleetupdate: signed software updates
+
+UPDATE = s.Dict({
+    "repository": s.Required(s.Str(regex=r"https://[^\s]{1,2040}", regex_hint="be an https:// URL",
+                                   doc="the operator's TUF repository: <url>/metadata/ and <url>/targets/")),
+    "root": s.Required(PATH, doc="the TUF root metadata this gateway trusts (root.json from the key ceremony)"),
+    "releases_dir": s.Optional(PATH, default="/opt/gridedge",
+                               doc="the A/B root: releases/<version>/venv, current, previous, boot.py"),
+    "download_timeout_s": s.Optional(s.Float(ge=1, le=7200), default=1800.0,
+                                     doc="the whole duration of an update's downloads (metadata and release), s"),
+    "max_release_mb": s.Optional(s.Float(gt=0, le=4096), default=512.0,
+                                 doc="the largest release artefact accepted, MiB"),
+})
+
+
+@dataclass(frozen=True)
+class UpdateConfig:
+    repository: str
+    root: Path
+    releases_dir: Path = Path("/opt/gridedge")
+    download_timeout_s: float = 1800.0
+    max_release_mb: float = 512.0
+
+
+def _update_issues(clean: dict, resolve: Callable[[str], Path]) -> list[s.Issue]:
+    """The trusted root must be TUF root metadata (signed by its own threshold: that is checked when it is used);
+    the releases folder must be an A/B root (`gridedge release init`)."""
+    from .release import Releases
+
+    out = []
+    path = resolve(clean["root"])
+    msg = file_problem(path)
+    if msg is None:
+        from tuf.api.exceptions import RepositoryError
+        from tuf.api.metadata import Metadata, Root
+
+        try:
+            if not isinstance(Metadata.from_bytes(path.read_bytes()).signed, Root):
+                msg = "is TUF metadata, but not a root"
+        except (RepositoryError, OSError, ValueError) as exc:
+            msg = f"is not TUF root metadata: {exc}"
+    if msg:
+        out.append(s.Issue(("fleet", "update", "root"), msg))
+    rel = Releases(resolve(clean["releases_dir"]))
+    if rel.current is None:
+        out.append(s.Issue(("fleet", "update", "releases_dir"),
+                           f"{rel.root} is not an A/B root (no current link): set it up with `gridedge release init`"))
+    return out
+
 
 # ---------------------------------------------------------------- fleetcert: [fleet.certificate] goes here
 
@@ -68,6 +116,7 @@ FLEET_SCHEMA = s.Dict({
     "download_timeout_s": s.Optional(s.Float(ge=1, le=3600), default=120.0,
                                      doc="a download's whole duration, s (not only the gap between bytes)"),
     "metrics": s.Optional(METRICS, default={}, doc="the local status endpoint (Prometheus) on loopback"),
+    "update": s.Optional(UPDATE, doc="signed software updates (TUF) with A/B install; absent: no updates"),
 })
 
 
@@ -77,18 +126,28 @@ class FleetConfig:
     ca_file: Path | None = None
     download_timeout_s: float = 120.0
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    update: UpdateConfig | None = None
 
 
 def fleet_issues(clean: dict | None, resolve: Callable[[str], Path], check_files: bool) -> list[s.Issue]:
     """Checks of [fleet] that need the files: the CA file must be readable (it is parsed when it is used)."""
-    if not isinstance(clean, dict) or not check_files or "ca_file" not in clean:
+    if not isinstance(clean, dict) or not check_files:
         return []
-    msg = file_problem(resolve(clean["ca_file"]))
-    return [s.Issue(("fleet", "ca_file"), msg)] if msg else []
+    msg = file_problem(resolve(clean["ca_file"])) if "ca_file" in clean else None
+    out = [s.Issue(("fleet", "ca_file"), msg)] if msg else []
+    if isinstance(clean.get("update"), dict):
+        out += _update_issues(clean["update"], resolve)
+    return out
 
 
 def build_fleet(c: dict, resolve: Callable[[str], Path]) -> FleetConfig:
     m = c["metrics"]
     return FleetConfig(health_window_s=c["health_window_s"],
                        ca_file=resolve(c["ca_file"]) if "ca_file" in c else None,
-                       download_timeout_s=c["download_timeout_s"], metrics=MetricsConfig(m["port"], m["host"]))
+                       download_timeout_s=c["download_timeout_s"], metrics=MetricsConfig(m["port"], m["host"]),
+                       update=_build_update(c["update"], resolve) if "update" in c else None)
+
+
+def _build_update(u: dict, resolve: Callable[[str], Path]) -> UpdateConfig:
+    return UpdateConfig(u["repository"], resolve(u["root"]), resolve(u["releases_dir"]), u["download_timeout_s"],
+                        u["max_release_mb"])
