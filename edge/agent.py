@@ -31,6 +31,7 @@ log = logging.getLogger("gridedge.agent")
 MAX_MESSAGE_BYTES = 256 * 1024  # a telemetry message is stored as soon as it is this big: bounds memory and message size
 STATE_INTERVAL_S = 60.0  # the retained state (drop counters, next seq) is refreshed this often
 FLEX_TICK_S = 1.0  # flex closes ISPs and emits its records this often
+AUDIT_COPIED = "mark:audit_copied"  # the last audit seq copied into the outbox for the head-end
 FINAL_DRAIN_S = 3.0  # on a clean stop, try this long to publish what is stored; the rest waits in the outbox
 
 
@@ -57,7 +58,10 @@ class Agent:
             if callable(getattr(dev, "bind", None)):
                 dev.bind(st.dir / "devices", self._backfill)
         self.mqtt: MqttClient | None = None
+        self.publisher: Publisher | None = None   # made by run()
         self.audit = AuditLog(st.dir / "audit", fsync=st.durability == "full")
+        copied = self.outbox.marked(AUDIT_COPIED) or 0
+        self._audit_pending: list[dict] = list(self.audit.records_after(copied)) if self.audit.seq > copied else []
         self.audit.listeners.append(self._audit_uplink)
         self.trust, self.trust_error = self._load_trust()
         self.certs = certs.read_certs(certs.config_certs(config))
@@ -105,10 +109,16 @@ class Agent:
         except OSError as exc:  # a full disk must not stop control; it is said loudly
             log.error("audit record %s not written: %s", event, exc)
 
+    def _notify(self) -> None:
+        """The publisher wakes for what was just stored (once it runs)."""
+        if self.publisher is not None:
+            self.publisher.notify()
+
     def _audit_uplink(self, rec: dict) -> None:
-        """Into the outbox at once; published with the next telemetry flush, not now: an audit record must not
-        stand between a command and its write to the device."""
-        self.outbox.append("audit", self.topic(contract.TOPIC_AUDIT), contract.audit(rec), "event")
+        """The head-end's copy goes into the outbox with the next telemetry beat, in its transaction: a command's way
+        to its device never waits for it. The local trail is the record; what a crash leaves uncopied is copied
+        again at the next start (the outbox remembers the last seq it took: mark:audit_copied)."""
+        self._audit_pending.append(rec)
 
     def _audit_write(self, device: str, points: dict, activations: list[str], error: str | None) -> None:
         self.audit_event("write", device=device, points=points, activations=activations, error=error)
@@ -285,7 +295,7 @@ class Agent:
 
     def _append(self, stream: str, kind: str, body: dict, data_class: str):
         rec = self.outbox.append(stream, self.topic(kind), body, data_class)
-        self.publisher.notify()
+        self._notify()
         return rec
 
     async def _telemetry_loop(self) -> None:
@@ -293,34 +303,41 @@ class Agent:
         while True:
             await asyncio.sleep(interval)
             self._flush_telemetry()
-            self.publisher.notify()  # audit records wait for this beat (see _audit_uplink)
 
     def _flush_telemetry(self) -> None:
-        """Everything buffered into telemetry messages of at most max_message_bytes, stored in one transaction."""
-        if not self.buffer:
+        """Everything buffered into telemetry messages of at most max_message_bytes, and the audit records waiting
+        for the head-end, stored in one transaction (one fsync)."""
+        if not self.buffer and not self._audit_pending:
             return
-        ts = contract.iso_utc(time.time_ns())
-        bodies, frags, size, values = [], [], 0, 0
-        for fragments, n in self.buffer:
-            for f in fragments:
-                if frags and size + len(f) > self.max_message_bytes:
-                    bodies.append(telemetry.body(ts, frags, values))
-                    frags, size, values = [], 0, 0
-                frags.append(f)
-                size += len(f) + 1
-            values += n
-        bodies.append(telemetry.body(ts, frags, values))
-        dropped, newest_ns = self.buffered_values, self.buffered_newest_ns
-        self.buffer.clear()
-        self.buffered_values = self.buffered_bytes = self.buffered_newest_ns = 0
-        topic = self.topic(contract.TOPIC_TELEMETRY)
+        items, newest_ns, dropped = [], None, 0
+        if self.buffer:
+            ts = contract.iso_utc(time.time_ns())
+            bodies, frags, size, values = [], [], 0, 0
+            for fragments, n in self.buffer:
+                for f in fragments:
+                    if frags and size + len(f) > self.max_message_bytes:
+                        bodies.append(telemetry.body(ts, frags, values))
+                        frags, size, values = [], 0, 0
+                    frags.append(f)
+                    size += len(f) + 1
+                values += n
+            bodies.append(telemetry.body(ts, frags, values))
+            dropped, newest_ns = self.buffered_values, self.buffered_newest_ns
+            self.buffer.clear()
+            self.buffered_values = self.buffered_bytes = self.buffered_newest_ns = 0
+            topic = self.topic(contract.TOPIC_TELEMETRY)
+            items = [("telemetry", topic, b, "telemetry") for b in bodies]
+        audit, self._audit_pending = self._audit_pending, []
+        items += [("audit", self.topic(contract.TOPIC_AUDIT), contract.audit(r), "event") for r in audit]
+        marks = {AUDIT_COPIED: audit[-1]["seq"]} if audit else None
         try:
-            self.outbox.append_many([("telemetry", topic, b, "telemetry") for b in bodies], newest_sample_ns=newest_ns)
+            self.outbox.append_many(items, newest_sample_ns=newest_ns, marks=marks)
         except Exception:  # the store failed (disk full, I/O error): count what is lost, keep running
             self.dropped_samples += dropped
+            self._audit_pending = audit + self._audit_pending   # the local trail has them: copied again later
             log.exception("telemetry of %d values not stored", dropped)
             return
-        self.publisher.notify()
+        self._notify()
 
     async def report(self, cmd_id: str | None, status: str, reason: str | None = None, **detail) -> None:
         body = contract.result(time.time_ns(), cmd_id, status, reason, **detail)
@@ -395,7 +412,7 @@ class Agent:
         except Exception:  # the store failed: the records are lost, the agent goes on (and says so)
             log.exception("%d flex records not stored", len(records))
             return
-        self.publisher.notify()
+        self._notify()
 
     # -- lifecycle -------------------------------------------------------------------------
     def _make_client(self) -> MqttClient:
@@ -437,11 +454,11 @@ class Agent:
             n = self.service.notifier
             n.reloading() if self.fleet.exec_argv else n.stopping()
             self.gate.summarise(force=True)
-            self.audit_event("stop", boot_id=self.boot_id)
-            await self.control.close()
+            await self.control.close()           # the safe defaults written (and audited) before "stop"
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            self.audit_event("stop", boot_id=self.boot_id)
             self._flush_telemetry()
             if self.flex is not None:
                 self._flex_tick()

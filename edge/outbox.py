@@ -275,11 +275,13 @@ class Outbox:
         return self.append_many([(stream, topic, body, data_class)])[0]
 
     def append_many(self, items: Iterable[tuple[str, str, dict, str]], *,
-                    newest_sample_ns: int | None = None) -> list[Record]:
+                    newest_sample_ns: int | None = None, marks: dict[str, int] | None = None) -> list[Record]:
         """Store several messages in one transaction (one fsync with durability="full"). All or none.
 
         `newest_sample_ns`: the time of the newest sample in them, kept in the same transaction, so that after a
         crash stats()["newest_sample_ns"] is exactly where the stored data ends (what memory held is lost).
+        `marks`: other integers kept in the same transaction (`marked(name)` reads them), e.g. the last audit record
+        copied for the head-end.
         Raises ValueError/TypeError for a bad item (nothing is stored then). Records returned may already have
         been dropped again by the quota when the batch itself overflows it."""
         items = list(items)
@@ -287,9 +289,17 @@ class Outbox:
             _check_item(stream, topic, body, data_class, self.gateway_id)
         if newest_sample_ns is not None and type(newest_sample_ns) is not int:  # not a bool, not a float
             raise TypeError(f"newest_sample_ns must be an int (ns), got {newest_sample_ns!r}")
-        return self._guard(self._append_many, items, newest_sample_ns)
+        for name, value in (marks or {}).items():
+            if not isinstance(name, str) or not name.startswith("mark:") or type(value) is not int:
+                raise TypeError(f"marks are 'mark:<name>' -> int, got {name!r}: {value!r}")
+        return self._guard(self._append_many, items, newest_sample_ns, marks or {})
 
-    def _append_many(self, items: list, newest_sample_ns: int | None) -> list[Record]:
+    def marked(self, name: str) -> int | None:
+        """An integer kept with append_many(marks=...), or None."""
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def _append_many(self, items: list, newest_sample_ns: int | None, marks: dict) -> list[Record]:
         db = self._db
         now = self._clock()
         out: list[Record] = []
@@ -325,6 +335,7 @@ class Outbox:
                            [(self.gateway_id, s, n) for s, n in next_seq.items()])
             if newest_sample_ns is not None:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('newest_sample_ns', ?)", (newest_sample_ns,))
+            db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(marks.items()))
             self._enforce_quota(db)
             self._enforce_age(db, now)
         self._seq_cache.update(next_seq)

@@ -97,6 +97,15 @@ class Rig:
         await self.sim.stop()
 
 
+async def _loop_stall_during(seconds: float, tick: float = 0.01) -> float:
+    """Sleep `seconds` in `tick` steps; the longest delay beyond a step: how long the event loop was held up."""
+    worst, end = 0.0, time.monotonic() + seconds
+    while (now := time.monotonic()) < end:
+        await asyncio.sleep(tick)
+        worst = max(worst, time.monotonic() - now - tick)
+    return worst
+
+
 def test_dead_and_slow_devices_do_not_lower_the_others_rate():
     """Units 1, 2 healthy, 3 silent, 4 slow (answers 30 ms late), all polled every 100 ms on one line."""
     async def main():
@@ -117,9 +126,17 @@ def test_dead_and_slow_devices_do_not_lower_the_others_rate():
             groups = {g.device.unit_id: g for g in rig.bus.groups}
             rig.bus.start()
             await asyncio.sleep(1.5)                      # the dead unit's breaker opens in this warm-up
-            t0, c0, r0 = time.monotonic(), Counter(ticks), Counter(rig.sim.requests)
-            s0 = {u: (g.ticks, g.due, g.missed) for u, g in groups.items()}
-            await asyncio.sleep(6.0)
+            # A rate is only measured while this process gets the CPU it asks for: a window in which the event loop
+            # itself was held up (another process had the cores) says nothing about the scheduler, so it is measured
+            # again, up to three times; a machine that never gives a clean window fails the test, saying so.
+            for attempt in range(3):
+                t0, c0, r0 = time.monotonic(), Counter(ticks), Counter(rig.sim.requests)
+                s0 = {u: (g.ticks, g.due, g.missed) for u, g in groups.items()}
+                stall = await _loop_stall_during(6.0)
+                if stall < 0.05:
+                    break
+            else:
+                raise AssertionError(f"no window without an event-loop stall of 50 ms or more (last {stall:.3f} s)")
             t1 = time.monotonic()
             elapsed = t1 - t0
             expected = elapsed / period

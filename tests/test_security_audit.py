@@ -106,3 +106,31 @@ def test_listeners_see_every_record_and_cannot_lose_it(tmp_path):
         log.listeners.append(lambda rec: 1 / 0)
         log.append("start", version="x")
     assert [r["event"] for r in seen] == ["start"] and verify(tmp_path).records == 1
+
+
+def test_the_head_ends_copies_lost_in_a_crash_are_made_again_at_the_next_start(tmp_path):
+    """The agent copies audit records into the outbox with the telemetry beat, and the outbox remembers the last
+    one it took (in the same transaction). Records a crash left uncopied are copied at the next start."""
+    from gridedge.agent import AUDIT_COPIED, Agent
+    from gridedge.config import parse_config
+    from gridedge.outbox import Outbox
+
+    cfg = parse_config({"gateway": {"id": "gw1"}, "uplink": {"broker": "mqtt://127.0.0.1", "allow_plaintext": True},
+                        "storage": {"dir": str(tmp_path / "var")}})
+    (tmp_path / "var").mkdir()
+    with AuditLog(tmp_path / "var" / "audit", fsync=False) as log:
+        for i in range(5):
+            log.append("command", cmd_id=f"c{i}", decision="accepted")
+    with Outbox(tmp_path / "var" / "outbox.sqlite", gateway_id="gw1") as ob:  # the copies of records 1 and 2 made it
+        ob.append_many([("audit", "p/audit", {"schema": "gridedge.audit/1", "n": i}, "event") for i in (1, 2)],
+                       marks={AUDIT_COPIED: 2})
+    agent = Agent(cfg)
+    try:
+        assert [r["seq"] for r in agent._audit_pending] == [3, 4, 5]
+        agent._flush_telemetry()                      # the next beat copies them, and the mark moves on
+        assert agent.outbox.marked(AUDIT_COPIED) == 5 and agent._audit_pending == []
+        assert agent.outbox.stats()["count"] == 5
+    finally:
+        agent.outbox.close()
+        agent.audit.close()
+        agent.replay.close()

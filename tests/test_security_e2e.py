@@ -106,8 +106,11 @@ def test_every_unauthorised_command_is_refused_with_its_reason_and_nothing_is_wr
             assert {"uplink.cert_file", "uplink.ca_file"} <= {e["role"] for e in state["security"]["expiring"]}
             assert "certificate uplink.cert_file" in rig.agent_log.read_text()
 
-            # the audit trail has every decision, at the head-end as well
-            decisions = {r.get("cmd_id"): r["decision"] for r in audit_records(rig) if r["event"] == "command"}
+            # the audit trail has every decision, at the head-end as well (its copies travel with the telemetry)
+            def decisions() -> dict:
+                return {r.get("cmd_id"): r["decision"] for r in audit_records(rig) if r["event"] == "command"}
+            await dso.wait_for(lambda: "not-for-me" in decisions(), 10, "the audit records at the head-end")
+            decisions = decisions()
             assert decisions.get("dso-as-tso") == "unauthenticated" and decisions.get("viewer-act") == "forbidden"
             assert decisions.get("stale") == "expired" and decisions.get("not-for-me") == "unauthenticated"
             assert any(r["event"] == "write" and "once" in r["activations"] for r in audit_records(rig))

@@ -124,12 +124,13 @@ _MESSAGE = st.fixed_dictionaries(
 @given(st.one_of(JSONISH, _MESSAGE))
 def test_fuzz_the_head_end_parser(doc):
     """Any JSON: Samples from a message that follows the schema, or ValueError; never another exception, and
-    nothing the schema refuses is accepted (nor the other way round)."""
+    nothing the schema refuses is accepted; what the schema allows is refused only for what it cannot say (n, u, v
+    and q of one block of different lengths)."""
     follows = VALIDATORS["telemetry"].is_valid(doc)
     try:
         samples = list(telemetry.samples_of(doc))
-    except ValueError:
-        assert not follows
+    except ValueError as exc:
+        assert not follows or "differ in length" in str(exc), exc
         return
     assert follows
     assert len(samples) == sum(len(b["n"]) for b in doc["blocks"])

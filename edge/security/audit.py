@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -56,6 +57,13 @@ class AuditLog:
         self.listeners: list[Callable[[dict], None]] = []  # e.g. the agent: each record into the outbox
         self._file = None
         self._recover()
+        # fsync off the caller's thread (group commit): a record is written and flushed at once, made durable
+        # within milliseconds, and a command's way to its device never waits for the disk (docs/security.md)
+        self._dirty = threading.Event()
+        self._stop = False
+        self._syncer = threading.Thread(target=self._sync_loop, name="audit-fsync", daemon=True) if fsync else None
+        if self._syncer is not None:
+            self._syncer.start()
 
     # -- writing ---------------------------------------------------------------------------------
     def append(self, event: str, **fields) -> dict:
@@ -68,8 +76,8 @@ class AuditLog:
             self._rotate()
         self._file.write(line)
         self._file.flush()
-        if self.fsync:
-            os.fsync(self._file.fileno())
+        if self._syncer is not None:
+            self._dirty.set()
         self.seq, self.head = rec["seq"], rec["hash"]
         for fn in self.listeners:
             try:
@@ -78,10 +86,45 @@ class AuditLog:
                 log.exception("audit listener failed")
         return rec
 
+    def sync(self) -> None:
+        """Durable now: what was appended is on disk when this returns."""
+        if self._file is not None and self.fsync:
+            os.fsync(self._file.fileno())
+
+    def _sync_loop(self) -> None:
+        while not self._stop:
+            self._dirty.wait()
+            self._dirty.clear()
+            try:
+                f = self._file
+                if f is not None:
+                    os.fsync(f.fileno())
+            except (OSError, ValueError) as exc:  # closed under us, or the disk: said, and tried again next time
+                log.debug("audit fsync: %s", exc)
+
     def close(self) -> None:
+        if self._syncer is not None:
+            self._stop = True
+            self._dirty.set()
+            self._syncer.join(5)
+        self.sync()
         if self._file is not None:
             self._file.close()
             self._file = None
+
+    def records_after(self, seq: int, limit: int = 100_000):
+        """The local records with a seq above `seq`, oldest first (at most `limit`): what to copy again."""
+        n = 0
+        for _name, _line, raw in _records(self.dir):
+            try:
+                rec = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("seq"), int) and rec["seq"] > seq:
+                yield rec
+                n += 1
+                if n >= limit:
+                    return
 
     def _files(self) -> list[Path]:
         return sorted(p for p in self.dir.iterdir() if FILE_RE.fullmatch(p.name))
@@ -90,6 +133,7 @@ class AuditLog:
         files = self._files()
         n = int(FILE_RE.fullmatch(files[-1].name).group(1)) + 1 if files else 1
         if self._file is not None:
+            self.sync()   # the file being left is complete on disk before the next one starts
             self._file.close()
         path = self.dir / f"audit-{n:06d}.jsonl"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
