@@ -11,7 +11,8 @@ from .control.activation import State
 from .control.engine import ControlEngine
 from .config import Config, DeviceConfig
 from .commands import CommandGate
-from .fleet import Fleet, update as fleet_update
+from .fleet import Fleet, configure as fleet_configure, device_health as fleet_device_health, metrics as fleet_metrics
+from .fleet import update as fleet_update
 from .service import Service
 from .devices import make_device
 from .image import ProcessImage
@@ -81,6 +82,9 @@ class Agent:
             self.control.add_listener(self._on_activation)
         self.gate = CommandGate(self)
         self.fleet = Fleet(self)
+        fleet_device_health.install(self)  # agent.device_health: per device, in the state and the metrics
+        fleet_configure.install(self)
+        fleet_metrics.install(self)
         fleet_update.install(self)
         self.control.on_write = self._audit_write
         self.control.restore_check = self._still_allowed
@@ -154,6 +158,7 @@ class Agent:
     def _take(self, readings: list[Reading]) -> None:
         """Into the process image, and encoded into the telemetry buffer (bytes, not objects, until the flush)."""
         self.image.put(readings)
+        self.device_health.observe(readings)
         self._telemetry(readings)
         if self.flex is not None:
             self._feed_flex(readings)
@@ -256,7 +261,8 @@ class Agent:
                     "store_resets": stats["store_resets"]},
             last_stored_t=self.last_stored_t,
             commands=dict(self.gate.counts, dropped=self.mqtt.dropped if self.mqtt else 0),
-            security=self._security_state(),
+            security=self._security_state(), config=self.fleet_config.state(),
+            device_health=self.device_health.summary(),
         ))
 
     def _security_state(self) -> dict:

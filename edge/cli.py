@@ -25,6 +25,12 @@ def _run(args) -> int:
         return 2
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .fleet.configure import at_start
+
+    try:
+        config = at_start(config)   # a new configuration that keeps dying at start is rolled back here
+    except (OSError, ConfigError) as exc:
+        log.error("the pending configuration change could not be rolled back: %s", _fault(exc))
     return run_agent(config)
 
 
@@ -87,6 +93,12 @@ def _release_init(args) -> int:
     return 0
 
 
+def _status(args) -> int:
+    from .fleet.status import main as status_main
+
+    return status_main(args)
+
+
 def _demo(args) -> int:
     from .demo import run_demo
 
@@ -116,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("check", help="validate a configuration file and exit non-zero on any error")
     p.add_argument("-c", "--config", required=True)
     p.set_defaults(func=_check)
+    p = sub.add_parser("status", help="what the running agent reports: devices, uplink, outbox, control, certificates "
+                                      "(its metrics endpoint); exit 2 when something needs a look, 1 when no agent answers")
+    p.add_argument("-c", "--config", default="/etc/gridedge/gateway.toml", help="to find the endpoint ([fleet.metrics])")
+    p.add_argument("--url", help="the metrics endpoint itself, e.g. http://127.0.0.1:9480/metrics")
+    p.set_defaults(func=_status)
     p = sub.add_parser("demo", help="broker + inverter simulator + agent + DSO simulator on loopback: one curtailment")
     p.add_argument("--limit-pct", type=float, default=40.0)
     p.add_argument("--duration-s", type=float, default=10.0)

@@ -31,7 +31,7 @@ from .devices import DRIVERS, DriverSpec, register_driver
 
 __all__ = [
     "ConfigError", "Config", "GatewayConfig", "UplinkConfig", "DeviceConfig", "ControlConfig", "StorageConfig",
-    "DriverSpec", "DRIVERS", "register_driver", "load_config", "parse_config", "check_main", "SCHEMA",
+    "DriverSpec", "DRIVERS", "register_driver", "load_config", "config_from_bytes", "parse_config", "check_main", "SCHEMA",
     "PollGroupConfig", "FlexConfig", "PocConfig", "DeviceControlConfig",
 ]
 
@@ -334,6 +334,13 @@ def load_config(path: str | Path, *, check_files: bool = True) -> Config:
         raw = Path(path).read_bytes()
     except (OSError, ValueError) as e:
         raise ConfigError([f"{source}: cannot read: {reason(e)}"]) from None
+    return config_from_bytes(raw, path, check_files=check_files)
+
+
+def config_from_bytes(raw: bytes, path: str | Path, *, check_files: bool = True) -> Config:
+    """The bytes of a config as if they were the file at `path` (relative paths resolve beside it): how a
+    configuration that arrives over the network is checked before it is written there (gridedge.fleet)."""
+    source = str(path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

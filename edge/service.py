@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 
 from .sdnotify import Notifier
@@ -17,6 +18,9 @@ from .sdnotify import Notifier
 log = logging.getLogger("gridedge.service")
 
 READY_AFTER_S = 60.0
+#: Set by a process that re-executes itself in place (edge/fleet): systemd's watchdog keeps running across the exec
+#: (the service is reloading, not starting), so the new process pets it before it is READY too.
+RESTARTED_ENV = "GRIDEDGE_RESTARTED_IN_PLACE"
 
 
 class Service:
@@ -25,6 +29,7 @@ class Service:
         self.notifier = notifier or Notifier()
         self.ready = False
         self.unhealthy: str | None = None
+        self.restarted = os.environ.pop(RESTARTED_ENV, "") == "1"
 
     def polled_all(self) -> bool:
         seen = {p.split("/", 1)[0] for p in self.agent.image}
@@ -56,6 +61,8 @@ class Service:
                     status = "connected, every device polled" if up else "running offline: the broker is not reachable"
                     n.ready(status)
                     log.info("systemd: ready (%s)", status)
+                elif self.restarted and n.watchdog_s is not None:
+                    n.watchdog()
             if n.watchdog_s is not None and self.ready:  # before READY, systemd's TimeoutStartSec applies
                 why = self.health(tasks)
                 ctl, now = self.agent.control, time.monotonic()

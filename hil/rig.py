@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -53,7 +54,8 @@ poll_ms = {poll_ms}
 timeout_ms = 1000
 writable = {writable}
 {flex}
-{security}{fleet}"""
+{security}
+{fleet}"""
 
 
 #: The rig's [control] section: the EN 50549 profile, without the release ramp (a bench wants to see the
@@ -114,10 +116,11 @@ class Rig:
         netns.WanPath: the agent and the inverter simulator run in its gateway namespace, the broker listens on
         its near end; acl: the broker confines every identity (hil/acl.py); security: more keys of [security]
         (allow_unsigned, max_lifetime_s...); roles: issuer id -> its roles (default: all operators); agent_env:
-        more environment for the agent process (systemd's NOTIFY_SOCKET, WATCHDOG_USEC...); fleet: a [fleet]
-        section (TOML text) appended to the configuration; releases: an A/B root (docs/fleet.md) whose current
-        release is this installation, the agent started as the unit starts it (boot.py, then current's gridedge);
-        supervise: restart the agent when it exits, after restart_s, as systemd's Restart=always does."""
+        more environment for the agent process (systemd's NOTIFY_SOCKET, WATCHDOG_USEC...); fleet: a [fleet] section
+        (TOML text) appended to the configuration (without [fleet.metrics], the rig gives the agent a free port for
+        its metrics endpoint: rig.metrics_port); releases: an A/B root (docs/fleet.md) whose current release is this
+        installation, the agent started as the unit starts it (boot.py, then current's gridedge); supervise: restart
+        the agent when it exits, after restart_s, as systemd's Restart=always does."""
         if network is not None and proxy:
             raise ValueError("the proxy and a network path are two ways to the broker: choose one")
         self.network = network
@@ -141,6 +144,7 @@ class Rig:
         self.supervise, self.restart_s = supervise, restart_s
         self.agent_exits: list[int] = []     # exit codes of agent processes the supervisor restarted
         self._supervisor: asyncio.Task | None = None
+        self.metrics_port = _free_port() if "[fleet.metrics]" not in fleet else None
         self.w_max, self.pv_w, self.ramp_pct_per_s = w_max, pv_w, ramp_pct_per_s
         self.poll_ms, self.telemetry_ms, self.writable = poll_ms, telemetry_ms, writable
         self.broker: Mosquitto | None = None
@@ -197,7 +201,8 @@ class Rig:
                       writable=str(self.writable).lower(), control=control_toml(self.control, self.settings),
                       flex=("\n" + self.flex) if self.flex else "",
                       security=security_toml({i: pub for i, (_p, pub) in self.issuer_keys.items()}, self.roles,
-                                             **self.security), fleet=("\n" + self.fleet) if self.fleet else "")
+                                             **self.security),
+                      fleet=self.fleet + (f"\n[fleet.metrics]\nport = {self.metrics_port}\n" if self.metrics_port else ""))
         values.update(overrides)
         self.config_path.write_text(CONFIG_TEMPLATE.format(**values))
         return self.config_path
@@ -291,6 +296,13 @@ class Rig:
 
     async def __aexit__(self, *exc) -> None:
         await self.stop()
+
+
+def _free_port() -> int:
+    """A TCP port nobody listens on now (the kernel's pick), for a listener the agent opens later."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 async def _stop(proc: asyncio.subprocess.Process | None, sig: int, timeout_s: float) -> int | None:

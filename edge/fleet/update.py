@@ -45,7 +45,6 @@ class ReleaseUpdates:
         self.agent, self.cfg = agent, cfg
         self.releases = Releases(cfg.releases_dir)
         self.work = agent.config.storage.dir / "fleet" / "update"    # TUF's cache, the time floor, downloads
-        self.busy = False
         self.jobs: asyncio.Queue = asyncio.Queue()
         agent.fleet.register("update", self.handle)
         agent.fleet.on_start("release", self.resume)
@@ -60,7 +59,7 @@ class ReleaseUpdates:
         if why:
             await self.agent.report(cmd.cmd_id, "rejected", why, version=version, running=__version__)
             return
-        self.busy = True
+        self.agent.fleet.change = f"update {cmd.cmd_id}"   # one change at a time, a configuration's or a release's
         await self.agent.report(cmd.cmd_id, "accepted", None, version=version, running=__version__)
         self.jobs.put_nowait((cmd, version))
 
@@ -81,11 +80,12 @@ class ReleaseUpdates:
                 await self.agent.report(cmd.cmd_id, "failed", f"the gateway failed updating ({type(exc).__name__}: "
                                         f"{escape(exc, 200)}; see its log)", **say)
             finally:
-                self.busy = False
+                if self.agent.fleet.exec_argv is None:
+                    self.agent.fleet.change = None
 
     def _refusal(self, version: str) -> str | None:
-        if self.busy:
-            return "an update is in progress"
+        if self.agent.fleet.change is not None:
+            return f"another change is in progress: {self.agent.fleet.change}"
         try:
             trial = self.releases.trial()
         except TrialError as exc:
@@ -171,9 +171,11 @@ class ReleaseUpdates:
             await self._close(trial, "rolled_back", reason, **say)
             return
         started = time.time_ns()
+        a.fleet.change = f"update {trial.get('cmd_id')} (on trial)"
         why = await Health(a, since_ns=started, expected=set(trial.get("expected", ()))).wait(
             float(trial.get("window_s") or a.config.fleet.health_window_s))
         if why is None:
+            a.fleet.change = None
             await self._close(trial, "healthy", None, previous=trial["previous"], **say)
             return
         reason = f"release {__version__} failed its health check: {why}; back to {trial['previous']}"
