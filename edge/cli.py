@@ -102,7 +102,7 @@ def _status(args) -> int:
 def _demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(limit_pct=args.limit_pct, duration_s=args.duration_s, keep=args.keep)
+    return run_demo(limit_pct=args.limit_pct, duration_s=args.duration_s, keep=args.keep, scenario=args.scenario)
 
 
 def _lab(args) -> int:
@@ -133,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-c", "--config", default="/etc/gridedge/gateway.toml", help="to find the endpoint ([fleet.metrics])")
     p.add_argument("--url", help="the metrics endpoint itself, e.g. http://127.0.0.1:9480/metrics")
     p.set_defaults(func=_status)
-    p = sub.add_parser("demo", help="broker + inverter simulator + agent + DSO simulator on loopback: one curtailment")
+    p = sub.add_parser("demo", help="broker + inverter simulator + agent + DSO simulator on loopback: one curtailment "
+                                    "(or `demo fleet`: a signed update that succeeds and one that is refused)")
+    p.add_argument("scenario", nargs="?", choices=["curtailment", "fleet"], default="curtailment")
     p.add_argument("--limit-pct", type=float, default=40.0)
     p.add_argument("--duration-s", type=float, default=10.0)
     p.add_argument("--keep", action="store_true", help="keep the work directory (certificates, logs)")

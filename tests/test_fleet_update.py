@@ -9,6 +9,8 @@ as wheels, offline): a good one, one that runs but reads nothing, one that crash
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -240,3 +242,14 @@ def test_untrustworthy_releases_are_refused_and_the_gateway_stays_on_its_release
             await running(s, RUNNING)
             no_gaps_and_valid(s)
     run(scenario())
+
+
+@pytest.mark.timeout(400)   # builds two releases, installs one (pip, ~100 MB of wheels) and refuses the other
+def test_demo_fleet_shows_a_good_update_and_a_refused_one():
+    """`gridedge demo fleet`, as a person runs it: a release updated to (healthy), a tampered one refused."""
+    out = subprocess.run([sys.executable, "-m", "gridedge", "demo", "fleet"], capture_output=True, text=True,
+                         timeout=380)
+    last = out.stdout.strip().splitlines()[-1]
+    assert out.returncode == 0 and last.startswith("demo: PASS"), out.stdout[-3000:] + out.stderr[-3000:]
+    assert f"updated to {GOOD}" in last and f"{RUNNING}.post2 refused (the download does not match" in last, last
+    assert "gateway: healthy" in out.stdout and "gateway: rejected" in out.stdout
