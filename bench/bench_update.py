@@ -15,9 +15,8 @@ import time
 from pathlib import Path
 
 from gridedge import __version__
-from gridedge.hil.pki import make_pki
 from gridedge.hil.rig import Rig
-from gridedge.hil.tufrepo import RepositoryServer, TufRepository, fleet_toml
+from gridedge.hil.tufrepo import update_site
 from gridedge.hil.wheelhouse import dependency_wheels, wheelhouse
 
 
@@ -30,14 +29,10 @@ def rss_kib(pid: int) -> int:
 
 async def one(work: Path, artefact: Path, version: str) -> tuple[int, int, float]:
     """(RSS before, peak RSS until validated, seconds to validated) of one update."""
-    pki = make_pki(work / "repo-pki")
-    repo = TufRepository(work / "repo")
-    server = RepositoryServer(repo.dir, pki.server_cert, pki.server_key)
-    server.start()
-    (work / "root.json").write_bytes(repo.root_json())
-    opt = work / "opt"
-    rig = Rig(work / "rig", roles={"dso": ["operator", "installer"]}, releases=opt, supervise=True,
-              fleet=fleet_toml(server.url, work / "root.json", opt, pki.ca_cert))
+    op = update_site(work)
+    repo, server = op.repo, op.server
+    rig = Rig(work / "rig", roles={"dso": ["operator", "installer"]}, releases=op.releases, supervise=True,
+              fleet=op.fleet)
     try:
         async with rig:
             await rig.dso.wait_for(lambda: rig.dso.latest.get("W") is not None, 30, "telemetry")

@@ -81,23 +81,18 @@ async def _fleet(workdir: Path) -> str:
     from gridedge import __version__
     from gridedge.fleet.release import Releases
     from gridedge.hil.broker import BrokerNotFound
-    from gridedge.hil.pki import make_pki
     from gridedge.hil.rig import Rig
-    from gridedge.hil.tufrepo import RepositoryServer, TufRepository, fleet_toml
+    from gridedge.hil.tufrepo import update_site
     from gridedge.hil.wheelhouse import dependency_wheels, wheelhouse
 
     good, tampered = f"{__version__}.post1", f"{__version__}.post2"
     say(f"building releases {good} and {tampered} from this installation (wheels of gridedge and its dependencies)")
     deps = await asyncio.to_thread(dependency_wheels, workdir / "deps")
     arts = {v: await asyncio.to_thread(wheelhouse, workdir, v, deps=deps) for v in (good, tampered)}
-    pki = make_pki(workdir / "repo-pki")
-    repo = TufRepository(workdir / "repo")
-    server = RepositoryServer(repo.dir, pki.server_cert, pki.server_key)
-    server.start()
-    (workdir / "root.json").write_bytes(repo.root_json())
-    opt = workdir / "opt"
+    op = update_site(workdir)
+    repo, server, opt = op.repo, op.server, op.releases
     rig = Rig(workdir / "rig", gateway_id="gw-demo-001", roles={"dso": ["operator", "installer"]}, releases=opt,
-              supervise=True, fleet=fleet_toml(server.url, workdir / "root.json", opt, pki.ca_cert))
+              supervise=True, fleet=op.fleet)
     say(f"TUF repository on {server.url} (root 2 of 3 keys); starting broker, inverter simulator, gridedge "
         f"{__version__} from the A/B root {opt}, DSO simulator")
     try:

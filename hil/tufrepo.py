@@ -237,6 +237,30 @@ class RepositoryServer:
             return
 
 
+@dataclass
+class UpdateSite:
+    """The operator's side of a rig's updates: the repository, its server (started) and what the gateway is given."""
+
+    repo: TufRepository
+    server: RepositoryServer
+    releases: Path      # the gateway's A/B root (Rig(releases=...))
+    fleet: str          # its [fleet] section (Rig(fleet=...))
+
+
+def update_site(work: Path) -> UpdateSite:
+    """A repository with a CA of its own, served over HTTPS on loopback; the gateway's trusted root in
+    work/tuf-root.json, its A/B root at work/opt. Stop it with site.server.stop()."""
+    from .pki import make_pki
+
+    pki = make_pki(work / "repo-pki")
+    repo = TufRepository(work / "repo")
+    server = RepositoryServer(repo.dir, pki.server_cert, pki.server_key)
+    server.start()
+    root = work / "tuf-root.json"
+    root.write_bytes(repo.root_json())
+    return UpdateSite(repo, server, work / "opt", fleet_toml(server.url, root, work / "opt", pki.ca_cert))
+
+
 def fleet_toml(repository_url: str, root: Path, releases_dir: Path, ca_file: Path, **update) -> str:
     """The [fleet] section of a gateway that takes its releases from this repository."""
     lines = ["[fleet]", f'ca_file = "{ca_file}"', "", "[fleet.update]", f'repository = "{repository_url}"',

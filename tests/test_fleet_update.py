@@ -21,9 +21,8 @@ import pytest
 from gridedge import __version__ as RUNNING
 from gridedge.contract import release_target
 from gridedge.fleet.release import Releases
-from gridedge.hil.pki import make_pki
 from gridedge.hil.rig import Rig
-from gridedge.hil.tufrepo import RepositoryServer, TufRepository, fleet_toml
+from gridedge.hil.tufrepo import update_site
 from gridedge.hil.wheelhouse import dependency_wheels, wheelhouse
 
 from .conftest import validate_message
@@ -53,21 +52,14 @@ def artefacts(tmp_path_factory) -> dict[str, Path]:
 @asynccontextmanager
 async def site(tmp_path: Path):
     """The operator's repository (its own CA), and the rig whose gateway takes releases from it."""
-    pki = make_pki(tmp_path / "repo-pki")
-    repo = TufRepository(tmp_path / "repo")
-    server = RepositoryServer(repo.dir, pki.server_cert, pki.server_key)
-    server.start()
-    root_json = tmp_path / "tuf-root.json"
-    root_json.write_bytes(repo.root_json())
-    opt = tmp_path / "opt"
-    rig = Rig(tmp_path / "rig", roles=ROLES, releases=opt, supervise=True,
-              fleet=fleet_toml(server.url, root_json, opt, pki.ca_cert))
+    op = update_site(tmp_path)
+    rig = Rig(tmp_path / "rig", roles=ROLES, releases=op.releases, supervise=True, fleet=op.fleet)
     try:
         async with rig:
             await rig.dso.wait_for(lambda: rig.dso.latest.get("W") is not None, 20, "telemetry")
-            yield SimpleNamespace(rig=rig, dso=rig.dso, repo=repo, server=server, releases=Releases(opt))
+            yield SimpleNamespace(rig=rig, dso=rig.dso, repo=op.repo, server=op.server, releases=Releases(op.releases))
     finally:
-        server.stop()
+        op.server.stop()
 
 
 def run(coro):
