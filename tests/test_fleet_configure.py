@@ -20,7 +20,7 @@ from gridedge.hil.rig import Rig
 
 from .conftest import validate_message
 
-FLEET_ROLES = {"dso": ["operator", "engineer", "installer", "secadm"]}
+FLEET_ROLES = {"dso": ["operator", "engineer", "installer", "secadm"], "tso": ["engineer"]}
 FINAL = ("healthy", "rolled_back", "rejected", "failed")
 
 
@@ -43,10 +43,10 @@ def fleet_rig(tmp_path, **kw) -> Rig:
     return Rig(tmp_path, roles=FLEET_ROLES, fleet=f'[fleet]\nca_file = "{ca}"\ndownload_timeout_s = 2.0\n', **kw)
 
 
-async def configure(rig: Rig, cmd_id: str, timeout_s: float = 40, **params) -> dict:
-    """Send a configure command; the result that ends it."""
+async def configure(rig: Rig, cmd_id: str, timeout_s: float = 40, issuer: str = "dso", **params) -> dict:
+    """Send a configure command (signed by `issuer`); the result that ends it."""
     dso = rig.dso
-    await dso.send(dso.command("configure", params, cmd_id=cmd_id))
+    await dso.send(dso.command("configure", params, cmd_id=cmd_id, issuer=issuer))
     return await dso.wait_for(lambda: next((r for r in dso.results(cmd_id) if r["status"] in FINAL), None),
                               timeout_s, f"{cmd_id}: an end")
 
@@ -100,6 +100,15 @@ def test_a_good_configuration_runs_a_bad_one_is_refused_and_a_local_edit_is_flag
             assert r["detail"]["errors"] == [f"{src}: uplink.keepalive_s: must be >= 5, got 1",
                                              f"{src}: devices[0].poll_ms: must be > 0, got -5"]
             assert r["reason"] == f"the configuration does not validate (2 problems): {r['detail']['errors'][0]}"
+            assert rig.config_path.read_text() == original
+
+            # an engineer may configure, but not change who may command the gateway (IEC 62351-8: that is secadm's)
+            escalate = original.replace('roles = ["engineer"]', 'roles = ["engineer", "secadm"]')
+            assert escalate != original
+            r = await configure(rig, "cfg-escalate", config=escalate, issuer="tso")
+            assert r["status"] == "rejected", r
+            assert r["detail"]["errors"] == [f"{src}: security: changing who may command the gateway (issuers, keys, "
+                                             f"roles) needs the secadm role; tso has engineer"]
             assert rig.config_path.read_text() == original
 
             # a good one: the parts of the transaction in order, then the state says it runs, as v1

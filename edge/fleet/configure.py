@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 import logging
 import time
+import tomllib
 from pathlib import Path
 
 from .. import contract
@@ -34,11 +35,20 @@ TXN_FILE = "configure.json"              # the change in progress, across the re
 PREVIOUS_FILE = "configure-previous.toml"  # the bytes it rolls back to
 MANAGED_FILE = "config.json"             # what the head-end set last: sha256, version, cmd_id
 MAX_STARTS = 2                           # starts a new configuration gets to reach its health check
+SECURITY_ROLE = "secadm"                 # IEC 62351-8: changes security settings, keys and roles
 MAX_ERRORS = 50                          # validator messages carried in a result (each one line, bounded)
 
 
 def _sha(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
+
+
+def _security_table(raw: bytes | None) -> dict | None:
+    """The [security] table as data (comments and layout aside); None when the bytes are not TOML."""
+    try:
+        return tomllib.loads(raw.decode("utf-8")).get("security", {}) if raw is not None else None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
 
 
 def _read(path: Path | None) -> bytes | None:
@@ -119,7 +129,8 @@ class ConfigState:
                 await a.report(cmd.cmd_id, "rejected", f"download of params.url refused: {exc}", version=version)
                 return
         sha = _sha(raw)
-        new, errors = await asyncio.to_thread(self._validate, raw)
+        previous = self.running if self.running is not None else _read(self.path)
+        new, errors = await asyncio.to_thread(self._validate, raw, previous, who)
         if errors:
             shown = errors[:MAX_ERRORS]
             await a.report(cmd.cmd_id, "rejected", f"the configuration does not validate ({len(errors)} problem"
@@ -132,7 +143,6 @@ class ConfigState:
                            config_sha256=sha)
             return
         await a.report(cmd.cmd_id, "validated", None, version=version, config_sha256=sha)
-        previous = self.running if self.running is not None else _read(self.path)
         window = p.get("health_window_s", new.fleet.health_window_s)
         before = {d for d, st in a.device_health.stats.items() if a.device_health.status(d) == "ok"}
         old_ids, new_ids = set(a.devices), {d.id for d in new.devices}
@@ -153,8 +163,9 @@ class ConfigState:
         await a.report(cmd.cmd_id, "applied", None, version=version, config_sha256=sha, health_window_s=window)
         a.fleet.reexec(f"configuration {sha[:12]} applied ({cmd.cmd_id})")
 
-    def _validate(self, raw: bytes) -> tuple[Config | None, list[str]]:
-        """The validator of `gridedge check`, as if the bytes were the file; then what a remote change may not do."""
+    def _validate(self, raw: bytes, previous: bytes | None, who) -> tuple[Config | None, list[str]]:
+        """The validator of `gridedge check`, as if the bytes were the file; then what a remote change may not do,
+        and what only a security administrator may do: change [security] (else an engineer could make itself one)."""
         try:
             new = config_from_bytes(raw, self.path)
         except ConfigError as exc:
@@ -167,6 +178,11 @@ class ConfigState:
             errors.append(f"{self.path}: storage.dir: a remote configuration cannot move the state directory (the "
                           f"outbox and this change live there): got {str(new.storage.dir)!r}, it is "
                           f"{str(old.storage.dir)!r}")
+        roles = tuple(getattr(who, "roles", ()))
+        if SECURITY_ROLE not in roles and _security_table(raw) != _security_table(previous):
+            errors.append(f"{self.path}: security: changing who may command the gateway (issuers, keys, roles) needs "
+                          f"the {SECURITY_ROLE} role; {getattr(who, 'id', 'the sender')} has "
+                          f"{', '.join(roles) or 'no role'}")
         return new, errors
 
     # -- after the restart --------------------------------------------------------------------

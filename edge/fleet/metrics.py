@@ -5,8 +5,8 @@ the uplink's state and reconnects; the control cycle's time; certificate expiry;
 configuration. `gridedge status` reads the same page and prints it for a person.
 
 The figures are read from the agent when a scrape asks (a prometheus_client collector), in the agent's event loop:
-nothing is counted twice, nothing runs between scrapes (idle cost: none; bench/perf_metrics.py), and no thread reads
-the agent's state while the loop changes it. That is why the HTTP side is a few lines of asyncio here rather than
+nothing is counted twice, nothing runs between scrapes (idle cost: none measurable, bench/bench_metrics.py), and
+no thread reads the agent's state while the loop changes it. That is why the HTTP side is a few lines of asyncio here rather than
 prometheus_client's threaded server.
 """
 from __future__ import annotations
