@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 
-def run_demo(limit_pct: float = 40.0, duration_s: float = 10.0, keep: bool = False, scenario: str = "curtailment") -> int:
+def run_demo(limit_pct: float = 40.0, duration_s: float = 10.0, keep: bool = False,
+             scenario: str = "curtailment") -> int:
     workdir = Path(tempfile.mkdtemp(prefix="gridedge-demo-"))
     try:
         demo = _fleet(workdir) if scenario == "fleet" else _demo(workdir, limit_pct, duration_s)

@@ -177,8 +177,9 @@ def test_a_wheelhouse_unpacks_to_its_wheels(tmp_path):
 def test_a_hostile_wheelhouse_is_refused(tmp_path, members, why):
     art = tmp_path / "a.tar"
     art.write_bytes(_tar(members))
-    with pytest.raises(ReleaseError, match=why):
+    with pytest.raises(ReleaseError, match=why) as info:
         extract_wheels(art, tmp_path / "w", "1.1")
+    assert info.value.status == "rejected"     # the release is at fault, not the gateway
     assert not (tmp_path / "evil.whl").exists() and not (tmp_path / "w" / "sub").exists()
 
 

@@ -150,7 +150,8 @@ def main(argv: list[str]) -> int:
     if said:
         print(f"gridedge boot: {said}", file=sys.stderr, flush=True)
     if cmd:
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}  # a release runs from its own venv
+        # a release runs from its own virtualenv and nothing else
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
         os.execve(cmd[0], cmd, env)
     return 0
 

@@ -30,7 +30,13 @@ OUTPUT_TAIL = 1500          # what a failed subprocess's output contributes to t
 
 
 class ReleaseError(Exception):
-    """The release cannot be installed or started here; the message says why in one line."""
+    """The release cannot be installed or started here; the message says why in one line. `status`: "rejected"
+    when the release itself is at fault (not a wheelhouse, refuses the configuration), "failed" when the gateway
+    could not finish (pip, disk, time)."""
+
+    def __init__(self, reason: str, status: str = "failed") -> None:
+        super().__init__(reason)
+        self.status = status
 
 
 def extract_wheels(artefact: Path, dest: Path, version: str) -> list[Path]:
@@ -43,22 +49,23 @@ def extract_wheels(artefact: Path, dest: Path, version: str) -> list[Path]:
         with tarfile.open(artefact, "r:") as tar:
             for member in tar:
                 if not member.isfile() or not WHEEL.fullmatch(member.name) or member.name.startswith("."):
-                    raise ReleaseError(f"the artefact holds {escape(member.name, 80)!s}, which is not a wheel file")
+                    raise ReleaseError(f"the artefact holds {escape(member.name, 80)!s}, which is not a wheel file",
+                                       "rejected")
                 if len(out) >= MAX_WHEELS:
-                    raise ReleaseError(f"the artefact holds more than {MAX_WHEELS} files")
+                    raise ReleaseError(f"the artefact holds more than {MAX_WHEELS} files", "rejected")
                 target = dest / member.name
                 if target.exists():
-                    raise ReleaseError(f"the artefact holds {member.name} twice")
+                    raise ReleaseError(f"the artefact holds {member.name} twice", "rejected")
                 src = tar.extractfile(member)
                 with open(target, "xb") as f:
                     shutil.copyfileobj(src, f, 1 << 20)
                 out.append(target)
     except (tarfile.TarError, EOFError) as exc:
-        raise ReleaseError(f"the artefact is not a wheelhouse tar: {escape(exc, 200)}") from None
+        raise ReleaseError(f"the artefact is not a wheelhouse tar: {escape(exc, 200)}", "rejected") from None
     ours = [w for w in out if w.name.split("-")[0] == "gridedge"]
     if [w.name.split("-")[1] for w in ours] != [version.replace("-", "_")]:
         raise ReleaseError(f"the artefact does not hold gridedge {version}'s wheel (it has "
-                           f"{', '.join(w.name for w in ours) or 'none'})")
+                           f"{', '.join(w.name for w in ours) or 'none'})", "rejected")
     return out
 
 
@@ -130,7 +137,10 @@ class Releases:
     async def check(self, version: str, config: Path) -> None:
         """The new release must accept the configuration the gateway runs, before anything switches."""
         exe = self.path(version) / "venv" / "bin" / "gridedge"
-        await _run([str(exe), "check", "-c", str(config)], CHECK_TIMEOUT_S, f"gridedge {version} check")
+        try:
+            await _run([str(exe), "check", "-c", str(config)], CHECK_TIMEOUT_S, f"gridedge {version} check")
+        except ReleaseError as exc:
+            raise ReleaseError(str(exc), "rejected") from None
 
     def begin_trial(self, version: str, record: dict) -> None:
         """previous -> the running release, the trial recorded, current -> the new one (in that order: whatever the

@@ -114,7 +114,8 @@ class BoundedFetcher(FetcherInterface):
         self.abort = abort or threading.Event()
         ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
         self.pool = urllib3.PoolManager(ssl_context=ctx, retries=False,
-                                        headers={"User-Agent": f"gridedge/{__version__}", "Accept-Encoding": "identity"})
+                                        headers={"User-Agent": f"gridedge/{__version__}",
+                                                 "Accept-Encoding": "identity"})
 
     def _left(self, url: str) -> float:
         if self.abort.is_set():

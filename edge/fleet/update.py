@@ -130,8 +130,7 @@ class ReleaseUpdates:
             await self.releases.check(version, a.config.source)
         except ReleaseError as exc:
             await asyncio.to_thread(Releases._remove, self.releases.path(version))
-            status = "rejected" if "check" in str(exc) or "artefact" in str(exc) else "failed"
-            await a.report(cmd.cmd_id, status, str(exc), step="install", **say)
+            await a.report(cmd.cmd_id, exc.status, str(exc), step="install", **say)
             return
         finally:
             path.unlink(missing_ok=True)
