@@ -6,7 +6,7 @@ import logging
 import time
 import uuid
 
-from . import __version__, contract, telemetry
+from . import __version__, contract
 from .control.activation import State
 from .control.engine import ControlEngine
 from .config import Config, DeviceConfig
@@ -25,6 +25,7 @@ from .security import certs
 from .security.audit import AuditLog
 from .security.replay import ReplayGuard
 from .security.trust import TrustStore
+from .telemetry_writer import TelemetryWriter
 from .uplink import Publisher
 
 log = logging.getLogger("gridedge.agent")
@@ -80,6 +81,7 @@ class Agent:
             self._flex_devices = resources_of(config.flex.resources)
             self._step_tests: set[str] = set()  # activations that are step tests: no settlement window
             self.control.add_listener(self._on_activation)
+        self.writer = TelemetryWriter(config.telemetry, frozenset(self._flex_points) if self.flex else frozenset())
         self.gate = CommandGate(self)
         self.fleet = Fleet(self)
         fleet_device_health.install(self)  # agent.device_health: per device, in the state and the metrics
@@ -166,22 +168,30 @@ class Agent:
     def _backfill(self, readings: list[Reading]) -> None:
         """Readings from a device's own record of the past (a meter's load profile after an outage): telemetry and
         flex's ISP energies, not the process image (it holds the present)."""
-        self._telemetry(readings)
+        self._telemetry(readings, backfill=True)
         if self.flex is not None:
             self.flex.backfill([s for s in flatten(readings) if s.point in self._flex_points])
 
-    def _telemetry(self, readings: list[Reading]) -> None:
+    def _telemetry(self, readings: list[Reading], backfill: bool = False) -> None:
+        """Encoded at once, in the configured form (edge/telemetry_writer.py): bytes, not objects, until the flush."""
         loose: list[Sample] = []
         for r in readings:
             if isinstance(r, SampleBlock):
                 if loose:
-                    self._buffer(telemetry.encode_samples(loose), len(loose), max(s.ts_ns for s in loose))
+                    self._loose(loose, backfill)
                     loose = []
-                self._buffer([telemetry.encode_block(r)], len(r.values), r.ts_ns)
+                frag, n = self.writer.block(r, backfill=backfill)
+                if frag is not None:
+                    self._buffer([frag], n, r.ts_ns)
             else:
                 loose.append(r)
         if loose:
-            self._buffer(telemetry.encode_samples(loose), len(loose), max(s.ts_ns for s in loose))
+            self._loose(loose, backfill)
+
+    def _loose(self, samples: list[Sample], backfill: bool) -> None:
+        frags, n = self.writer.samples(samples, backfill=backfill)
+        if frags:
+            self._buffer(frags, n, max(s.ts_ns for s in samples))
 
     def _feed_flex(self, readings: list[Reading]) -> None:
         """Only the points flex reads: for a block, the positions of its layout found once."""
@@ -283,6 +293,7 @@ class Agent:
             log.warning("state not sent: %s", exc)
 
     async def _on_connect(self) -> None:
+        self.writer.reconnected()  # the layouts are stored again before their next use (edge/layouts.py)
         for topic in self.gate.subscriptions():
             await self.mqtt.subscribe(topic, qos=1)
         await self._publish_state()
@@ -315,24 +326,25 @@ class Agent:
         for the head-end, stored in one transaction (one fsync)."""
         if not self.buffer and not self._audit_pending:
             return
-        items, newest_ns, dropped = [], None, 0
+        items, newest_ns, dropped = [("layout", self.topic(suffix), body, "event")
+                                     for suffix, body in self.writer.take_layouts()], None, 0
         if self.buffer:
             ts = contract.iso_utc(time.time_ns())
             bodies, frags, size, values = [], [], 0, 0
             for fragments, n in self.buffer:
                 for f in fragments:
                     if frags and size + len(f) > self.max_message_bytes:
-                        bodies.append(telemetry.body(ts, frags, values))
+                        bodies.append(self.writer.body(ts, frags, values))
                         frags, size, values = [], 0, 0
                     frags.append(f)
                     size += len(f) + 1
                 values += n
-            bodies.append(telemetry.body(ts, frags, values))
+            bodies.append(self.writer.body(ts, frags, values))
             dropped, newest_ns = self.buffered_values, self.buffered_newest_ns
             self.buffer.clear()
             self.buffered_values = self.buffered_bytes = self.buffered_newest_ns = 0
             topic = self.topic(contract.TOPIC_TELEMETRY)
-            items = [("telemetry", topic, b, "telemetry") for b in bodies]
+            items += [("telemetry", topic, b, "telemetry") for b in bodies]
         audit, self._audit_pending = self._audit_pending, []
         items += [("audit", self.topic(contract.TOPIC_AUDIT), contract.audit(r), "event") for r in audit]
         marks = {AUDIT_COPIED: audit[-1]["seq"]} if audit else None
@@ -341,6 +353,7 @@ class Agent:
         except Exception:  # the store failed (disk full, I/O error): count what is lost, keep running
             self.dropped_samples += dropped
             self._audit_pending = audit + self._audit_pending   # the local trail has them: copied again later
+            self.writer.reconnected()  # the layouts that were not stored go with their next block
             log.exception("telemetry of %d values not stored", dropped)
             return
         self._notify()
@@ -355,7 +368,7 @@ class Agent:
     async def _command_loop(self) -> None:
         while True:
             msg = await self.mqtt.messages.get()
-            await self.gate.handle(msg.topic, msg.payload)
+            await self.gate.handle(msg.topic, msg.payload, msg.content_type)
 
     # -- flexibility -------------------------------------------------------------------------
     async def step_test(self, cmd: contract.Command, now_ns: int) -> None:
@@ -466,6 +479,9 @@ class Agent:
             await asyncio.gather(*tasks, return_exceptions=True)
             self.audit_event("stop", boot_id=self.boot_id)
             self._flush_telemetry()
+            w = self.writer
+            log.info("telemetry: %d values read, %d sent (form %s, compression %s, report %s)", w.read, w.sent,
+                     w.cfg.form, w.cfg.compression, w.cfg.report)
             if self.flex is not None:
                 self._flex_tick()
                 self.flex.close()

@@ -19,6 +19,7 @@ import logging
 import time
 
 from . import contract
+from .compression import ZLIB, PayloadError, encoding_of, open_payload
 from .contract import CommandRejected
 from .core.rate import TokenBucket
 from .core.text import escape
@@ -32,6 +33,9 @@ log = logging.getLogger("gridedge.commands")
 UNREADABLE_BURST = 10
 UNREADABLE_EVERY_S = 6.0
 MAX_NOMINATION_BYTES = 262_144
+#: A compressed message (content type application/zlib, edge/compression.py) is inflated to at most this much: past
+#: it the JWS would be refused as too large anyway, so a zip bomb is refused before it takes memory.
+MAX_INFLATED = {contract.TOPIC_CMD: contract.MAX_SIGNED_BYTES, contract.TOPIC_NOMINATION: 2 * MAX_NOMINATION_BYTES}
 
 
 class CommandGate:
@@ -50,8 +54,9 @@ class CommandGate:
         kinds = [contract.TOPIC_CMD] + ([contract.TOPIC_NOMINATION] if self.agent.flex is not None else [])
         return [self.agent.topic(k) + "/+" for k in kinds]
 
-    async def handle(self, topic: str | None, payload: bytes) -> None:
-        """One inbound message; never raises (a failure is counted and logged)."""
+    async def handle(self, topic: str | None, payload: bytes, content_type: str | None = None) -> None:
+        """One inbound message, JSON or compressed (`content_type`: MQTT 5's, None: read from the bytes); never
+        raises (a failure is counted and logged)."""
         kind, _, issuer = (topic or "").removeprefix(self.agent.prefix).partition("/")
         if topic is None or not topic.startswith(self.agent.prefix) or not issuer or "/" in issuer:
             return
@@ -60,6 +65,13 @@ class CommandGate:
             return
         self.counts["received"] += 1
         try:
+            try:
+                zlib_said = (content_type or "").split(";")[0].strip().lower() == ZLIB
+                if zlib_said or encoding_of(payload) == ZLIB:  # other content types (application/jose) pass as before
+                    payload = open_payload(payload, ZLIB if zlib_said else None, limit=MAX_INFLATED[kind])
+            except PayloadError as exc:  # a zip bomb, a corrupt stream, a content type that lies: unreadable
+                return await self._refuse(None, issuer, hashlib.sha256(payload).hexdigest(), "rejected",
+                                          f"unreadable {kind} payload: {exc}", None)
             await handler(issuer, payload, time.time_ns())
         except Exception:  # the agent keeps running whatever a command does; the loss is counted
             self._unanswered(f"handling a message on {topic} failed", exc_info=True)

@@ -26,6 +26,7 @@ from gridedge.security.trust import SECURITY_SCHEMA, trust_issues
 
 from .config_control import CONTROL, control_issues
 from .config_devices import DEVICES, ID, device_issues, find_map, find_obis_map, link_issues
+from .config_telemetry import TELEMETRY, TelemetryConfig, build_telemetry, telemetry_issues
 from .config_files import PATH, file_problem, reason, resolve, storage_problem, uplink_tls_issues
 from .devices import DRIVERS, DriverSpec, register_driver
 
@@ -213,6 +214,7 @@ class Config:
     sha256: str  # of the file bytes; "" when parsed from a dict
     flex: FlexConfig = FlexConfig()  # [flex]: gridedge.flex.settings
     security: "SecurityConfig" = None  # [security]: gridedge.security.trust; None only where built by hand
+    telemetry: TelemetryConfig = TelemetryConfig()  # [telemetry]: edge/config_telemetry.py
     fleet: FleetConfig = FleetConfig()  # [fleet]: gridedge.fleet.settings
 
     def device(self, device_id: str) -> DeviceConfig:
@@ -305,6 +307,8 @@ SCHEMA = s.Dict({
                                        doc="the broker keeps the MQTT session, and the commands sent to it, this "
                                            "long while the gateway is away, s; 0: no session"),
     })),
+    "telemetry": s.Optional(TELEMETRY, default={},
+                            doc="the form of telemetry: compression, layouts, report by exception (data thrift)"),
     "storage": s.Optional(s.Dict({
         "dir": s.Optional(PATH, doc="durable state directory; default $STATE_DIRECTORY (systemd's StateDirectory=), "
                                     "else var/ next to the configuration"),
@@ -419,6 +423,7 @@ def _cross_checks(raw: Any, clean: dict, base: Path, check_files: bool) -> list[
                   for d in (devices or ()) if isinstance(d, dict) and "id" in d}
         issues += flex_issues(raw["flex"], clean.get("flex"), polled)
     issues += control_issues(clean.get("control"), devices if isinstance(devices, list) else [])
+    issues += telemetry_issues(clean.get("telemetry"), devices if isinstance(devices, list) else [])
     if isinstance(clean.get("security"), dict) and check_files:
         from gridedge.contract import RIGHTS
 
@@ -500,7 +505,8 @@ def _build(c: dict, base: Path) -> Config:
     if c["security"].get("allow_unsigned"):
         log.warning("security.allow_unsigned is true: commands are trusted by the topic they arrive on")
     return Config(gw, uplink, devices, control, storage, source=None, sha256="", flex=build_flex(c["flex"]),
-                  security=SecurityConfig(c["security"], base), fleet=build_fleet(c["fleet"], lambda t: resolve(base, t)))
+                  security=SecurityConfig(c["security"], base), telemetry=build_telemetry(c["telemetry"]),
+                  fleet=build_fleet(c["fleet"], lambda t: resolve(base, t)))
 
 
 def _build_control(ctl: dict) -> ControlConfig:

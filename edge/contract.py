@@ -54,7 +54,7 @@ MAX_SIGNED_BYTES = 32768   # a larger message on a cmd topic (the JWS: base64 of
 #: before it is decoded (16 KiB of "[" would overflow the interpreter's stack).
 MAX_COMMAND_DEPTH = 8
 MAX_REASON_CHARS = 500  # a reason quotes what it refuses: bounded, so a result stays small whatever was sent
-CONTRACT_VERSION = "3.0"  # major: signed commands on per-issuer topics, prefix gridedge/v3/ (docs/mqtt-api.md, "Versions")
+CONTRACT_VERSION = "3.1"  # 3: signed commands on per-issuer topics, prefix gridedge/v3/; .1: data thrift (docs/mqtt-api.md, "Versions")
 #: The claims of a signed command (RFC 7519 names): who signed it, for which gateway, when, and until when.
 CLAIMS = ("iss", "aud", "iat", "exp")
 
@@ -173,7 +173,7 @@ def command_from(doc: dict, now_ns: int, *, issuer: str, principal: str | None, 
     if issuer not in ISSUERS:
         raise reject(f"issuer: must be one of {', '.join(ISSUERS)}, got {issuer!r}")
     device = doc.get("device")
-    if device is not None and not isinstance(device, str):
+    if "device" in doc and not isinstance(device, str):   # null too: the schema says a string, or no key at all
         raise reject("device: must be a device id string")
 
     window = []

@@ -80,6 +80,7 @@ class Message:
     qos: int = 0
     mid: int = 0
     link: int = 0  # the connection it came on: its PUBACK may go on that connection only
+    content_type: str | None = None  # MQTT 5 Content Type, if the sender gave one (edge/compression.py)
 
 
 class _Inbox(asyncio.Queue):
@@ -279,15 +280,21 @@ class MqttClient:
                 "logged at DEBUG)", self.endpoint.host, self.endpoint.port, reason, self.backoff.max_s)
 
     # -- API ---------------------------------------------------------------------------------
-    def publish_nowait(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> asyncio.Future:
+    def publish_nowait(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
+                       content_type: str | None = None) -> asyncio.Future:
         """Hand a message to the broker now; the future resolves on its PUBACK (at once for QoS 0).
 
         Calls go out in call order, so a publisher can keep a window of messages in flight and stay ordered.
+        `content_type`: the MQTT 5 Content Type property (how the payload is encoded: edge/compression.py).
         """
         if not self.connected.is_set():
             raise MqttError("not connected")
         fut = self._loop.create_future()
-        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        props = None
+        if content_type is not None:
+            props = Properties(PacketTypes.PUBLISH)
+            props.ContentType = content_type
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             raise MqttError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
         if qos == 0:
@@ -342,8 +349,9 @@ class MqttClient:
             topic = msg.topic
         except UnicodeDecodeError:  # paho refuses a topic that is not UTF-8; a broker should never forward one
             topic = None
+        ctype = getattr(msg.properties, "ContentType", None) if msg.properties is not None else None
         self._loop.call_soon_threadsafe(self._receive, Message(topic, msg.payload, msg.retain, msg.qos, msg.mid,
-                                                               self._link))
+                                                               self._link, ctype))
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         with self._lock:

@@ -322,6 +322,8 @@ class Outbox:
                 payload = dumps(doc)
                 if isinstance(body, Encoded):  # pre-encoded bulk (telemetry blocks): spliced in, not re-encoded
                     payload = payload[:-1] + b"," + body.raw + b"}"
+                    if body.compress is not None:  # the whole message, once (edge/compression.py)
+                        payload = body.compress(payload)
                 if len(payload) > self.quota_bytes:
                     raise ValueError(f"message of {len(payload)} bytes exceeds the outbox quota of {self.quota_bytes}")
                 cls = _CLASS_INDEX[data_class]

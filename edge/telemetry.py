@@ -17,12 +17,13 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from .core.model import Detail, Sample, SampleBlock, Validity
 
 SCHEMA_TELEMETRY = "gridedge.telemetry/2"
+SCHEMA_TELEMETRY_LAYOUTS = "gridedge.telemetry/3"  # blocks name a layout (edge/layouts.py); the same envelope
 
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=True).encode
 _VALIDITY = {v.value: v for v in Validity}
@@ -37,6 +38,7 @@ class Encoded:
     head: dict
     raw: bytes
     values: int = 0  # how many values the body carries, for figures and bounds
+    compress: Callable[[bytes], bytes] | None = None  # applied by the outbox to the whole message (compression.py)
 
     def __contains__(self, key: str) -> bool:
         return key in self.head
@@ -60,6 +62,18 @@ def _sanitised(values: list, quality) -> tuple[list, list]:
             vals.append(None)
             qual[i] = (Validity.INVALID, Detail.MALFORMED)
     return vals, qual
+
+
+def encode_values(values: list, quality) -> tuple[bytes, bytes]:
+    """The JSON of a block's values, and the block's tail: q when some value is not good, then the closing brace."""
+    try:
+        v = _encode(values)
+    except (ValueError, TypeError):
+        values, quality = _sanitised(values, quality)
+        v = _encode(values)
+    if quality is not None and all(q is None for q in quality):
+        quality = None
+    return v.encode(), (b"}" if quality is None else b',"q":' + _quality_json(quality) + b"}")
 
 
 def encode_block(block: SampleBlock) -> bytes:
@@ -132,8 +146,9 @@ def _int(v) -> bool:
 def _check_envelope(doc) -> None:
     if not isinstance(doc, dict):
         raise ValueError("a telemetry message is a JSON object")
-    if doc.get("schema") != SCHEMA_TELEMETRY:
-        raise ValueError(f"not {SCHEMA_TELEMETRY}: schema {str(doc.get('schema'))[:40]!r}")
+    if doc.get("schema") not in (SCHEMA_TELEMETRY, SCHEMA_TELEMETRY_LAYOUTS):
+        raise ValueError(f"not {SCHEMA_TELEMETRY} or {SCHEMA_TELEMETRY_LAYOUTS}: schema "
+                         f"{str(doc.get('schema'))[:40]!r}")
     if set(doc) != _ENVELOPE:
         raise ValueError(f"keys must be {', '.join(sorted(_ENVELOPE))}")
     if not (isinstance(doc["gateway"], str) and _ID.fullmatch(doc["gateway"])) or doc["stream"] != "telemetry" \
@@ -172,14 +187,56 @@ def _block_samples(b) -> list[Sample]:
     return out
 
 
-def samples_of(doc: dict) -> Iterator[Sample]:
-    """A received telemetry message (parsed JSON) as Samples, for head-end consumers and tests.
-    Raises ValueError on a message that does not follow the schema (checked whole, before any sample is given)."""
+class UnknownLayout(ValueError):
+    """A block names a layout the decoder has not been given (yet): the message can be decoded once it has."""
+
+    def __init__(self, layout_id: str) -> None:
+        super().__init__(f"unknown layout {layout_id!r}")
+        self.layout_id = layout_id
+
+
+Layout = tuple[str, tuple[str, ...], tuple[str, ...]]
+"""(device, names, units) of a layout id: what a layout message (gridedge.layout/1) says."""
+_LAYOUT_ID = re.compile(r"[0-9a-f]{12}")
+
+
+def _layout_block_samples(b, layouts: Mapping[str, Layout]) -> list[Sample]:
+    """A gridedge.telemetry/3 block that names its layout: the full block it stands for, or its points `i` only."""
+    if not {"l", "t", "v"} <= set(b) <= {"l", "t", "v", "i", "q"}:
+        raise ValueError("a layout block has l, t, v and optionally i and q")
+    lid, indices = b["l"], b.get("i")
+    if not (isinstance(lid, str) and _LAYOUT_ID.fullmatch(lid)):
+        raise ValueError("l must be a layout id (12 hex digits)")
+    if indices is not None and not (isinstance(indices, list) and all(_int(i) and i >= 0 for i in indices)):
+        raise ValueError("i must be a list of point positions")
+    lay = layouts.get(lid)
+    if lay is None:
+        raise UnknownLayout(lid)
+    dev, names, units = lay
+    if indices is not None:
+        if any(a >= c for a, c in zip(indices, indices[1:])) or (indices and indices[-1] >= len(names)):
+            raise ValueError(f"i must be increasing positions below {len(names)}, the points of layout {lid}")
+        names, units = [names[i] for i in indices], [units[i] for i in indices]
+    return _block_samples({"dev": dev, "n": list(names), "u": list(units), "t": b["t"], "v": b["v"],
+                           **({"q": b["q"]} if "q" in b else {})})
+
+
+def samples_of(doc: dict, layouts: Mapping[str, Layout] | None = None) -> Iterator[Sample]:
+    """A received telemetry message (parsed JSON) as Samples, for head-end consumers and tests; `layouts` are the
+    layouts of its gateway by id (gridedge.telemetry/3: edge/headend.py keeps them from the layout messages).
+    Raises ValueError on a message that does not follow the schema (checked whole, before any sample is given),
+    UnknownLayout (a ValueError) when it names a layout not in `layouts`."""
     _check_envelope(doc)
+    layout_form = doc["schema"] == SCHEMA_TELEMETRY_LAYOUTS
     samples = []
     for i, b in enumerate(doc["blocks"]):
         try:
-            samples += _block_samples(b)
+            if layout_form and isinstance(b, dict) and "l" in b:
+                samples += _layout_block_samples(b, layouts or {})
+            else:
+                samples += _block_samples(b)
+        except UnknownLayout:
+            raise
         except (TypeError, ValueError) as exc:
             raise ValueError(f"blocks[{i}]: {exc}") from None
     return iter(samples)

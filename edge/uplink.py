@@ -14,10 +14,15 @@ import logging
 import random
 import time
 
+from .compression import encoding_of
 from .mqtt import MqttClient, MqttError
 from .outbox import Outbox, Record, Replay
 
 log = logging.getLogger("gridedge.uplink")
+
+#: Streams whose messages are retained, on their own topic even in a replay: what they say holds until replaced
+#: (a layout, edge/layouts.py), so a head-end that subscribes later gets it from the broker.
+RETAINED_STREAMS = ("layout",)
 
 
 class Publisher:
@@ -63,8 +68,10 @@ class Publisher:
                     self._wake.clear()
                     batch = replay.take(room, backlog=time.monotonic() >= hold_until)
                     for rec, backfill in batch:
-                        topic = self.backfill_topic(rec) if backfill else rec.topic
-                        inflight.append((rec, self.mqtt.publish_nowait(topic, rec.payload)))
+                        retain = rec.stream in RETAINED_STREAMS
+                        topic = self.backfill_topic(rec) if backfill and not retain else rec.topic
+                        inflight.append((rec, self.mqtt.publish_nowait(topic, rec.payload, retain=retain,
+                                                                       content_type=encoding_of(rec.payload))))
                         self.backfilled += backfill
                 if inflight:
                     done = await self._settle(inflight)

@@ -4,8 +4,8 @@ Identities are certificate CNs (mosquitto: use_identity_as_username). A gateway'
 gateway ids never contain a dot, so the other identities are dotted: "issuer.<id>" for an issuer that sends
 commands, "headend.<name>" for a head-end that reads everything (and may also issue, as the DSO's does).
 
-- a gateway writes only one level under its own prefix (telemetry, state, result, audit, the flex records) and
-  its backfill; it reads only its own cmd/<issuer> and nomination/<issuer> topics;
+- a gateway writes only one level under its own prefix (telemetry, state, result, audit, the flex records), its
+  backfill and its layouts (layout/<dev>/<id>, docs/mqtt-api.md "Data thrift"); it reads only its own cmd/<issuer> and nomination/<issuer> topics;
 - an issuer writes only its own command (and nomination) topic, of any gateway, and reads the results;
 - a head-end reads every gateway's topics and writes the command topics of the issuer it is.
 So another gateway's certificate cannot command this one or forge its telemetry, and an aggregator cannot
@@ -18,8 +18,8 @@ ROOT = "gridedge/v3"
 
 def gateway_patterns(root: str = ROOT) -> list[str]:
     """`pattern` lines (mosquitto substitutes %u, the CN): what every gateway may do under its own prefix."""
-    return [f"write {root}/%u/+", f"write {root}/%u/backfill/+", f"read {root}/%u/cmd/+",
-            f"read {root}/%u/nomination/+"]
+    return [f"write {root}/%u/+", f"write {root}/%u/backfill/+", f"write {root}/%u/layout/+/+",
+            f"read {root}/%u/cmd/+", f"read {root}/%u/nomination/+"]
 
 
 def fleet_acl(issuers: dict[str, str], headends: dict[str, str | None], root: str = ROOT) -> dict[str, list[str]]:

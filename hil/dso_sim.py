@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from gridedge import contract, telemetry
+from gridedge import contract
 from gridedge.core.text import escape
+from gridedge.headend import HeadEnd, decode
 from gridedge.mqtt import MqttClient, tls_context
 from gridedge.security import jws
 from gridedge.security.signing import TYP, load_private_key, sign_command
@@ -31,9 +32,10 @@ log = logging.getLogger(__name__)
 @dataclass
 class Seen:
     topic: str
-    doc: dict | None  # None when the payload was not JSON
+    doc: dict | None  # the JSON document (inflated when compressed); None when the payload was not one
     raw: bytes
     t: float  # monotonic arrival time
+    content_type: str | None = None  # MQTT 5 Content Type, as sent
 
 
 @dataclass
@@ -76,6 +78,7 @@ class DsoSimulator:
         self.client_id, self.allow_plaintext = client_id, allow_plaintext
         self.seen: list[Seen] = []
         self.latest: dict[str, float | None] = {}  # point name (without device) -> value, last telemetry
+        self.headend = HeadEnd()  # the reference decoder: every telemetry form, layouts, duplicates
         self.on_telemetry: Callable[[dict], None] | None = None
         self._changed = asyncio.Condition()
         self._mqtt: MqttClient | None = None
@@ -100,16 +103,17 @@ class DsoSimulator:
     async def _read(self) -> None:
         while True:
             msg = await self._mqtt.messages.get()
-            doc = _document(msg.payload)
-            self.seen.append(Seen(msg.topic, doc, msg.payload, time.monotonic()))
+            doc = _document(msg.payload, msg.content_type)
+            self.seen.append(Seen(msg.topic, doc, msg.payload, time.monotonic(), msg.content_type))
             self.audit.add(msg.topic, doc)
-            if msg.topic == self.prefix + contract.TOPIC_TELEMETRY and isinstance(doc, dict):
+            live = msg.topic == self.prefix + contract.TOPIC_TELEMETRY
+            if live or msg.topic.startswith(self.prefix + "layout/"):
                 try:
-                    for s in telemetry.samples_of(doc):
+                    for s in self.headend.take(msg.topic, msg.payload, msg.content_type):
                         self.latest[s.point.split("/", 1)[-1]] = s.value
                 except ValueError as exc:  # the audit keeps the message; a bad one must not stop the simulator
                     log.warning("telemetry not understood: %s", escape(exc))
-                if self.on_telemetry:
+                if self.on_telemetry and live:
                     self.on_telemetry(self.latest)
             async with self._changed:
                 self._changed.notify_all()
@@ -289,12 +293,13 @@ class DsoSimulator:
         return rep
 
 
-def _document(payload: bytes) -> dict | None:
-    """A message as JSON; a signed command (a JWS) as the document it signs, unverified: the simulator only
-    files what it sent itself. None when it is neither (the rig sends hostile test payloads too)."""
+def _document(payload: bytes, content_type: str | None = None) -> dict | None:
+    """A message as JSON (compressed or not: the reference decoder's bounded read); a signed command (a JWS) as the
+    document it signs, unverified: the simulator only files what it sent itself. None when it is neither (the rig
+    sends hostile test payloads too)."""
     try:
-        return json.loads(payload)
-    except (ValueError, RecursionError):
+        return decode(payload, content_type)
+    except ValueError:
         pass
     try:
         return json.loads(jws.parse(payload).payload)

@@ -44,6 +44,8 @@ def message_kind(topic: str) -> str:
     the level before the issuer."""
     parts = topic.split("/")
     kind = parts[-2] if len(parts) >= 2 and parts[-2] in ("cmd", "nomination") else parts[-1]
+    if len(parts) >= 3 and parts[-3] == "layout":  # <p>layout/<device>/<layout id>
+        kind = "layout"
     return {"cmd": "command"}.get(kind, kind)
 
 

@@ -121,7 +121,8 @@ def test_payloads_match_schemas(tmp_path):
     assert (t.seq, r.seq) == (0, 0)
     from gridedge.flex import messages as flex_messages
 
-    assert set(SCHEMAS) == {"telemetry", "state", "command", "result", "nomination", "audit", *flex_messages.SCHEMAS}
+    assert set(SCHEMAS) == {"telemetry", "layout", "state", "command", "result", "nomination", "audit",
+                           *flex_messages.SCHEMAS}
 
 
 traffic_lights = st.fixed_dictionaries(
@@ -188,3 +189,11 @@ def test_prequalification_test_command_parses_and_matches_the_schema():
     assert (c.type, c.issuer, c.params) == ("prequalification_test", "aggregator",
                                             {"resource": "pv1", "w": 4000.0, "duration_s": 60.0})
     validate_message("gw/cmd/aggregator", as_signed(doc, "aggregator"))
+
+
+def test_a_null_device_is_refused_as_the_schema_refuses_it():
+    """Found by test_fuzz_structured: `"device": null` was accepted though the command schema says a string."""
+    doc = {"schema": "gridedge.command/2", "cmd_id": "c", "type": "rotate_certificate", "device": None,
+           "params": {"method": "mqtt"}}
+    with pytest.raises(CommandRejected, match="device: must be a device id string"):
+        parse_command(json.dumps(doc).encode(), NOW, issuer="dso", max_activation_s=3600)

@@ -16,6 +16,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# The first test's fixture builds the wheel (the Cython kernels compiled) and installs it in a new venv: about a
+# minute on a quiet 2-core machine, and it counts against that test's limit.
+pytestmark = pytest.mark.timeout(300)
 
 
 def _clean_copy(dest: Path) -> Path:

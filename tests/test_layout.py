@@ -17,14 +17,16 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"core": "gridedge.core", "drivers": "gridedge.drivers", "hil": "gridedge.hil", "cext": "gridedge.cext",
             "edge": "gridedge"}
 #: What the rig may import of gridedge: the core, the documented MQTT contract and client, the drivers' sans-IO
-#: codecs (the simulators speak the same wire formats) and the head-end's signing library (the DSO simulator signs
-#: its commands as a real head-end would). Everything else of the agent is off limits.
+#: codecs (the simulators speak the same wire formats), the head-end's signing library (the DSO simulator signs
+#: its commands as a real head-end would) and the head-end's reference decoder (it reads telemetry as a head-end
+#: would). Everything else of the agent is off limits.
 RIG_PUBLIC = ("gridedge.core", "gridedge.contract", "gridedge.telemetry", "gridedge.mqtt", "gridedge.hil",
               "gridedge.drivers.sunspec", "gridedge.drivers.sunspec_models", "gridedge.drivers.regmap",
               "gridedge.drivers.mbap", "gridedge.drivers.rtu", "gridedge.drivers.dlms.errors", "gridedge.drivers.dlms.hdlc",
               "gridedge.drivers.dlms.wrapper", "gridedge.drivers.dlms.mbus", "gridedge.drivers.dlms.axdr",
               "gridedge.drivers.dlms.apdu", "gridedge.drivers.dlms.security", "gridedge.drivers.dlms.cosem",
-              "gridedge.drivers.dlms.iec21", "gridedge.security.signing", "gridedge.security.jws")
+              "gridedge.drivers.dlms.iec21", "gridedge.security.signing", "gridedge.security.jws",
+              "gridedge.headend", "gridedge.compression", "gridedge.layouts")
 #: Agent modules that may use the rig: the demo command, and the lab command (its throwaway PKI; edge/lab.py says why).
 RIG_USERS = ("gridedge.demo", "gridedge.lab")
 

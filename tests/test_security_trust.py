@@ -185,3 +185,13 @@ def test_replay_guard_remembers_across_restarts_until_expiry(tmp_path):
     assert "already received" in g.admit("c-1", "dso", now + 60 * 10**9, now + 2)
     later = now + 200 * 10**9  # past exp + skew: forgotten (authentication refuses it as expired anyway)
     assert g.admit("c-2", "dso", later + 60 * 10**9, later) is None and len(g) == 1
+
+
+def test_check_survives_an_issuer_without_an_id_that_shares_a_key(pki):
+    """Found by test_check_agent's mutations: the schema reports the missing id, and the cross-check must still run
+    (it raised KeyError: 'id' when a second issuer's key was the first one's)."""
+    cfg = {"issuers": [{"id": "a", "actor": "dso", "roles": ["operator"], "public_keys": ["dso.pub.pem"]},
+                       {"actor": "dso", "roles": ["operator"], "public_keys": ["dso.pub.pem"]}]}
+    # the configuration's cross-checks get what the schema let through, the issuer without its id included
+    found = [s.format_issue(i) for i in trust_issues(cfg, {"inv1"}, COMMANDS, lambda p: pki["dir"] / p)]
+    assert any("security.issuers[1].public_keys[0]: the same key is already issuer 'a'" in f for f in found), found

@@ -150,10 +150,10 @@ def trust_issues(clean: dict, known_devices: set[str], command_types: tuple[str,
             except (OSError, ValueError, TypeError) as exc:
                 issues.append(s.Issue(where + ("public_keys", j), f"not a usable public key: {_why(exc)}"))
                 continue
-            if thumb in seen_keys and seen_keys[thumb] != iss["id"]:
+            if thumb in seen_keys and seen_keys[thumb] != iss.get("id"):
                 issues.append(s.Issue(where + ("public_keys", j), f"the same key is already issuer "
                                                                   f"{seen_keys[thumb]!r}'s: one key, one issuer"))
-            seen_keys[thumb] = iss["id"]
+            seen_keys[thumb] = iss.get("id")   # a missing id is the schema's issue; the check goes on
             if cert is not None and _expired(cert, now):
                 issues.append(s.Issue(where + ("public_keys", j), f"certificate expired on "
                                                                   f"{cert.not_valid_after_utc:%Y-%m-%d}"))
