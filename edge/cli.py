@@ -1,4 +1,5 @@
-"""The `gridedge` command: run the agent, check a configuration, make a lab, run the demo, or evaluate baselines."""
+"""The `gridedge` command: run the agent, check a configuration, make a lab, run the demo, evaluate baselines, or
+launch the HIL rig."""
 from __future__ import annotations
 
 import argparse
@@ -111,6 +112,15 @@ def _lab(args) -> int:
     return lab_main(args)
 
 
+def _hil(argv: list[str]) -> int:
+    """`gridedge hil ...` runs the rig's own entry point, `python -m gridedge.hil`, as a new process: the agent
+    package never imports the rig (docs/architecture.md), and the rig's plotting never loads into the agent."""
+    import os
+
+    os.execv(sys.executable, [sys.executable, "-m", "gridedge.hil", *argv])
+    return 1  # not reached
+
+
 def _baselines(argv: list[str]) -> int:
     from .flex.report import main as baselines_main
 
@@ -168,8 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     add_parsers(sub)  # keygen, sign, audit verify, unit devices
     sub.add_parser("baselines", add_help=False,  # its own parser: gridedge baselines --help
                    help="placebo-day accuracy of the baselines (MdAPE, bias, RRMSE)")
+    sub.add_parser("hil", add_help=False,  # the rig's own parser: gridedge hil --help
+                   help="hardware-in-the-loop rig: run a scenario against a gateway and report (docs/hil.md)")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["baselines"]:
         return _baselines(argv[1:])
+    if argv[:1] == ["hil"]:
+        return _hil(argv[1:])
     args = ap.parse_args(argv)
     return args.func(args)

@@ -117,7 +117,7 @@ class InverterSim(SunSpecSim):
                 "VarL3": round(var * per), "PFL3": round(p.PF, 3), "AL3": round(p.A, 2), "VL3": round(p.v, 1),
                 "VL1L2": round(p.v * 3 ** 0.5, 1), "VL2L3": round(p.v * 3 ** 0.5, 1),
                 "VL3L1": round(p.v * 3 ** 0.5, 1)} if three else {}),
-            "ThrotPct": round(100 * (1 - w / p.available_w())) if p.available_w() > 1 else 0,
+            "ThrotPct": max(0, round(100 * (1 - w / p.available_w()))) if p.available_w() > 1 else 0,
         })
         self.image.put(704, {
             "WMaxLimPctEna": p.WMaxLimPctEna, "WMaxLimPct": p.WMaxLimPct, "WMaxLimPctRvrt": p.WMaxLimPctRvrt,

@@ -6,6 +6,7 @@ Every process it starts is stopped by stop(), whatever happened before.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -69,8 +70,8 @@ def _toml_value(v) -> str:
         return "true" if v else "false"
     if isinstance(v, (int, float)):
         return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, str):     # a TOML basic string: JSON's escapes are TOML's, and DEL must be escaped too
+        return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise TypeError(f"no TOML for {v!r}")
@@ -90,6 +91,24 @@ def security_toml(keys: dict[str, "Path"], roles: dict[str, list[str]] | None = 
                   f"roles = {_toml_value((roles or {}).get(issuer, ['operator']))}",
                   f"public_keys = {_toml_value([str(pub)])}"]
     return "\n".join(lines) + "\n"
+
+
+def rig_broker(workdir: Path, pki, host: str = "127.0.0.1", *, port: int = 0, acl: bool = True) -> Mosquitto:
+    """The rig's broker (not started): with acl, every identity confined (the rig's issuers, its head-end, and
+    gateways to their own prefix)."""
+    rules = fleet_acl({f"issuer.{i}": i for i in ISSUERS if i != "dso"}, {HEADEND_CN: "dso"}) if acl else None
+    return Mosquitto(workdir, pki, host=host, port=port, acl=rules, acl_patterns=gateway_patterns() if acl else ())
+
+
+def issuer_identities(pki, issuer_keys: dict[str, tuple[Path, Path]]) -> dict[str, Issuer]:
+    """How the DSO simulator sends as each issuer: its signing key (issuer_keys: id -> (private, public) PEM) and
+    its broker identity (the DSO as the head-end, the others as "issuer.<id>")."""
+    out = {}
+    for issuer, (priv, _pub) in issuer_keys.items():
+        cn = HEADEND_CN if issuer == "dso" else f"issuer.{issuer}"
+        cert, key = pki.client(cn)
+        out[issuer] = Issuer(issuer, load_private_key(priv), tls_context(pki.ca_cert, cert, key), client_id=cn)
+    return out
 
 
 def control_toml(control: dict, settings: dict) -> str:
@@ -161,14 +180,8 @@ class Rig:
         self.pki = await asyncio.to_thread(make_pki, self.workdir / "pki", server_names=names)
         self.gw_cert, self.gw_key = self.pki.client(self.gateway_id)
         self.dso_cert, self.dso_key = self.pki.client(HEADEND_CN)
-        self.issuer_keys = {}
-        for issuer in ISSUERS:
-            priv, pub = new_issuer_key(self.workdir / "issuers", issuer)
-            self.issuer_keys[issuer] = (priv, pub)
-        acl = fleet_acl({f"issuer.{i}": i for i in ISSUERS if i != "dso"}, {HEADEND_CN: "dso"}) \
-            if self.use_acl else None
-        self.broker = Mosquitto(self.workdir / "broker", self.pki, host=self.broker_host, acl=acl,
-                                acl_patterns=gateway_patterns() if self.use_acl else ())
+        self.issuer_keys = {issuer: new_issuer_key(self.workdir / "issuers", issuer) for issuer in ISSUERS}
+        self.broker = rig_broker(self.workdir / "broker", self.pki, self.broker_host, acl=self.use_acl)
         await asyncio.to_thread(self.broker.start)
         if self.use_proxy:
             self.proxy = FaultProxy("127.0.0.1", self.broker.port)
@@ -186,12 +199,7 @@ class Rig:
 
     def issuers(self) -> dict[str, Issuer]:
         """How the DSO simulator sends as each issuer: its signing key and its broker identity."""
-        out = {}
-        for issuer, (priv, _pub) in self.issuer_keys.items():
-            cert, key = (self.dso_cert, self.dso_key) if issuer == "dso" else self.pki.client(f"issuer.{issuer}")
-            out[issuer] = Issuer(issuer, load_private_key(priv), tls_context(self.pki.ca_cert, cert, key),
-                                 client_id=HEADEND_CN if issuer == "dso" else f"issuer.{issuer}")
-        return out
+        return issuer_identities(self.pki, self.issuer_keys)
 
     def write_config(self, **overrides) -> Path:
         broker_url = f"mqtts://127.0.0.1:{self.proxy.port}" if self.proxy else self.broker.url
@@ -271,7 +279,7 @@ class Rig:
         if self._supervisor is not None:
             self._supervisor.cancel()
             self._supervisor = None
-        return await _stop(proc, sig, timeout_s)
+        return await stop_process(proc, sig, timeout_s)
 
     async def stop(self) -> None:
         if self.dso:
@@ -280,7 +288,7 @@ class Rig:
         sim, self.sim = self.sim, None
         if sim is not None and sim.stdin is not None:
             sim.stdin.close()
-        await _stop(sim, signal.SIGTERM, 5)
+        await stop_process(sim, signal.SIGTERM, 5)
         if self.proxy:
             await self.proxy.stop()
         if self.broker:
@@ -305,7 +313,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-async def _stop(proc: asyncio.subprocess.Process | None, sig: int, timeout_s: float) -> int | None:
+async def stop_process(proc: asyncio.subprocess.Process | None, sig: int, timeout_s: float) -> int | None:
+    """Signal a process and wait for it (SIGKILL after timeout_s); its exit status, None if there was none."""
     if proc is None or proc.returncode is not None:
         return None if proc is None else proc.returncode
     try:
