@@ -14,6 +14,7 @@ from .config import Config, DeviceConfig
 from .commands import CommandGate
 from .fleet import Fleet, configure as fleet_configure, device_health as fleet_device_health, metrics as fleet_metrics
 from .fleet.certificate import CertificateRotation
+from .fleet import update as fleet_update
 from .service import Service
 from .devices import make_device
 from .image import ProcessImage
@@ -92,6 +93,7 @@ class Agent:
         fleet_configure.install(self)
         fleet_metrics.install(self)
         self.rotation = CertificateRotation(self)  # rotate_certificate, install_certificate, renewal
+        fleet_update.install(self)
         self.control.on_write = self._audit_write
         self.control.restore_check = self._still_allowed
         self.service = Service(self)

@@ -79,6 +79,21 @@ def _check(args) -> int:
     return check_main(args.config)
 
 
+def _release_init(args) -> int:
+    from pathlib import Path
+
+    from .fleet.release import ReleaseError, init_root
+
+    try:
+        init_root(Path(args.root), __version__, Path(sys.prefix))
+    except (ReleaseError, OSError) as exc:
+        print(f"gridedge release init: {_fault(exc)}", file=sys.stderr)
+        return 1
+    print(f"{args.root}: current -> releases/{__version__}; the unit starts it through {args.root}/boot.py "
+          f"(docs/fleet.md)")
+    return 0
+
+
 def _status(args) -> int:
     from .fleet.status import main as status_main
 
@@ -88,7 +103,7 @@ def _status(args) -> int:
 def _demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(limit_pct=args.limit_pct, duration_s=args.duration_s, keep=args.keep)
+    return run_demo(limit_pct=args.limit_pct, duration_s=args.duration_s, keep=args.keep, scenario=args.scenario)
 
 
 def _lab(args) -> int:
@@ -128,11 +143,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-c", "--config", default="/etc/gridedge/gateway.toml", help="to find the endpoint ([fleet.metrics])")
     p.add_argument("--url", help="the metrics endpoint itself, e.g. http://127.0.0.1:9480/metrics")
     p.set_defaults(func=_status)
-    p = sub.add_parser("demo", help="broker + inverter simulator + agent + DSO simulator on loopback: one curtailment")
+    p = sub.add_parser("demo", help="broker + inverter simulator + agent + DSO simulator on loopback: one curtailment "
+                                    "(or `demo fleet`: a signed update that succeeds and one that is refused)")
+    p.add_argument("scenario", nargs="?", choices=["curtailment", "fleet"], default="curtailment")
     p.add_argument("--limit-pct", type=float, default=40.0)
     p.add_argument("--duration-s", type=float, default=10.0)
     p.add_argument("--keep", action="store_true", help="keep the work directory (certificates, logs)")
     p.set_defaults(func=_demo)
+    p = sub.add_parser("release", help="gridedge's own A/B releases (docs/fleet.md)")
+    rel = p.add_subparsers(dest="release_cmd", required=True)
+    p = rel.add_parser("init", help="make ROOT an A/B root whose current release is this installation")
+    p.add_argument("root", help="the A/B root, e.g. /opt/gridedge ([fleet.update] releases_dir)")
+    p.set_defaults(func=_release_init)
     p = sub.add_parser("lab", help="make a lab: throwaway CA and certificates, mosquitto.conf, a gateway.toml")
     lab = p.add_subparsers(dest="lab_cmd", required=True)
     p = lab.add_parser("init", help="write DIR/pki/*, DIR/mosquitto.conf, DIR/acl and DIR/gateway.toml")

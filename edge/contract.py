@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
+import sysconfig
 from dataclasses import dataclass, field
 
 from .core.utc import iso_utc, parse_iso_utc  # noqa: F401  (part of the contract's API)
@@ -117,6 +119,7 @@ class Command:
     valid_until_ns: int | None
     params: dict = field(default_factory=dict)
     principal: str | None = None
+    issued_ns: int | None = None   # its signed iat: a time the gateway can trust when its own clock is not synchronised
 
 
 _COMMAND_KEYS = {"schema", "cmd_id", "type", "device", "valid_from", "valid_until", "params", *CLAIMS}
@@ -211,7 +214,9 @@ def command_from(doc: dict, now_ns: int, *, issuer: str, principal: str | None, 
         params = _fleet_params(ctype, params, reject)
     else:
         params = _target_params(ctype, params, reject)
-    return Command(cmd_id, ctype, issuer, device, valid_from, valid_until, params, principal)
+    iat = doc.get("iat")
+    issued = int(iat * 1e9) if isinstance(iat, (int, float)) and not isinstance(iat, bool) and 0 < iat < 2**34 else None
+    return Command(cmd_id, ctype, issuer, device, valid_from, valid_until, params, principal, issued)
 
 
 def _number(params: dict, key: str, lo: float, hi: float, reject) -> float:
@@ -320,6 +325,16 @@ def _fleet_params(ctype: str, params: dict, reject) -> dict:
             raise reject("params.rotation_id: the cmd_id of the rotate_certificate this answers")
         out.update(certificate=cert, rotation_id=rid)
     return out
+
+
+def release_platform() -> str:
+    """This gateway's platform in a release's name: its Python ABI and machine, e.g. cp311-linux_aarch64."""
+    return f"cp{sys.version_info.major}{sys.version_info.minor}-{re.sub(r'[-.]', '_', sysconfig.get_platform())}"
+
+
+def release_target(version: str, platform: str | None = None) -> str:
+    """The TUF target name of a release (docs/fleet.md): what a gateway asks its update repository for."""
+    return f"gridedge/{version}/gridedge-{version}-{platform or release_platform()}.tar"
 
 
 def _traffic_light_params(params: dict, max_activation_s: int, reject) -> dict:

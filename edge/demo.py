@@ -1,4 +1,5 @@
-"""`gridedge demo`: one DSO curtailment, end to end, on loopback, with a live view a person can follow."""
+"""`gridedge demo`: one DSO curtailment, end to end, on loopback, with a live view a person can follow.
+`gridedge demo fleet`: a signed software update that succeeds and one that is refused (docs/fleet.md)."""
 from __future__ import annotations
 
 import asyncio
@@ -9,10 +10,12 @@ import time
 from pathlib import Path
 
 
-def run_demo(limit_pct: float = 40.0, duration_s: float = 10.0, keep: bool = False) -> int:
+def run_demo(limit_pct: float = 40.0, duration_s: float = 10.0, keep: bool = False,
+             scenario: str = "curtailment") -> int:
     workdir = Path(tempfile.mkdtemp(prefix="gridedge-demo-"))
     try:
-        line = asyncio.run(_demo(workdir, limit_pct, duration_s))
+        demo = _fleet(workdir) if scenario == "fleet" else _demo(workdir, limit_pct, duration_s)
+        line = asyncio.run(demo)
     except KeyboardInterrupt:
         line = "demo: FAIL interrupted (every process started was stopped)"
     finally:
@@ -70,6 +73,82 @@ async def forged(rig) -> str:
     if rig.dso.latest.get("WMaxLimPctEna"):
         return "FAIL the forged limit reached the inverter"
     return f"a forged command refused ({res['detail'].get('refusal')})"
+
+
+async def _fleet(workdir: Path) -> str:
+    """The operator's TUF repository over HTTPS on loopback publishes a release made from this installation; the
+    head-end asks the gateway to update: verified, installed beside the running release, switched, healthy. Then a
+    release whose bytes were changed on the mirror: refused, the gateway stays on its release."""
+    from gridedge import __version__
+    from gridedge.fleet.release import Releases
+    from gridedge.hil.broker import BrokerNotFound
+    from gridedge.hil.rig import Rig
+    from gridedge.hil.tufrepo import update_site
+    from gridedge.hil.wheelhouse import dependency_wheels, wheelhouse
+
+    good, tampered = f"{__version__}.post1", f"{__version__}.post2"
+    say(f"building releases {good} and {tampered} from this installation (wheels of gridedge and its dependencies)")
+    deps = await asyncio.to_thread(dependency_wheels, workdir / "deps")
+    arts = {v: await asyncio.to_thread(wheelhouse, workdir, v, deps=deps) for v in (good, tampered)}
+    op = update_site(workdir)
+    repo, server, opt = op.repo, op.server, op.releases
+    rig = Rig(workdir / "rig", gateway_id="gw-demo-001", roles={"dso": ["operator", "installer"]}, releases=opt,
+              supervise=True, fleet=op.fleet)
+    say(f"TUF repository on {server.url} (root 2 of 3 keys); starting broker, inverter simulator, gridedge "
+        f"{__version__} from the A/B root {opt}, DSO simulator")
+    try:
+        await rig.start()
+        await rig.dso.wait_for(lambda: rig.dso.latest.get("W") is not None, 20, "telemetry")
+    except BrokerNotFound as exc:
+        await rig.stop()
+        server.stop()
+        return f"demo: FAIL {exc}"
+    except Exception as exc:
+        await rig.stop()
+        server.stop()
+        return f"demo: FAIL rig did not start: {exc} (logs in {workdir}; rerun with --keep)"
+    try:
+        ok = await _update(rig, repo, arts[good], good, tamper=False)
+        if ok.startswith("FAIL"):
+            return "demo: " + ok
+        bad = await _update(rig, repo, arts[tampered], tampered, tamper=True)
+        if bad.startswith("FAIL"):
+            return "demo: " + bad
+        rel = Releases(opt)
+        return f"demo: PASS {ok}; {bad}; current {rel.current}, previous {rel.previous}"
+    except TimeoutError as exc:
+        return f"demo: FAIL {exc} (logs in {workdir}; rerun with --keep)"
+    finally:
+        say("stopping every process the demo started")
+        await rig.stop()
+        server.stop()
+
+
+async def _update(rig, repo, artefact: Path, version: str, *, tamper: bool) -> str:
+    """Publish, ask for the update, print each step as the gateway reports it; the outcome in a few words."""
+    name = repo.publish(artefact, version)
+    if tamper:
+        repo.tamper(name)
+        say(f"operator: publishes {version}; on the mirror one byte of it is changed (its signed hash is not)")
+    else:
+        say(f"operator: publishes {version}, signed by the targets key")
+    cmd = rig.dso.command("update", {"version": version, "health_window_s": 20})
+    say(f"DSO (installer): update to {version}")
+    await rig.dso.send(cmd)
+    final = ("healthy", "rolled_back", "rejected", "failed")
+    shown: list[dict] = []
+
+    def step():
+        for r in rig.dso.results(cmd["cmd_id"])[len(shown):]:
+            shown.append(r)
+            say(f"gateway: {r['status']}" + (f": {r['reason']}" if r.get("reason") else "")
+                + f" (running {r['detail'].get('running')})")
+        return next((r for r in shown if r["status"] in final), None)
+    r = await rig.dso.wait_for(step, 180, f"the verdict on {version}")
+    want = "rejected" if tamper else "healthy"
+    if r["status"] != want:
+        return f"FAIL update to {version}: {r['status']} ({r.get('reason')}), expected {want}"
+    return f"{version} refused ({r['reason'][:60]}...)" if tamper else f"updated to {version}"
 
 
 class LiveView:

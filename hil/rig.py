@@ -132,7 +132,8 @@ class Rig:
                  security: dict | None = None, roles: dict[str, list[str]] | None = None,
                  agent_env: dict[str, str] | None = None, fleet: str = "",
                  gateway_cert_s: tuple[float, float] | None = None, operator_ca: bool = False,
-                 est: bool = False) -> None:
+                 est: bool = False, releases: Path | None = None, supervise: bool = False,
+                 restart_s: float = 0.5) -> None:
         """control/settings: keys of [control] and [control.settings] over the rig's defaults; feeder: (R, X)
         ohm per phase between the grid (grid_v_pu) and the inverter, so its voltage responds to its P and Q;
         flex: a [flex] section (TOML text) appended to the gateway's configuration; network: a started
@@ -145,7 +146,9 @@ class Rig:
         gateway's certificate valid from..until these seconds from now (a short-lived one, to see it renewed);
         operator_ca: the operator's CA answers certificate requests over MQTT (hil/operator_ca.py, as the DSO with its
         secadm role: give it the role in roles); est: and over EST (hil/est_server.py). Both are up before the agent
-        starts."""
+        starts; releases: an A/B root (docs/fleet.md) whose current release is this
+        installation, the agent started as the unit starts it (boot.py, then current's gridedge); supervise: restart
+        the agent when it exits, after restart_s, as systemd's Restart=always does."""
         if network is not None and proxy:
             raise ValueError("the proxy and a network path are two ways to the broker: choose one")
         self.network = network
@@ -169,6 +172,10 @@ class Rig:
         self.use_acl, self.security, self.roles = acl, dict(security or {}), roles
         self.agent_env = dict(agent_env or {})
         self.fleet = fleet
+        self.releases = Path(releases) if releases is not None else None
+        self.supervise, self.restart_s = supervise, restart_s
+        self.agent_exits: list[int] = []     # exit codes of agent processes the supervisor restarted
+        self._supervisor: asyncio.Task | None = None
         self.metrics_port = _free_port() if "[fleet.metrics]" not in fleet else None
         self.w_max, self.pv_w, self.ramp_pct_per_s = w_max, pv_w, ramp_pct_per_s
         self.poll_ms, self.telemetry_ms, self.writable = poll_ms, telemetry_ms, writable
@@ -206,6 +213,8 @@ class Rig:
         if self.use_est:
             self.est = EstServer(self.ca, self.pki)
             await self.est.start()
+        if self.releases is not None and not (self.releases / "boot.py").exists():
+            await self._release_init()
         self.write_config()
         await self.start_agent()
         self.dso = DsoSimulator(self.broker.url, tls_context(self.pki.ca_cert, self.dso_cert, self.dso_key), self.prefix,
@@ -255,15 +264,48 @@ class Rig:
         self.sim.stdin.write(("grid " + " ".join(words) + "\n").encode())
         await self.sim.stdin.drain()
 
+    async def _release_init(self) -> None:
+        """The A/B root with this installation as its current release (`gridedge release init`)."""
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gridedge", "release", "init",
+                                                    str(self.releases), stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.STDOUT)
+        out, _ = await proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"gridedge release init failed: {out.decode(errors='replace')[-2000:]}")
+
+    def agent_argv(self) -> list[str]:
+        """How the agent is started: `python -m gridedge run`, or with an A/B root the unit's own sequence (the
+        start guard, then the current release's gridedge) in one exec."""
+        run = ["run", "-c", str(self.config_path)]
+        if self.releases is None:
+            return [sys.executable, "-m", "gridedge", *run]
+        return [sys.executable, "-I", str(self.releases / "boot.py"), "--",
+                str(self.releases / "current" / "venv" / "bin" / "gridedge"), *run]
+
     async def start_agent(self) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.agent_env)
         self.agent = await asyncio.create_subprocess_exec(
-            *self.exec_prefix, sys.executable, "-m", "gridedge", "run", "-c", str(self.config_path),
+            *self.exec_prefix, *self.agent_argv(),
             stdout=asyncio.subprocess.DEVNULL, stderr=open(self.agent_log, "ab"), env=env,
         )
+        if self.supervise and (self._supervisor is None or self._supervisor.done()):
+            self._supervisor = asyncio.create_task(self._supervise())
+
+    async def _supervise(self) -> None:
+        """Restart=always, RestartSec=restart_s: an agent that exits (crashed or not) is started again."""
+        while self.agent is not None:
+            proc = self.agent
+            self.agent_exits.append(await proc.wait())
+            await asyncio.sleep(self.restart_s)
+            if self.agent is not proc:      # stopped on purpose meanwhile
+                return
+            await self.start_agent()
 
     async def stop_agent(self, sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> int | None:
         proc, self.agent = self.agent, None
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            self._supervisor = None
         return await stop_process(proc, sig, timeout_s)
 
     async def stop(self) -> None:

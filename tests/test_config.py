@@ -113,7 +113,9 @@ def test_example_tls_files_missing_are_named_by_resolved_path(tmp_path: Path):
 
 COMMENTED_OUT = {("storage", "dir"), ("security", "issuers", "[]", "devices"), ("security", "issuers", "[]", "ca_file"),
                  ("fleet", "ca_file"), ("fleet", "certificate", "est_url"), ("fleet", "certificate", "est_ca_file"),
-                 ("fleet", "certificate", "ca_file")}
+                 ("fleet", "certificate", "ca_file"), ("fleet", "update"),
+                 *(("fleet", "update", k) for k in ("repository", "root", "releases_dir", "download_timeout_s",
+                                                     "max_release_mb"))}
 
 
 def test_example_and_docs_cover_every_key():
@@ -131,8 +133,9 @@ def test_example_and_docs_cover_every_key():
             # Keys of other drivers (serial line, register maps) and other flex resource kinds are shown commented out,
             # and so are the keys whose default is best left alone (storage.dir: $STATE_DIRECTORY under systemd) or
             # that are the alternative (an issuer's CA, its device scope; the fleet's own CA for downloads, the
-            # certificate's CAs and EST server).
-            assert (path[0] in ("devices", "flex") or path in COMMENTED_OUT) and re.search(rf"^#\s*({re.escape(path[-1])}\s*=|\[\[?devices\.{re.escape(path[-1])}\]\]?)",
+            # certificate's CAs and EST server), and
+            # updates (the whole [fleet.update] table: it needs an A/B root and a TUF root).
+            assert (path[0] in ("devices", "flex") or path in COMMENTED_OUT) and re.search(rf"^#\s*({re.escape(path[-1])}\s*=|\[\[?devices\.{re.escape(path[-1])}\]\]?|\[{re.escape(dotted)}\])",
                                                     EXAMPLE.read_text(), re.M), \
                 f"{dotted} is not in examples/gateway.toml (not even commented out)"
 

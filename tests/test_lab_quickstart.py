@@ -253,18 +253,20 @@ def test_fuzz_lab_arguments(tmp_path_factory, device, gateway_id):
     assert cfg.gateway.id == gateway_id and cfg.devices[0].host in device
 
 
-def _unit_commands(lab_config: Path) -> tuple[list[str], list[str]]:
-    """The shipped unit's ExecStartPre and ExecStart, with this checkout's gridedge and the lab's configuration in
-    place of /opt/gridedge/... and /etc/gridedge/gateway.toml: the same commands systemd runs."""
+def _unit_commands(lab_config: Path, opt: Path) -> tuple[list[list[str]], list[str]]:
+    """The shipped unit's ExecStartPre lines and its ExecStart, with `opt` (an A/B root whose current release is
+    this checkout, made by `gridedge release init`) and the lab's configuration in place of /opt/gridedge and
+    /etc/gridedge/gateway.toml: the same commands systemd runs."""
     unit = (ROOT / "systemd" / "gridedge.service").read_text()
-    gridedge = str(Path(sys.executable).with_name("gridedge"))
+    res = subprocess.run([sys.executable, "-m", "gridedge", "release", "init", str(opt)], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
 
-    def argv(key: str) -> list[str]:
-        line = re.search(rf"^{key}=(.+)$", unit, re.M).group(1)
-        words = shlex.split(line)
-        return [gridedge if w.endswith("/bin/gridedge") else str(lab_config) if w == "/etc/gridedge/gateway.toml"
-                else w for w in words]
-    return argv("ExecStartPre"), argv("ExecStart")
+    def argv(line: str) -> list[str]:
+        return [str(lab_config) if w == "/etc/gridedge/gateway.toml" else w.replace("/opt/gridedge", str(opt))
+                for w in shlex.split(line)]
+    return [argv(x) for x in re.findall(r"^ExecStartPre=(.+)$", unit, re.M)], \
+        argv(re.search(r"^ExecStart=(.+)$", unit, re.M).group(1))
 
 
 def test_the_shipped_unit_runs_the_example_with_its_state_in_the_state_directory(tmp_path, procs):
@@ -285,15 +287,16 @@ def test_the_shipped_unit_runs_the_example_with_its_state_in_the_state_directory
     for p in [lab, *lab.rglob("*")]:
         if p.name != "mosquitto" and "mosquitto" not in p.parts[len(lab.parts):len(lab.parts) + 1]:
             p.chmod(p.stat().st_mode & ~0o222)
-    pre, start = _unit_commands(config)
+    pres, start = _unit_commands(config, tmp_path / "opt-gridedge")
     drop = ["setpriv", "--no-new-privs", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
     notify = tmp_path / "notify"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(str(notify))
         sock.settimeout(45)
         env = dict(os.environ, STATE_DIRECTORY=str(state), NOTIFY_SOCKET=str(notify), WATCHDOG_USEC="30000000")
-        res = subprocess.run(drop + pre, env=env, capture_output=True, text=True, timeout=60, umask=0o077)
-        assert res.returncode == 0, res.stdout + res.stderr
+        for pre in pres:
+            res = subprocess.run(drop + pre, env=env, capture_output=True, text=True, timeout=60, umask=0o077)
+            assert res.returncode == 0, res.stdout + res.stderr
         agent = subprocess.Popen(drop + start, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                  umask=0o077)
         procs.append(agent)

@@ -19,7 +19,7 @@ def _unit_here(tmp_path) -> Path:
     """The unit with its ExecStart pointing at this checkout's gridedge (verify checks the binary exists)."""
     gridedge = Path(sys.executable).with_name("gridedge")
     unit = tmp_path / "gridedge.service"
-    unit.write_text(UNIT.read_text().replace("/opt/gridedge/venv/bin/gridedge", str(gridedge)))
+    unit.write_text(UNIT.read_text().replace("/opt/gridedge/current/venv/bin/gridedge", str(gridedge)))
     return unit
 
 

@@ -17,7 +17,8 @@ from typing import Callable
 from ..config_files import PATH, file_problem
 from ..core import schema as s
 
-__all__ = ["FLEET_SCHEMA", "FleetConfig", "MetricsConfig", "CertificateConfig", "build_fleet", "fleet_issues"]
+__all__ = ["FLEET_SCHEMA", "FleetConfig", "MetricsConfig", "CertificateConfig", "UpdateConfig", "build_fleet",
+           "fleet_issues"]
 
 DEFAULT_METRICS_PORT = 9480
 
@@ -52,7 +53,55 @@ class MetricsConfig:
     host: str = "127.0.0.1"
 
 
-# ---------------------------------------------------------------- fleetupdate: [fleet.update] goes here
+# ---------------------------------------------------------------- fleetupdate: signed software updates
+
+UPDATE = s.Dict({
+    "repository": s.Required(s.Str(regex=r"https://[^\s]{1,2040}", regex_hint="be an https:// URL",
+                                   doc="the operator's TUF repository: <url>/metadata/ and <url>/targets/")),
+    "root": s.Required(PATH, doc="the TUF root metadata this gateway trusts (root.json from the key ceremony)"),
+    "releases_dir": s.Optional(PATH, default="/opt/gridedge",
+                               doc="the A/B root: releases/<version>/venv, current, previous, boot.py"),
+    "download_timeout_s": s.Optional(s.Float(ge=1, le=7200), default=1800.0,
+                                     doc="the whole duration of an update's downloads (metadata and release), s"),
+    "max_release_mb": s.Optional(s.Float(gt=0, le=4096), default=512.0,
+                                 doc="the largest release artefact accepted, MiB"),
+})
+
+
+@dataclass(frozen=True)
+class UpdateConfig:
+    repository: str
+    root: Path
+    releases_dir: Path = Path("/opt/gridedge")
+    download_timeout_s: float = 1800.0
+    max_release_mb: float = 512.0
+
+
+def _update_issues(clean: dict, resolve: Callable[[str], Path]) -> list[s.Issue]:
+    """The trusted root must be TUF root metadata (signed by its own threshold: that is checked when it is used);
+    the releases folder must be an A/B root (`gridedge release init`)."""
+    from .release import Releases
+
+    out = []
+    path = resolve(clean["root"])
+    msg = file_problem(path)
+    if msg is None:
+        from tuf.api.exceptions import RepositoryError
+        from tuf.api.metadata import Metadata, Root
+
+        try:
+            if not isinstance(Metadata.from_bytes(path.read_bytes()).signed, Root):
+                msg = "is TUF metadata, but not a root"
+        except (RepositoryError, OSError, ValueError) as exc:
+            msg = f"is not TUF root metadata: {exc}"
+    if msg:
+        out.append(s.Issue(("fleet", "update", "root"), msg))
+    rel = Releases(resolve(clean["releases_dir"]))
+    if rel.current is None:
+        out.append(s.Issue(("fleet", "update", "releases_dir"),
+                           f"{rel.root} is not an A/B root (no current link): set it up with `gridedge release init`"))
+    return out
+
 
 # ---------------------------------------------------------------- fleetcert: [fleet.certificate]
 
@@ -116,6 +165,7 @@ FLEET_SCHEMA = s.Dict({
     "metrics": s.Optional(METRICS, default={}, doc="the local status endpoint (Prometheus) on loopback"),
     "certificate": s.Optional(CERTIFICATE, default={},
                               doc="rotation and renewal of the uplink's client certificate (docs/fleet.md)"),
+    "update": s.Optional(UPDATE, doc="signed software updates (TUF) with A/B install; absent: no updates"),
 })
 
 
@@ -126,6 +176,7 @@ class FleetConfig:
     download_timeout_s: float = 120.0
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     certificate: CertificateConfig = field(default_factory=CertificateConfig)
+    update: UpdateConfig | None = None
 
 
 def fleet_issues(clean: dict | None, resolve: Callable[[str], Path], check_files: bool) -> list[s.Issue]:
@@ -134,6 +185,8 @@ def fleet_issues(clean: dict | None, resolve: Callable[[str], Path], check_files
         return []
     issues = _certificate_issues(clean["certificate"], resolve, check_files) \
         if isinstance(clean.get("certificate"), dict) else []
+    if check_files and isinstance(clean.get("update"), dict):
+        issues += _update_issues(clean["update"], resolve)
     if not check_files or "ca_file" not in clean:
         return issues
     msg = file_problem(resolve(clean["ca_file"]))
@@ -146,4 +199,10 @@ def build_fleet(c: dict, resolve: Callable[[str], Path]) -> FleetConfig:
                        ca_file=resolve(c["ca_file"]) if "ca_file" in c else None,
                        download_timeout_s=c["download_timeout_s"], metrics=MetricsConfig(m["port"], m["host"]),
                        certificate=CertificateConfig(**{k: resolve(v) if k.endswith("ca_file") else v
-                                                        for k, v in cert.items()}))
+                                                        for k, v in cert.items()}),
+                       update=_build_update(c["update"], resolve) if "update" in c else None)
+
+
+def _build_update(u: dict, resolve: Callable[[str], Path]) -> UpdateConfig:
+    return UpdateConfig(u["repository"], resolve(u["root"]), resolve(u["releases_dir"]), u["download_timeout_s"],
+                        u["max_release_mb"])
