@@ -35,6 +35,7 @@ keepalive_s = {keepalive_s}
 telemetry_interval_ms = {telemetry_ms}
 backfill_rate = {backfill_rate}
 backfill_jitter_s = {backfill_jitter_s}
+protocol = "{protocol}"
 
 [storage]
 dir = "{storage}"
@@ -106,14 +107,15 @@ class Rig:
                  settings: dict | None = None, feeder: tuple[float, float] | None = None, grid_v_pu: float = 1.0,
                  var_response_s: float = 0.0, flex: str = "", network=None, acl: bool = True,
                  security: dict | None = None, roles: dict[str, list[str]] | None = None,
-                 agent_env: dict[str, str] | None = None) -> None:
+                 agent_env: dict[str, str] | None = None, protocol: str = "5") -> None:
         """control/settings: keys of [control] and [control.settings] over the rig's defaults; feeder: (R, X)
         ohm per phase between the grid (grid_v_pu) and the inverter, so its voltage responds to its P and Q;
         flex: a [flex] section (TOML text) appended to the gateway's configuration; network: a started
         netns.WanPath: the agent and the inverter simulator run in its gateway namespace, the broker listens on
         its near end; acl: the broker confines every identity (hil/acl.py); security: more keys of [security]
         (allow_unsigned, max_lifetime_s...); roles: issuer id -> its roles (default: all operators); agent_env:
-        more environment for the agent process (systemd's NOTIFY_SOCKET, WATCHDOG_USEC...)."""
+        more environment for the agent process (systemd's NOTIFY_SOCKET, WATCHDOG_USEC...); protocol: the gateway's
+        MQTT version, uplink.protocol (the head-end speaks 5)."""
         if network is not None and proxy:
             raise ValueError("the proxy and a network path are two ways to the broker: choose one")
         self.network = network
@@ -126,7 +128,7 @@ class Rig:
         self.flex = flex
         self.use_proxy, self.proxy = proxy, None
         self.uplink = dict(keepalive_s=keepalive_s, backfill_rate=backfill_rate, backfill_jitter_s=backfill_jitter_s,
-                           quota_mb=quota_mb, durability=durability)
+                           quota_mb=quota_mb, durability=durability, protocol=protocol)
         self.dso_session_expiry_s = dso_session_expiry_s
         self.gateway_id = gateway_id
         self.prefix = f"gridedge/v3/{gateway_id}/"
