@@ -43,7 +43,7 @@ def telemetry_body(ts_ns: int, rng: random.Random) -> dict:
 class SimGateway:
     """One gateway's uplink: outbox -> publisher -> MQTT client, as in the agent."""
 
-    def __init__(self, gateway_id: str, urls: Sequence[str], pki: Pki, workdir: Path, *, protocol: str = "5",
+    def __init__(self, gateway_id: str, urls: Sequence[str], pki: Pki | None, workdir: Path, *, protocol: str = "5",
                  backfill_rate: float = 20.0, backfill_jitter_s: float = 30.0, session_expiry_s: int = 3600,
                  jitter: bool = True, rng: random.Random | None = None) -> None:
         self.gateway_id = gateway_id
@@ -51,7 +51,8 @@ class SimGateway:
         self.rng = rng or random.Random()
         self.outbox = Outbox(workdir / f"{gateway_id}.sqlite", gateway_id=gateway_id, durability="normal",
                              verify=False)
-        self.mqtt = MqttClient(list(urls), gateway_id, ssl_context=tls_context(pki.ca_cert, *pki.client(gateway_id)),
+        tls = tls_context(pki.ca_cert, *pki.client(gateway_id)) if pki else None  # no pki: plaintext, a lab cluster
+        self.mqtt = MqttClient(list(urls), gateway_id, ssl_context=tls, allow_plaintext=tls is None,
                                session_expiry_s=session_expiry_s, protocol=protocol)
         self.mqtt.backoff = Backoff(rng=self.rng, jitter=jitter)
         self.publisher = Publisher(self.mqtt, self.outbox, self.prefix, backfill_rate=backfill_rate,
@@ -70,7 +71,7 @@ class SimGateway:
 class Fleet:
     """n gateways, each storing one telemetry message every beat_s (spread over the beat) and publishing it."""
 
-    def __init__(self, workdir: Path, urls: str | Sequence[str], pki: Pki, n: int, *, beat_s: float = 1.0,
+    def __init__(self, workdir: Path, urls: str | Sequence[str], pki: Pki | None, n: int, *, beat_s: float = 1.0,
                  seed: int = 17, id_prefix: str = "gw-sim-", **gateway_options) -> None:
         self.workdir = Path(workdir)
         self.urls = [urls] if isinstance(urls, str) else list(urls)
@@ -87,7 +88,8 @@ class Fleet:
         """Issue the certificates, start every uplink, and wait until all are connected."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        await asyncio.to_thread(lambda: [self.pki.client(i) for i in self.ids])
+        if self.pki:
+            await asyncio.to_thread(lambda: [self.pki.client(i) for i in self.ids])
         self.certificates_s = time.perf_counter() - t0
         for gid in self.ids:
             gw = SimGateway(gid, self.urls, self.pki, self.workdir, rng=random.Random(self.rng.random()),
@@ -144,8 +146,8 @@ class HeadEnd:
     it (StreamAudit) and counts messages per second of arrival."""
 
     def __init__(self, urls: str | Sequence[str], ssl_context, client_id: str, *, protocol: str = "5") -> None:
-        self.mqtt = MqttClient(urls, client_id, ssl_context=ssl_context, session_expiry_s=600, protocol=protocol,
-                               receive_maximum=65535, inbox_limit=0)
+        self.mqtt = MqttClient(urls, client_id, ssl_context=ssl_context, allow_plaintext=ssl_context is None,
+                               session_expiry_s=600, protocol=protocol, receive_maximum=65535, inbox_limit=0)
         self.audit = StreamAudit()
         self.received = 0
         self.per_second: Counter[int] = Counter()

@@ -119,3 +119,30 @@ def test_broker_urls_must_agree_on_tls(pki):
         client(["mqtts://127.0.0.1:8883", "mqtt://127.0.0.1:1883"], pki, "gw-mixed", allow_plaintext=True)
     with pytest.raises(MqttError, match="all mqtts:// or all mqtt://"):
         arun(make())
+
+
+# ---- configuration: uplink.protocol and uplink.failover ------------------------------------------------------
+def uplink(**keys) -> dict:
+    return {"gateway": {"id": "gw1"}, "uplink": {"broker": "mqtt://10.0.0.1", "allow_plaintext": True, **keys}}
+
+
+def test_protocol_and_failover_are_configured_and_default_to_mqtt5_and_one_broker():
+    from gridedge.config import parse_config
+    assert (parse_config(uplink()).uplink.protocol, parse_config(uplink()).uplink.failover) == ("5", ())
+    cfg = parse_config(uplink(protocol="3.1.1", failover=["mqtt://10.0.0.2", "mqtt://10.0.0.3:1884"])).uplink
+    assert (cfg.protocol, cfg.failover) == ("3.1.1", ("mqtt://10.0.0.2", "mqtt://10.0.0.3:1884"))
+
+
+@pytest.mark.parametrize("keys, expected", [
+    ({"protocol": "3.1"}, "uplink.protocol"),
+    ({"protocol": 5}, "uplink.protocol"),
+    ({"failover": ["mqtts://10.0.0.2"]}, "uplink.failover[0]: must be mqtt:// like broker"),
+    ({"failover": ["mqtt://10.0.0.2", "mqtt://10.0.0.2"]}, "duplicate"),
+    ({"failover": ["http://10.0.0.2"]}, "scheme must be mqtts"),
+    ({"failover": "mqtt://10.0.0.2"}, "must be an array"),
+])
+def test_a_bad_protocol_or_failover_is_named(keys, expected):
+    from gridedge.config import ConfigError, parse_config
+    with pytest.raises(ConfigError) as ei:
+        parse_config(uplink(**keys), "gateway.toml", check_files=False)
+    assert any(expected in e for e in ei.value.errors), ei.value.errors
