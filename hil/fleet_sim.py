@@ -28,6 +28,11 @@ from .acl import ROOT
 from .pki import Pki
 from .stream_audit import StreamAudit
 
+#: Gateways one process can hold. paho's network loop uses select(), which takes file descriptors below 1024 only,
+#: and a simulated gateway holds six (its socket, paho's wake-up socket pair, the outbox's database, WAL and
+#: shared-memory files): past ~165 gateways new connections fail in the TLS handshake. More run in more processes.
+MAX_PER_PROCESS = 150
+
 POINTS = (["W", "VAr", "PhVphA", "Hz"], ["W", "var", "V", "Hz"])  # names, units (docs/points.md)
 
 
@@ -72,12 +77,16 @@ class Fleet:
     """n gateways, each storing one telemetry message every beat_s (spread over the beat) and publishing it."""
 
     def __init__(self, workdir: Path, urls: str | Sequence[str], pki: Pki | None, n: int, *, beat_s: float = 1.0,
-                 seed: int = 17, id_prefix: str = "gw-sim-", **gateway_options) -> None:
+                 seed: int = 17, id_prefix: str = "gw-sim-", first: int = 0, **gateway_options) -> None:
+        """Gateways first .. first+n-1 (ids id_prefix + number). One process holds at most MAX_PER_PROCESS of them
+        (hil/fleet_shards.py runs more in several)."""
+        if n > MAX_PER_PROCESS:
+            raise ValueError(f"{n} gateways in one process: at most {MAX_PER_PROCESS} (MAX_PER_PROCESS says why)")
         self.workdir = Path(workdir)
         self.urls = [urls] if isinstance(urls, str) else list(urls)
         self.pki, self.n, self.beat_s = pki, n, beat_s
-        self.ids = [f"{id_prefix}{i:05d}" for i in range(n)]
-        self.rng = random.Random(seed)
+        self.ids = [f"{id_prefix}{i:05d}" for i in range(first, first + n)]
+        self.rng = random.Random(seed + first)
         self.options = gateway_options
         self.gateways: list[SimGateway] = []
         self.certificates_s = 0.0  # time spent issuing the client certificates (pki.client caches them)
