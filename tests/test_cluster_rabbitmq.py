@@ -26,10 +26,11 @@ def cluster():
         yield c
 
 
-@pytest.mark.timeout(240)  # the module's cluster start-up (up to ~90 s loaded) is charged to this first test
+@pytest.mark.timeout(330)  # the cluster start-up (~75 s on a loaded machine) is charged to this first test, and
+# a loaded cluster can take a minute to take the gateways back (leader elections; their back-off doubles meanwhile)
 def test_a_node_dies_mid_stream_and_every_seq_arrives_once(tmp_path, cluster):
-    """Gateways and the head-end are on node 0; node 0 is SIGKILLed; the gateways reconnect to node 1 (next in
-    their list) and replay what was not acknowledged, the head-end resumes its session (a quorum queue, replicated)
+    """Gateways and the head-end are on node 0; node 0 is SIGKILLed; the gateways reconnect to another node (the
+    next in their list that takes them) and replay what was not acknowledged, the head-end resumes its session (a quorum queue, replicated)
     on node 2, and sees every seq of every gateway exactly once."""
     async def scenario():
         urls = cluster.urls
@@ -44,9 +45,11 @@ def test_a_node_dies_mid_stream_and_every_seq_arrives_once(tmp_path, cluster):
             await asyncio.to_thread(cluster.kill, 0)
             await fleet.wait(lambda: head.mqtt.connected.is_set() and head.mqtt.endpoint.port == cluster.nodes[2].mqtt_port,
                              60, "the head-end on node 2")
+            # node 1 or 2: an attempt on node 1 can fail while the cluster elects new leaders (client-id tracking),
+            # and the next attempt goes to the next node of the list
+            dead = cluster.nodes[0].mqtt_port
             await fleet.wait(lambda: fleet.connected() == GATEWAYS and
-                             all(gw.mqtt.endpoint.port == cluster.nodes[1].mqtt_port for gw in fleet.gateways),
-                             60, "every gateway on node 1")
+                             all(gw.mqtt.endpoint.port != dead for gw in fleet.gateways), 120, "every gateway moved")
             seen = {g: head.seen(g) for g in fleet.ids}
             await fleet.wait(lambda: all(head.seen(g) >= seen[g] + 20 for g in fleet.ids), 30, "streams go on")
             fleet.beating = False
@@ -60,4 +63,4 @@ def test_a_node_dies_mid_stream_and_every_seq_arrives_once(tmp_path, cluster):
             await fleet.stop()
             await head.stop()
 
-    arun(scenario(), 200)
+    arun(scenario(), 230)
