@@ -77,6 +77,7 @@ async def storm(args, work: Path) -> dict:
         out["peak_messages_per_s"] = max((n for t, n in head.per_second.items() if t >= int(time.time() -
                                                                                           out["drained_s"])), default=0)
         out["messages_after_restart"] = head.received - received0
+        out["broker_drop_warnings"] = mosq.log_path.read_text(errors="replace").count("messages are being dropped")
         out["missing_seqs"] = sum(s - head.seen(g) + len(head.audit.report(g, "telemetry").missing)
                                   for g, s in last.items())
         await fleet.stop()

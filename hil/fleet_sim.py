@@ -30,8 +30,9 @@ from .stream_audit import StreamAudit
 
 #: Gateways one process can hold. paho's network loop uses select(), which takes file descriptors below 1024 only,
 #: and a simulated gateway holds six (its socket, paho's wake-up socket pair, the outbox's database, WAL and
-#: shared-memory files): past ~165 gateways new connections fail in the TLS handshake. More run in more processes.
-MAX_PER_PROCESS = 150
+#: shared-memory files): past ~165 gateways new connections fail in the TLS handshake, and at 143 a storm's failed
+#: attempts, whose sockets close late, still pushed some past 1023. More run in more processes.
+MAX_PER_PROCESS = 100
 
 POINTS = (["W", "VAr", "PhVphA", "Hz"], ["W", "var", "V", "Hz"])  # names, units (docs/points.md)
 
