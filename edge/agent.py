@@ -458,8 +458,9 @@ class Agent:
     def _make_client(self) -> MqttClient:
         up = self.config.uplink
         ctx = tls_context(up.ca_file, up.cert_file, up.key_file) if up.tls else None
-        return MqttClient(up.broker, up.client_id, ssl_context=ctx, allow_plaintext=up.allow_plaintext,
-                          keepalive_s=up.keepalive_s, will=self._will, session_expiry_s=up.session_expiry_s)
+        return MqttClient([up.broker, *up.failover], up.client_id, ssl_context=ctx, allow_plaintext=up.allow_plaintext,
+                          keepalive_s=up.keepalive_s, will=self._will, session_expiry_s=up.session_expiry_s,
+                          protocol=up.protocol)
 
     async def run(self, stop: asyncio.Event) -> None:
         self.stop_event = stop  # a fleet change that needs a new process sets it (Fleet.reexec)

@@ -78,6 +78,8 @@ class UplinkConfig:
     backfill_rate: float = 20.0
     backfill_jitter_s: float = 30.0
     session_expiry_s: int = 3600
+    protocol: str = "5"  # "5" or "3.1.1" (gridedge.mqtt.PROTOCOLS)
+    failover: tuple[str, ...] = ()  # more broker URLs (other nodes of the cluster), tried in turn after broker
 
 
 @dataclass(frozen=True)
@@ -310,6 +312,11 @@ SCHEMA = s.Dict({
         "session_expiry_s": s.Optional(s.Int(ge=0, le=30 * 86400), default=3600,
                                        doc="the broker keeps the MQTT session, and the commands sent to it, this "
                                            "long while the gateway is away, s; 0: no session"),
+        "protocol": s.Optional(s.Str(choices=("5", "3.1.1")), default="5",
+                               doc="MQTT version: 5, or 3.1.1 for brokers that speak only that (docs/mqtt-api.md)"),
+        "failover": s.Optional(s.List(s.All(s.Str(min_len=1, max_len=1024), s.Custom(_parse_broker)), unique=True),
+                               default=[], doc="more broker URLs, the other nodes of a clustered broker: a "
+                                               "gateway whose broker fails connects to the next (docs/fleet.md)"),
     })),
     "telemetry": s.Optional(TELEMETRY, default={},
                             doc="the form of telemetry: compression, layouts, report by exception (data thrift)"),
@@ -423,6 +430,10 @@ def _cross_checks(raw: Any, clean: dict, base: Path, check_files: bool) -> list[
                                   "plaintext mqtt:// needs allow_plaintext = true (or use mqtts://)"))
         if broker.scheme == "mqtts":
             issues += _tls_issues(up, raw_up, base, check_files)
+        for i, other in enumerate(up.get("failover") or ()):
+            if isinstance(other, _Broker) and other.scheme != broker.scheme:
+                issues.append(s.Issue(("uplink", "failover", i),
+                                      f"must be {broker.scheme}:// like broker (one TLS setting for the cluster)"))
     storage = clean.get("storage")
     if check_files and isinstance(storage, dict) and ("dir" in storage or not isinstance(raw.get("storage"), Mapping)
                                                       or "dir" not in raw["storage"]):
@@ -489,6 +500,7 @@ def _build(c: dict, base: Path) -> Config:
         keepalive_s=up["keepalive_s"], telemetry_interval_ms=up["telemetry_interval_ms"],
         allow_plaintext=up["allow_plaintext"], backfill_rate=up["backfill_rate"],
         backfill_jitter_s=up["backfill_jitter_s"], session_expiry_s=up["session_expiry_s"],
+        protocol=up["protocol"], failover=tuple(b.url for b in up["failover"]),
     )
     if not uplink.tls:
         log.warning("uplink %s is plaintext MQTT: telemetry and commands travel unencrypted", uplink.broker)

@@ -1,10 +1,13 @@
-"""An asyncio face on paho-mqtt 2.x (MQTT 5, TLS 1.2+ with client certificates).
+"""An asyncio face on paho-mqtt 2.x (MQTT 5 or 3.1.1, TLS 1.2+ with client certificates).
 
 The network runs in one thread of ours, not paho's loop_forever: ours connects, serves the connection with
 paho's loop() while there is one, and waits out the back-off, so it knows why an attempt failed (paho's loop
 swallows the reason and then logs "Client is not connected" at ERROR on every retry and clean stop). Every
 callback is handed to the asyncio loop with call_soon_threadsafe, so the rest of gridedge never sees a thread.
 Both the agent's uplink and the rig's DSO simulator use this class.
+
+A client has a list of broker URLs (the nodes of a cluster): it starts on the first, and every attempt after a
+failed one or a lost connection goes to the next, round robin, so a gateway leaves a dead node.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import random
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -41,6 +44,11 @@ Will = tuple[str, bytes]  # (topic, payload), retained, QoS 1
 #: messages it is dropped and counted in `dropped`.
 RECEIVE_MAXIMUM = 1
 INBOX_LIMIT = 64
+
+#: The MQTT versions spoken (docs/mqtt-api.md, "MQTT 3.1.1"). 3.1.1 has no session expiry (a kept session is clean
+#: session off, for as long as the broker keeps it), no Receive Maximum (the broker's own in-flight window bounds
+#: what arrives) and no reason code in a PUBACK.
+PROTOCOLS = {"5": paho.MQTTv5, "3.1.1": paho.MQTTv311}
 
 
 class MqttError(Exception):
@@ -97,7 +105,7 @@ class _Inbox(asyncio.Queue):
 
 
 class MqttClient:
-    """One MQTT 5 session. publish() resolves on PUBACK (QoS 1); messages arrive on `messages` (bounded; a QoS 1
+    """One MQTT session (5 or 3.1.1). publish() resolves on PUBACK (QoS 1); messages arrive on `messages` (bounded; a QoS 1
     message is acknowledged when it is taken off it).
 
     `will`: the last will (topic, payload), or a callable that makes it: called in the network thread before every
@@ -107,7 +115,7 @@ class MqttClient:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         client_id: str,
         *,
         ssl_context: ssl.SSLContext | None = None,
@@ -118,11 +126,21 @@ class MqttClient:
         receive_maximum: int = RECEIVE_MAXIMUM,
         inbox_limit: int = INBOX_LIMIT,
         retry: bool = True,
+        protocol: str = "5",
     ) -> None:
-        """receive_maximum and inbox_limit bound what arrives (see RECEIVE_MAXIMUM); a consumer that must see every
+        """url: one broker URL or a list (the nodes of a cluster, tried in turn). receive_maximum and inbox_limit
+        bound what arrives (see RECEIVE_MAXIMUM; 3.1.1 cannot send the window); a consumer that must see every
         message of a busy stream, like the rig's head-end, passes a large window and inbox_limit=0 (unbounded).
         retry=False: one attempt only, and connect() raises its reason at once (a test connection)."""
-        self.endpoint = Endpoint.parse(url)
+        self.endpoints = [Endpoint.parse(u) for u in ([url] if isinstance(url, str) else url)]
+        if not self.endpoints:
+            raise MqttError("no broker URL")
+        if len({e.tls for e in self.endpoints}) > 1:
+            raise MqttError("broker URLs must be all mqtts:// or all mqtt://")
+        if protocol not in PROTOCOLS:
+            raise MqttError(f"MQTT protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        self.protocol = protocol
+        self._node = 0  # the index of the endpoint the current (or next) attempt goes to
         if self.endpoint.tls and ssl_context is None:
             raise MqttError("mqtts:// needs a TLS context")
         if not self.endpoint.tls and not allow_plaintext:
@@ -161,7 +179,9 @@ class MqttClient:
         self._failure: str | None = None
         self._failures = 0
 
-        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5, manual_ack=True)
+        v5 = protocol == "5"
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=PROTOCOLS[protocol],
+                        manual_ack=True, clean_session=None if v5 else session_expiry_s == 0)
         if ssl_context is not None:
             c.tls_set_context(ssl_context)
         self.backoff = Backoff()
@@ -174,20 +194,20 @@ class MqttClient:
         c.on_publish = self._on_publish
         self._client = c
 
+    @property
+    def endpoint(self) -> Endpoint:
+        """The broker of the current connection, or of the next attempt."""
+        return self.endpoints[self._node]
+
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
         """Connect in the background; the network thread retries with back-off until it gets through.
 
         With session_expiry_s > 0 every connect, the first of a process included, resumes the broker's session
-        (clean start off): what was sent at QoS 1 to our subscriptions while we were away, restarts included,
-        is delivered when we are back. With 0 the session ends with each connection."""
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self.session_expiry_s
-        props.ReceiveMaximum = self.receive_maximum
-        self._client.connect_async(
-            self.endpoint.host, self.endpoint.port, keepalive=self.keepalive_s,
-            clean_start=self.session_expiry_s == 0, properties=props,
-        )
+        (clean start off; in 3.1.1 clean session off, kept as long as the broker keeps it): what was sent at QoS 1
+        to our subscriptions while we were away, restarts included, is delivered when we are back. With 0 the
+        session ends with each connection."""
+        self._aim()
         self._thread = threading.Thread(target=self._network, name=f"mqtt {self.endpoint.host}:{self.endpoint.port}",
                                         daemon=True)
         self._thread.start()
@@ -222,6 +242,23 @@ class MqttClient:
         self.connected.clear()
         self._fail_pending(MqttError("client closed"))
 
+    def _aim(self) -> None:
+        """Point paho at self.endpoint for the next attempt (only between connections)."""
+        if self.protocol != "5":
+            self._client.connect_async(self.endpoint.host, self.endpoint.port, keepalive=self.keepalive_s)
+            return
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.session_expiry_s
+        props.ReceiveMaximum = self.receive_maximum
+        self._client.connect_async(self.endpoint.host, self.endpoint.port, keepalive=self.keepalive_s,
+                                   clean_start=self.session_expiry_s == 0, properties=props)
+
+    def _next_node(self) -> None:
+        """The attempt failed or the connection ended: the next one goes to the next broker of the list."""
+        if len(self.endpoints) > 1 and not self._stop.is_set():
+            self._node = (self._node + 1) % len(self.endpoints)
+            self._aim()
+
     # -- the network thread --------------------------------------------------------------------
     def _network(self) -> None:
         """Connect, serve the connection until it ends, wait the back-off; until close()."""
@@ -251,6 +288,7 @@ class MqttClient:
                     self._drop("network loop failed")
                 if not self._session_up and not self._stop.is_set():
                     self._attempt_failed(*(self._why or ("the broker closed the connection before CONNACK", False)))
+            self._next_node()
             self._now.wait(self.backoff.next())
 
     def _serve(self) -> None:
@@ -371,7 +409,7 @@ class MqttClient:
         self.backoff.reset()
         for topic, qos in self._subscriptions.items():
             client.subscribe(topic, qos)
-        self._loop.call_soon_threadsafe(self._connected, failures)
+        self._loop.call_soon_threadsafe(self._connected, failures, self.endpoint)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._new_link()
@@ -426,14 +464,14 @@ class MqttClient:
             else:
                 self._first_connect.set_exception(err)
 
-    def _connected(self, failures: int) -> None:
+    def _connected(self, failures: int, at: Endpoint) -> None:
         self.connected.set()
         self.connects += 1
         self._switching = False
         after = f" after {failures} failed attempts" if failures else ""
-        log.info("MQTT connected to %s:%s%s", self.endpoint.host, self.endpoint.port, after)
-        if self.endpoint.tls is False:
-            log.warning("MQTT connected WITHOUT TLS to %s:%s (allow_plaintext is set)", self.endpoint.host, self.endpoint.port)
+        log.info("MQTT connected to %s:%s%s", at.host, at.port, after)
+        if at.tls is False:
+            log.warning("MQTT connected WITHOUT TLS to %s:%s (allow_plaintext is set)", at.host, at.port)
         self._resolve_first(None)
         for hook in self.on_connect_hooks:
             self._loop.create_task(hook())
@@ -497,17 +535,19 @@ _VERIFY = {9: "is not valid yet (is the clock right?)", 10: "has expired",
 class Backoff:
     """Exponential reconnect delay with jitter: a fleet that lost its broker together does not return together.
 
-    Attempt n waits uniformly in [d/2, d] with d = min(max_s, base_s * 2**n) ("equal jitter").
+    Attempt n waits uniformly in [d/2, d] with d = min(max_s, base_s * 2**n) ("equal jitter"); jitter=False waits d
+    (what a fleet without jitter does: the storm bench's comparison, not for use).
     """
 
-    def __init__(self, base_s: float = 1.0, max_s: float = 60.0, rng: random.Random | None = None) -> None:
-        self.base_s, self.max_s, self.attempt = base_s, max_s, 0
+    def __init__(self, base_s: float = 1.0, max_s: float = 60.0, rng: random.Random | None = None,
+                 jitter: bool = True) -> None:
+        self.base_s, self.max_s, self.attempt, self.jitter = base_s, max_s, 0, jitter
         self.rng = rng or random.Random()
 
     def next(self) -> float:
         d = min(self.max_s, self.base_s * 2 ** self.attempt)
         self.attempt = min(self.attempt + 1, 30)
-        return self.rng.uniform(d / 2, d)
+        return self.rng.uniform(d / 2, d) if self.jitter else d
 
     def reset(self) -> None:
         self.attempt = 0

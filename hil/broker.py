@@ -127,6 +127,7 @@ class Mosquitto:
         plaintext_port: int | None = None,
         acl: dict[str, list[str]] | None = None,
         acl_patterns: list[str] = (),
+        settings: list[str] = (),
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -142,6 +143,7 @@ class Mosquitto:
         self._auto_port = port == 0
         self._auto_plain = plaintext_port == 0
         self.acl = acl
+        self.settings = [_check_token("setting", line) for line in settings]  # more global lines (limits)
         self._acl_text = render_acl(acl, acl_patterns) if acl is not None else None  # validate early
         self.conf_path = self.workdir / "mosquitto.conf"
         self.log_path = self.workdir / "mosquitto.log"
@@ -317,6 +319,7 @@ class Mosquitto:
             "log_timestamp true",
             "log_timestamp_format %Y-%m-%dT%H:%M:%S",
             "connection_messages true",
+            *self.settings,
             "",
             f"listener {self.port} {self.host}",
             "protocol mqtt",

@@ -40,6 +40,7 @@ keepalive_s = {keepalive_s}
 telemetry_interval_ms = {telemetry_ms}
 backfill_rate = {backfill_rate}
 backfill_jitter_s = {backfill_jitter_s}
+protocol = "{protocol}"
 
 [storage]
 dir = "{storage}"
@@ -133,7 +134,7 @@ class Rig:
                  agent_env: dict[str, str] | None = None, fleet: str = "",
                  gateway_cert_s: tuple[float, float] | None = None, operator_ca: bool = False,
                  est: bool = False, releases: Path | None = None, supervise: bool = False,
-                 restart_s: float = 0.5) -> None:
+                 restart_s: float = 0.5, protocol: str = "5") -> None:
         """control/settings: keys of [control] and [control.settings] over the rig's defaults; feeder: (R, X)
         ohm per phase between the grid (grid_v_pu) and the inverter, so its voltage responds to its P and Q;
         flex: a [flex] section (TOML text) appended to the gateway's configuration; network: a started
@@ -148,7 +149,8 @@ class Rig:
         secadm role: give it the role in roles); est: and over EST (hil/est_server.py). Both are up before the agent
         starts; releases: an A/B root (docs/fleet.md) whose current release is this
         installation, the agent started as the unit starts it (boot.py, then current's gridedge); supervise: restart
-        the agent when it exits, after restart_s, as systemd's Restart=always does."""
+        the agent when it exits, after restart_s, as systemd's Restart=always does; protocol: the gateway's
+        MQTT version, uplink.protocol (the head-end speaks 5)."""
         if network is not None and proxy:
             raise ValueError("the proxy and a network path are two ways to the broker: choose one")
         self.network = network
@@ -165,7 +167,7 @@ class Rig:
         self.est: EstServer | None = None
         self.use_proxy, self.proxy = proxy, None
         self.uplink = dict(keepalive_s=keepalive_s, backfill_rate=backfill_rate, backfill_jitter_s=backfill_jitter_s,
-                           quota_mb=quota_mb, durability=durability)
+                           quota_mb=quota_mb, durability=durability, protocol=protocol)
         self.dso_session_expiry_s = dso_session_expiry_s
         self.gateway_id = gateway_id
         self.prefix = f"gridedge/v3/{gateway_id}/"

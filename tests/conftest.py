@@ -63,3 +63,9 @@ def validate_message(topic: str, doc) -> None:
 @pytest.fixture
 def validate():
     return validate_message
+
+
+@pytest.fixture(params=["5", "3.1.1"])
+def mqtt_protocol(request) -> str:
+    """The gateway's MQTT version (uplink.protocol): a delivery test that takes this runs on both (issue 17)."""
+    return request.param

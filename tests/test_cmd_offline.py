@@ -18,8 +18,9 @@ def run(coro, timeout=150):
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
-def offline_rig(tmp_path, **kw):
-    return Rig(tmp_path, gateway_id=f"gw-{uuid.uuid4().hex[:6]}", dso_session_expiry_s=600, **kw)
+def offline_rig(tmp_path, protocol, **kw):
+    return Rig(tmp_path, gateway_id=f"gw-{uuid.uuid4().hex[:6]}", dso_session_expiry_s=600, protocol=protocol,
+               **kw)
 
 
 async def send_while_away(rig, n: int) -> tuple[list[str], list[str], float]:
@@ -46,9 +47,9 @@ async def all_answered(rig, short: list[str], long_: list[str]) -> None:
         validate_message(s.topic.replace("/backfill/", "/"), s.doc)
 
 
-def test_commands_sent_while_the_agent_was_stopped_are_answered_after_its_restart(tmp_path):
+def test_commands_sent_while_the_agent_was_stopped_are_answered_after_its_restart(tmp_path, mqtt_protocol):
     async def scenario():
-        async with offline_rig(tmp_path) as rig:
+        async with offline_rig(tmp_path, mqtt_protocol) as rig:
             assert await rig.stop_agent(signal.SIGTERM) == 0
             short, long_, closes = await send_while_away(rig, 20)
             await asyncio.sleep(max(0.0, closes - time.time()) + 0.5)  # the outage outlasts the short windows
@@ -57,9 +58,9 @@ def test_commands_sent_while_the_agent_was_stopped_are_answered_after_its_restar
     run(scenario())
 
 
-def test_commands_sent_while_the_link_was_down_are_answered_when_it_is_back(tmp_path):
+def test_commands_sent_while_the_link_was_down_are_answered_when_it_is_back(tmp_path, mqtt_protocol):
     async def scenario():
-        async with offline_rig(tmp_path, proxy=True) as rig:
+        async with offline_rig(tmp_path, mqtt_protocol, proxy=True) as rig:
             rig.proxy.refuse(True)
             await rig.proxy.reset_all()  # the link dies under a running agent; it keeps trying to reconnect
             short, long_, closes = await send_while_away(rig, 20)

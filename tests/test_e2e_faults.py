@@ -1,5 +1,7 @@
 """No data lost, whatever the link, the broker or the agent does: fault injection with real parts.
 
+The outages of the broker and the agent run on MQTT 5 and 3.1.1 (uplink.protocol, the mqtt_protocol fixture).
+
 A DSO-side consumer with a persistent MQTT session audits every telemetry and result message: after
 de-duplication by msg_id, every seq from the first to the last must be there exactly once, in order on each
 topic (live, and backfill on its own). The durations below are the faults themselves, not waits for results.
@@ -62,15 +64,16 @@ def last_state(rig):
     return docs[-1]["status"] if docs else None
 
 
-def fault_rig(tmp_path, **kw):
+def fault_rig(tmp_path, protocol, **kw):
     kw.setdefault("telemetry_ms", 100)
     kw.setdefault("poll_ms", 100)
-    return Rig(tmp_path, gateway_id=f"gw-{uuid.uuid4().hex[:6]}", dso_session_expiry_s=600, **kw)
+    return Rig(tmp_path, gateway_id=f"gw-{uuid.uuid4().hex[:6]}", dso_session_expiry_s=600, protocol=protocol,
+               **kw)
 
 
-def test_broker_stopped_and_restarted(tmp_path):
+def test_broker_stopped_and_restarted(tmp_path, mqtt_protocol):
     async def scenario():
-        async with fault_rig(tmp_path) as rig:
+        async with fault_rig(tmp_path, mqtt_protocol) as rig:
             await wait_more_telemetry(rig, 5, 15)
             await asyncio.to_thread(rig.broker.stop)
             await asyncio.sleep(3)  # the outage: the agent keeps polling into its outbox
@@ -82,9 +85,10 @@ def test_broker_stopped_and_restarted(tmp_path):
     run(scenario())
 
 
-def test_latency_drops_and_blackhole_through_the_proxy(tmp_path):
+def test_latency_drops_and_blackhole_through_the_proxy(tmp_path):  # MQTT 5 only: a test of the path, not of the
+    # protocol (keepalive works alike in 3.1.1), and ~30 s the suite need not spend twice
     async def scenario():
-        async with fault_rig(tmp_path, proxy=True, keepalive_s=5) as rig:
+        async with fault_rig(tmp_path, "5", proxy=True, keepalive_s=5) as rig:
             await wait_more_telemetry(rig, 5, 15)
             rig.proxy.latency_s, rig.proxy.drop_rate, rig.proxy.drop_stall_s = 0.15, 0.3, 0.3
             await wait_more_telemetry(rig, 20, 30)
@@ -101,9 +105,9 @@ def test_latency_drops_and_blackhole_through_the_proxy(tmp_path):
     run(scenario(), timeout=200)
 
 
-def test_agent_sigkilled_mid_stream_and_restarted(tmp_path):
+def test_agent_sigkilled_mid_stream_and_restarted(tmp_path, mqtt_protocol):
     async def scenario():
-        async with fault_rig(tmp_path) as rig:
+        async with fault_rig(tmp_path, mqtt_protocol) as rig:
             await wait_more_telemetry(rig, 10, 15)
             online = [s.doc for s in rig.dso.seen if s.topic.endswith("/state") and s.doc["status"] == "online"][-1]
             await rig.stop_agent(signal.SIGKILL)
@@ -117,9 +121,9 @@ def test_agent_sigkilled_mid_stream_and_restarted(tmp_path):
     run(scenario())
 
 
-def test_quota_reached_in_a_long_outage_drops_telemetry_first_and_reports_it(tmp_path):
+def test_quota_reached_in_a_long_outage_drops_telemetry_first_and_reports_it(tmp_path, mqtt_protocol):
     async def scenario():
-        async with fault_rig(tmp_path, quota_mb=0.02) as rig:
+        async with fault_rig(tmp_path, mqtt_protocol, quota_mb=0.02) as rig:
             await wait_more_telemetry(rig, 3, 15)
             act = rig.dso.activation(50, 2, cmd_id="during-outage")
             await rig.dso.send(act)
@@ -153,7 +157,8 @@ def test_latency_loss_and_blackhole_on_a_path_between_network_namespaces(tmp_pat
     broker here, a veth path between them (hil/netns.py). Lost packets are retransmitted by the agent's TCP, and the
     blackhole leaves a half-open connection the kernel knows nothing about."""
     async def scenario():
-        async with netns.WanPath(seed=7) as wan, fault_rig(tmp_path, network=wan, keepalive_s=5) as rig:
+        async with netns.WanPath(seed=7) as wan, \
+                fault_rig(tmp_path, "5", network=wan, keepalive_s=5) as rig:  # 5 only, as above
             await wait_more_telemetry(rig, 5, 15)
             clean = await wan.set(latency_s=0.1, loss=0.1)
             await wait_more_telemetry(rig, 20, 30)

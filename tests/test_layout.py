@@ -18,9 +18,11 @@ PACKAGES = {"core": "gridedge.core", "drivers": "gridedge.drivers", "hil": "grid
             "edge": "gridedge"}
 #: What the rig may import of gridedge: the core, the documented MQTT contract and client, the drivers' sans-IO
 #: codecs (the simulators speak the same wire formats), the head-end's signing library (the DSO simulator signs
-#: its commands as a real head-end would) and the head-end's reference decoder (it reads telemetry as a head-end
-#: would). Everything else of the agent is off limits.
+#: its commands as a real head-end would), the head-end's reference decoder (it reads telemetry as a head-end
+#: would), and the uplink's outbox and publisher (the fleet simulator runs the agent's own uplink a thousand times,
+#: hil/fleet_sim.py). Everything else of the agent is off limits.
 RIG_PUBLIC = ("gridedge.core", "gridedge.contract", "gridedge.telemetry", "gridedge.mqtt", "gridedge.hil",
+              "gridedge.outbox", "gridedge.uplink",
               "gridedge.drivers.sunspec", "gridedge.drivers.sunspec_models", "gridedge.drivers.regmap",
               "gridedge.drivers.mbap", "gridedge.drivers.rtu", "gridedge.drivers.dlms.errors", "gridedge.drivers.dlms.hdlc",
               "gridedge.drivers.dlms.wrapper", "gridedge.drivers.dlms.mbus", "gridedge.drivers.dlms.axdr",
