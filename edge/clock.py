@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from .core.model import TimeQuality, accuracy_bits
 from .core.text import escape
+from .sdnotify import child_env
 
 log = logging.getLogger("gridedge.clock")
 
@@ -183,7 +184,7 @@ class Clock:
             try:
                 proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
                                                             stderr=asyncio.subprocess.DEVNULL,
-                                                            stdin=asyncio.subprocess.DEVNULL)
+                                                            stdin=asyncio.subprocess.DEVNULL, env=child_env())
                 try:
                     out, _ = await asyncio.wait_for(proc.communicate(), 3.0)
                 except asyncio.TimeoutError:

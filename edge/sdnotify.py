@@ -13,6 +13,17 @@ import socket
 log = logging.getLogger("gridedge.sdnotify")
 
 
+#: What systemd gives the service's main process alone. A child that inherits them speaks for the service: systemd's
+#: own tools (timedatectl, which the clock reader runs) send ERRNO= to $NOTIFY_SOCKET when they fail.
+SERVICE_ONLY = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
+
+def child_env(environ: dict | None = None) -> dict[str, str]:
+    """The environment for a child process: the service's, without its notify socket and watchdog."""
+    env = os.environ if environ is None else environ
+    return {k: v for k, v in env.items() if k not in SERVICE_ONLY}
+
+
 class Notifier:
     def __init__(self, environ: dict | None = None) -> None:
         env = os.environ if environ is None else environ

@@ -60,7 +60,7 @@ def test_two_tcp_devices_at_one_endpoint_need_distinct_unit_ids():
 
 def _spellings(bound: float) -> set[str]:
     """How docs/configuration.md may write a bound: 86400000, 86,400,000 or 1e9."""
-    out = {f"{bound:.0e}".replace("e+0", "e").replace("e+", "e")}
+    out = {f"{bound:.0e}".replace("e+0", "e").replace("e+", "e"), f"{bound:g}"}   # ... or 0.95
     if float(bound).is_integer():
         out |= {str(int(bound)), f"{int(bound):,}"}
     return out

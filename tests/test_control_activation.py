@@ -36,6 +36,8 @@ def cmd(cmd_id, ctype="limit_active_power", now=T0, **kw):
                   "terminate": {}, "cancel": {}, "traffic_light": {"colour": "green"}}[ctype]
     issuer = kw.pop("issuer", "dso")  # what authenticated it (the actor class), never a field of the document
     principal = kw.pop("principal", issuer)
+    if kw.get("device", "") is None:   # no device: the key left out, as the schema wants it (null is refused)
+        del kw["device"]
     doc = {"schema": contract.SCHEMA_COMMAND, "cmd_id": cmd_id, "type": ctype, "params": params, **kw}
     return contract.parse_command(json.dumps(doc).encode(), now, issuer=issuer, principal=principal,
                                   max_activation_s=86400, schedule_horizon_s=86400)

@@ -1,7 +1,7 @@
 """Reconnect and backfill storms: a fleet loses its broker together and comes back together (issue 17).
 
 A fleet of real uplinks in this process (hil/fleet_sim.py: the agent's outbox, publisher and MQTT client, one
-client certificate each, the per-gateway ACL) on a real mosquitto with TLS. Bounded: 100 gateways, seconds of
+client certificate each, the per-gateway ACL) on a real mosquitto with TLS. Bounded: 50 gateways, seconds of
 outage. What is asserted is what must hold at any speed: every gateway is back, every backlog drained, every seq
 seen exactly once after de-duplication. How fast, and how the jitter spreads the load, is in bench/bench_storm.py
 and docs/PERFORMANCE.md.
@@ -21,7 +21,10 @@ from gridedge.mqtt import tls_context
 from .aio import arun
 from .conftest import validate_message
 
-GATEWAYS = 100
+# 50 gateways: a storm for the broker and the head-end, and every seq of each is checked. The fleet runs in the test's
+# own process, whose paho loops use select() (file descriptors below 1024 only; six per gateway), beside whatever
+# the worker's earlier tests left open: 100 failed to connect on CI once. Bigger fleets: bench/bench_storm.py.
+GATEWAYS = 50
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +54,10 @@ async def drained(fleet: Fleet, head: HeadEnd, timeout_s: float) -> None:
     await fleet.wait(lambda: all(head.seen(g) >= s for g, s in last.items()), timeout_s, "the head-end saw every seq")
 
 
-@pytest.mark.timeout(240)  # 100 gateways and a broker restart: ~20 s on an idle 2-core machine, ~110 s measured
+@pytest.mark.timeout(240)  # the fleet and a broker restart: ~20 s on an idle 2-core machine, ~110 s measured
 # while a 1,000-gateway bench ran beside it
 def test_a_fleet_loses_its_broker_together_and_every_seq_arrives_once(tmp_path, pki):
-    """The broker restarts under 100 gateways: all reconnect, their outage's backlog is replayed, and the head-end
+    """The broker restarts under the fleet: all reconnect, their outage's backlog is replayed, and the head-end
     sees every seq of every gateway exactly once. The fleet speaks 3.1.1 here and 5 in the backlog test below (the
     single-gateway outage tests run on both)."""
     async def scenario(mosq: Mosquitto):

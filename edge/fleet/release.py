@@ -20,6 +20,7 @@ import tarfile
 from pathlib import Path
 
 from ..core.text import escape
+from ..sdnotify import child_env
 from . import boot
 
 WHEEL = re.compile(r"[A-Za-z0-9_.+-]{1,200}\.whl")
@@ -71,7 +72,7 @@ def extract_wheels(artefact: Path, dest: Path, version: str) -> list[Path]:
 
 async def _run(argv: list[str], timeout_s: float, what: str) -> None:
     """A subprocess that must succeed within timeout_s; its output's tail is the reason when it does not."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME") and not k.startswith("PIP_")}
+    env = {k: v for k, v in child_env().items() if k not in ("PYTHONPATH", "PYTHONHOME") and not k.startswith("PIP_")}
     env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1", PYTHONDONTWRITEBYTECODE="1")
     proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.STDOUT, env=env)
