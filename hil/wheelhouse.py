@@ -117,7 +117,10 @@ def repack(dist: md.Distribution, dest: Path) -> Path:
 def gridedge_wheel(dest: Path, version: str, patch: dict[str, str] | None = None) -> Path:
     """gridedge as it is imported here, as a wheel of `version`; patch: file in the wheel -> source appended to it
     (a test release that misbehaves: it can replace what the module defined)."""
-    dist = md.distribution("gridedge")
+    # the installed one (a .dist-info with METADATA), not a checkout's stale gridedge.egg-info that sys.path finds first
+    dist = next((d for d in md.distributions(name="gridedge") if d.read_text("METADATA")), None)
+    if dist is None:
+        raise ValueError("gridedge is not installed (no .dist-info with METADATA): `pip install` it first")
     files: dict[str, Path] = {}
     for root in ROOTS:
         folder = Path(importlib.import_module(root).__path__[0])

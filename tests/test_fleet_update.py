@@ -130,7 +130,7 @@ def test_an_update_succeeds_end_to_end_while_the_gateway_keeps_controlling(tmp_p
             release_sent.set()
 
             r = await verdict(s, cmd_id)
-            assert r["status"] == "healthy", r
+            assert r["status"] == "healthy", (r.get("reason"), r.get("detail"))
             assert s.dso.statuses(cmd_id) == ["accepted", "validated", "applied", "healthy"]
             assert r["detail"]["version"] == GOOD and r["detail"]["previous"] == RUNNING
             await running(s, GOOD)
