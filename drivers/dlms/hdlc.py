@@ -158,6 +158,14 @@ def decode_frame(body: bytes) -> Frame:
     return Frame(dst, src, control, info, bool(fmt & 0x0800))
 
 
+def skip_to(buf: bytearray, marker: bytes) -> tuple[bool, int]:
+    """Drop what precedes marker in buf (all of buf if it is absent): (found, bytes dropped). A scanner's hunt."""
+    start = buf.find(marker)
+    dropped = len(buf) if start < 0 else start
+    del buf[:dropped]
+    return start >= 0, dropped
+
+
 class FrameReader:
     """Finds frames in a byte stream (serial or TCP): skips idle flags and noise, takes a flag shared between two
     frames, and counts what it had to drop. Frames that fail their checks land in `errors`, not in the output."""
@@ -172,14 +180,10 @@ class FrameReader:
         buf += data
         out: list[Frame] = []
         while True:
-            start = buf.find(b"\x7e")
-            if start < 0:
-                self.noise += len(buf)
-                buf.clear()
+            found, dropped = skip_to(buf, b"\x7e")
+            self.noise += dropped
+            if not found:
                 break
-            if start:
-                self.noise += start
-                del buf[:start]
             while len(buf) > 1 and buf[1] == FLAG:       # idle flags between frames
                 del buf[0]
             if len(buf) < 3:

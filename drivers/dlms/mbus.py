@@ -9,6 +9,7 @@ to follow (low nibble = sequence number), CI 0x10-0x1F: the last segment (sequen
 from __future__ import annotations
 
 from .errors import FrameError
+from .hdlc import skip_to
 
 __all__ = ["encode_mbus", "MbusReader"]
 
@@ -44,14 +45,10 @@ class MbusReader:
         buf += data
         out: list[bytes] = []
         while True:
-            start = buf.find(b"\x68")
-            if start < 0:
-                self.noise += len(buf)
-                buf.clear()
+            found, dropped = skip_to(buf, b"\x68")
+            self.noise += dropped
+            if not found:
                 break
-            if start:
-                self.noise += start
-                del buf[:start]
             if len(buf) < 4:
                 break
             n = buf[1]
