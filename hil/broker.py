@@ -68,11 +68,20 @@ def find_mosquitto() -> str:
     raise BrokerNotFound()
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     """A currently free TCP port (bound to 0 and released; the caller retries if it is taken meanwhile)."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def accepts(host: str, port: int) -> bool:
+    """Something listens on host:port (a TCP connect succeeds within 0.5 s)."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def _check_token(what: str, value: str) -> str:
@@ -181,9 +190,9 @@ class Mosquitto:
         attempts = 2 if (self._auto_port and self.port == 0) or (self._auto_plain and self.plaintext_port == 0) else 1
         for attempt in range(attempts):
             if self._auto_port and (self.port == 0 or attempt > 0):
-                self.port = _free_port(self.host)
+                self.port = free_port(self.host)
             if self._auto_plain and (self.plaintext_port == 0 or attempt > 0):
-                self.plaintext_port = _free_port(self.host)
+                self.plaintext_port = free_port(self.host)
             try:
                 self._launch(exe, timeout)
                 return
@@ -243,11 +252,7 @@ class Mosquitto:
         return b" running" in text[last_start:]
 
     def _accepts(self, port: int) -> bool:
-        try:
-            with socket.create_connection((self.host, port), timeout=0.5):
-                return True
-        except OSError:
-            return False
+        return accepts(self.host, port)
 
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
         try:

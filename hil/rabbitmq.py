@@ -24,12 +24,13 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 import weakref
 from pathlib import Path
+
+from .broker import accepts, free_port
 
 __all__ = ["RabbitCluster", "RabbitNotFound", "find_rabbitmq"]
 
@@ -63,25 +64,11 @@ def find_rabbitmq() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 class Node:
     def __init__(self, root: Path, name: str) -> None:
         self.name = name  # the Erlang node name, name@localhost
         self.dir = root / name.split("@")[0]
-        self.mqtt_port, self.dist_port = _free_port(), _free_port()
+        self.mqtt_port, self.dist_port = free_port(), free_port()
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -94,7 +81,7 @@ class Node:
 
     def env(self, config: Path) -> dict[str, str]:
         return dict(os.environ, RABBITMQ_NODENAME=self.name, RABBITMQ_DIST_PORT=str(self.dist_port),
-                    RABBITMQ_NODE_PORT=str(_free_port()), RABBITMQ_CONFIG_FILE=str(config),
+                    RABBITMQ_NODE_PORT=str(free_port()), RABBITMQ_CONFIG_FILE=str(config),
                     RABBITMQ_MNESIA_BASE=str(self.dir / "mnesia"), RABBITMQ_LOG_BASE=str(self.dir / "log"),
                     RABBITMQ_PID_FILE=str(self.pid_file), RABBITMQ_ENABLED_PLUGINS="rabbitmq_mqtt",
                     RABBITMQ_ENABLED_PLUGINS_FILE=str(self.dir / "enabled_plugins"),
@@ -164,7 +151,7 @@ class RabbitCluster:
             self._wait(node, deadline)
 
     def _wait(self, node: Node, deadline: float) -> None:
-        while not _accepts(node.mqtt_port):
+        while not accepts("127.0.0.1", node.mqtt_port):
             if node.proc.poll() is not None or time.monotonic() > deadline:
                 tail = (node.dir / "console.log").read_text(errors="replace")[-3000:]
                 self.stop(timeout=0)
@@ -222,7 +209,7 @@ class RabbitCluster:
 
 
 def _epmd_running() -> bool:
-    return _accepts(4369)
+    return accepts("127.0.0.1", 4369)
 
 
 def _signal(pid: int, sig: int) -> None:

@@ -10,7 +10,6 @@ import datetime
 import json
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from gridedge.mqtt import tls_context
 from gridedge.security.signing import load_private_key, new_issuer_key
 
 from .acl import fleet_acl, gateway_patterns
-from .broker import Mosquitto
+from .broker import Mosquitto, free_port
 from .dso_sim import DsoSimulator, Issuer
 from .est_server import EstServer
 from .faultproxy import FaultProxy
@@ -178,7 +177,7 @@ class Rig:
         self.supervise, self.restart_s = supervise, restart_s
         self.agent_exits: list[int] = []     # exit codes of agent processes the supervisor restarted
         self._supervisor: asyncio.Task | None = None
-        self.metrics_port = _free_port() if "[fleet.metrics]" not in fleet else None
+        self.metrics_port = free_port() if "[fleet.metrics]" not in fleet else None
         self.w_max, self.pv_w, self.ramp_pct_per_s = w_max, pv_w, ramp_pct_per_s
         self.poll_ms, self.telemetry_ms, self.writable = poll_ms, telemetry_ms, writable
         self.broker: Mosquitto | None = None
@@ -338,12 +337,6 @@ class Rig:
     async def __aexit__(self, *exc) -> None:
         await self.stop()
 
-
-def _free_port() -> int:
-    """A TCP port nobody listens on now (the kernel's pick), for a listener the agent opens later."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def stop_process(proc: asyncio.subprocess.Process | None, sig: int, timeout_s: float) -> int | None:

@@ -391,10 +391,10 @@ def test_start_failure_reports_log_tail(tmp_path: Path, pki: Pki) -> None:
 @needs_mosquitto
 def test_auto_port_retries_once_when_taken(tmp_path: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
     """port=0: if the released port is grabbed before mosquitto binds it, a new one is picked."""
-    real_free_port = broker_mod._free_port
+    real_free_port = broker_mod.free_port
     with socket.create_server(("127.0.0.1", 0)) as taken:
         picks = iter([taken.getsockname()[1]])
-        monkeypatch.setattr(broker_mod, "_free_port", lambda host: next(picks, None) or real_free_port(host))
+        monkeypatch.setattr(broker_mod, "free_port", lambda host: next(picks, None) or real_free_port(host))
         with Mosquitto(tmp_path / "r", pki) as b:
             assert b.port != taken.getsockname()[1]
             p = Probe("retry", pki=pki, cert=pki.client("gw-01"))
